@@ -1,0 +1,41 @@
+//! The maps, one set per family, pinned by name under the agent's `--bpf-root`.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use proxy_common::{
+    BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ConntrackValue, ReverseNatV4,
+    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, capacity, counter,
+};
+
+#[map(name = "lb4_services")]
+pub static SERVICES_V4: HashMap<ServiceKeyV4, ServiceValue> =
+    HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+#[map(name = "lb6_services")]
+pub static SERVICES_V6: HashMap<ServiceKeyV6, ServiceValue> =
+    HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "lb4_backends")]
+pub static BACKENDS_V4: HashMap<u32, BackendV4> =
+    HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
+#[map(name = "lb6_backends")]
+pub static BACKENDS_V6: HashMap<u32, BackendV6> =
+    HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
+
+#[map(name = "lb4_reverse_nat")]
+pub static REVERSE_NAT_V4: HashMap<u32, ReverseNatV4> =
+    HashMap::pinned(capacity::REVERSE_NAT, BPF_F_NO_PREALLOC);
+#[map(name = "lb6_reverse_nat")]
+pub static REVERSE_NAT_V6: HashMap<u32, ReverseNatV6> =
+    HashMap::pinned(capacity::REVERSE_NAT, BPF_F_NO_PREALLOC);
+
+#[map(name = "ct4")]
+pub static CONNTRACK_V4: LruHashMap<ConntrackKeyV4, ConntrackValue> =
+    LruHashMap::pinned(capacity::CONNTRACK, 0);
+#[map(name = "ct6")]
+pub static CONNTRACK_V6: LruHashMap<ConntrackKeyV6, ConntrackValue> =
+    LruHashMap::pinned(capacity::CONNTRACK, 0);
+
+#[map(name = "counters")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);

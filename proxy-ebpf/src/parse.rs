@@ -1,0 +1,162 @@
+//! Packet parsing: Ethernet, IPv4 or IPv6 (extension headers skipped), then the L4 ports.
+//! Anything we cannot parse, or that has no ports (a non-first fragment), is `None`: not ours.
+use aya_ebpf::programs::TcContext;
+use proxy_common::protocol;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+const IPV6_HLEN: usize = 40;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// Extension headers walked before giving up (the verifier needs a bound; real traffic has few).
+const MAX_IPV6_EXTENSIONS: usize = 8;
+
+const TCP_FLAGS_OFFSET: usize = 13;
+
+/// A parsed service-candidate packet of one family. `A` is the address (`[u8; 4]`/`[u8; 16]`).
+pub struct Packet<A> {
+    pub l3_offset: usize,
+    pub l4_offset: usize,
+    pub source: A,
+    pub destination: A,
+    /// Network byte order, as on the wire.
+    pub source_port: u16,
+    /// Network byte order, as on the wire.
+    pub destination_port: u16,
+    pub protocol: u8,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+}
+
+pub enum Parsed {
+    V4(Packet<[u8; 4]>),
+    V6(Packet<[u8; 16]>),
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Option<Parsed> {
+    let ether_type = u16::from_be(ctx.load::<u16>(12).ok()?);
+    match ether_type {
+        ETH_P_IP => parse_v4(ctx, ETH_HLEN).map(Parsed::V4),
+        ETH_P_IPV6 => parse_v6(ctx, ETH_HLEN).map(Parsed::V6),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, l3: usize) -> Option<Packet<[u8; 4]>> {
+    let header: [u8; 20] = ctx.load(l3).ok()?;
+    if header[0] >> 4 != 4 {
+        return None;
+    }
+    let header_len = usize::from(header[0] & 0x0f) * 4;
+    if header_len < 20 {
+        return None;
+    }
+    // A non-first fragment carries no ports; it is not ours to translate.
+    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+    if fragment_offset != 0 {
+        return None;
+    }
+    let protocol = header[9];
+    let l4 = l3 + header_len;
+    let (source_port, destination_port, tcp_flags) = ports(ctx, l4, protocol)?;
+    Some(Packet {
+        l3_offset: l3,
+        l4_offset: l4,
+        source: [header[12], header[13], header[14], header[15]],
+        destination: [header[16], header[17], header[18], header[19]],
+        source_port,
+        destination_port,
+        protocol,
+        tcp_flags,
+    })
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, l3: usize) -> Option<Packet<[u8; 16]>> {
+    let header: [u8; IPV6_HLEN] = ctx.load(l3).ok()?;
+    if header[0] >> 4 != 6 {
+        return None;
+    }
+    let mut next = header[6];
+    let mut offset = l3 + IPV6_HLEN;
+    let mut found = false;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            protocol::TCP | protocol::UDP | protocol::SCTP => {
+                found = true;
+                break;
+            }
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let ext: [u8; 2] = ctx.load(offset).ok()?;
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => {
+                let ext: [u8; 4] = ctx.load(offset).ok()?;
+                if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
+                    return None;
+                }
+                next = ext[0];
+                offset += 8;
+            }
+            NEXTHDR_AUTH => {
+                let ext: [u8; 2] = ctx.load(offset).ok()?;
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 2) * 4;
+            }
+            _ => return None,
+        }
+    }
+    if !found {
+        return None;
+    }
+    let (source_port, destination_port, tcp_flags) = ports(ctx, offset, next)?;
+    let mut source = [0u8; 16];
+    let mut destination = [0u8; 16];
+    source.copy_from_slice(&header[8..24]);
+    destination.copy_from_slice(&header[24..40]);
+    Some(Packet {
+        l3_offset: l3,
+        l4_offset: offset,
+        source,
+        destination,
+        source_port,
+        destination_port,
+        protocol: next,
+        tcp_flags,
+    })
+}
+
+/// Reads the ports (and TCP flags). Loading the whole fixed L4 header proves the packet is not
+/// truncated, so a later checksum rewrite cannot fail halfway.
+#[inline(always)]
+fn ports(ctx: &TcContext, l4: usize, protocol: u8) -> Option<(u16, u16, u8)> {
+    match protocol {
+        protocol::TCP => {
+            let header: [u8; 20] = ctx.load(l4).ok()?;
+            Some((port(&header, 0), port(&header, 2), header[TCP_FLAGS_OFFSET]))
+        }
+        protocol::UDP => {
+            let header: [u8; 8] = ctx.load(l4).ok()?;
+            Some((port(&header, 0), port(&header, 2), 0))
+        }
+        protocol::SCTP => {
+            let header: [u8; 12] = ctx.load(l4).ok()?;
+            Some((port(&header, 0), port(&header, 2), 0))
+        }
+        _ => None,
+    }
+}
+
+/// The port at `at`, kept in network byte order (the raw bytes).
+#[inline(always)]
+fn port(header: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([header[at], header[at + 1]])
+}

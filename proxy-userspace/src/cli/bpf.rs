@@ -1,0 +1,71 @@
+//! `twinstack bpf service list`, `twinstack bpf ct list`.
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::{debug, maps::pins::PinLayout};
+
+#[derive(Debug, Args)]
+pub struct BpfArgs {
+    #[command(subcommand)]
+    command: BpfCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BpfCommand {
+    /// Services (frontends and their backends).
+    Service {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Connection tracking entries.
+    Ct {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ListCommand {
+    List(ListArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+    /// Where the agent pinned its maps.
+    #[arg(long, value_name = "DIR", default_value = super::DEFAULT_BPF_ROOT)]
+    bpf_root: PathBuf,
+}
+
+pub fn main(args: BpfArgs) -> anyhow::Result<()> {
+    match args.command {
+        BpfCommand::Service {
+            command: ListCommand::List(list),
+        } => {
+            let rows = debug::services(&PinLayout::new(&list.bpf_root))?;
+            match list.output {
+                Output::Table => print!("{}", debug::services_table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+        }
+        BpfCommand::Ct {
+            command: ListCommand::List(list),
+        } => {
+            let rows = debug::conntrack(&PinLayout::new(&list.bpf_root))?;
+            match list.output {
+                Output::Table => print!("{}", debug::conntrack_table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+        }
+    }
+    Ok(())
+}

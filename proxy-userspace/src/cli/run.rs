@@ -1,0 +1,87 @@
+//! `twinstack run`.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::{
+    agent::{self, AgentConfig},
+    config::{ClusterCidrs, InterfacePatterns},
+};
+
+fn duration(value: &str) -> Result<Duration, String> {
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(value).map_err(|e| format!("{e}; expected e.g. 1s, 500ms, 0"))
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of Service, EndpointSlice and Node manifests (YAML or JSON), watched.
+    #[arg(long, value_name = "DIR")]
+    manifests: PathBuf,
+    /// This node's name (default: $NODE_NAME, then the hostname).
+    #[arg(
+        long,
+        alias = "hostname-override",
+        env = "NODE_NAME",
+        value_name = "NAME"
+    )]
+    node_name: Option<String>,
+    /// Pod CIDRs: one, or one IPv4 and one IPv6 (dual stack), e.g. 10.244.0.0/16,fd00:10:244::/56.
+    #[arg(long, value_name = "CIDR[,CIDR]")]
+    cluster_cidr: ClusterCidrs,
+    /// Pod-facing interfaces, as glob patterns, e.g. veth*,lxc*.
+    #[arg(long, value_name = "GLOB[,GLOB]")]
+    pod_interfaces: InterfacePatterns,
+    /// Where maps and links are pinned (on a bpffs).
+    #[arg(long, value_name = "DIR", default_value = super::DEFAULT_BPF_ROOT)]
+    bpf_root: PathBuf,
+    /// Address of the /healthz server.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
+    healthz_bind_address: SocketAddr,
+    /// Shortest time between two syncs of changes (0: sync at once).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    min_sync_period: Duration,
+    /// Period of the full reconcile that repairs drift between the maps and the model.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    sync_period: Duration,
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("--node-name not given, NODE_NAME unset, and the hostname unreadable")?;
+    Ok(name.trim().to_owned())
+}
+
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    if args.sync_period.is_zero() {
+        anyhow::bail!("--sync-period must be greater than 0, e.g. 30s");
+    }
+    let node_name = match args.node_name {
+        Some(n) if !n.is_empty() => n,
+        _ => hostname()?,
+    };
+    let config = AgentConfig {
+        manifests: args.manifests,
+        node_name,
+        cluster_cidrs: args.cluster_cidr,
+        pod_interfaces: args.pod_interfaces,
+        bpf_root: args.bpf_root,
+        healthz_bind_address: args.healthz_bind_address,
+        min_sync_period: args.min_sync_period,
+        sync_period: args.sync_period,
+    };
+    if !config.manifests.is_dir() {
+        anyhow::bail!(
+            "--manifests {}: not a directory",
+            config.manifests.display()
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(agent::run(config))
+}

@@ -1,0 +1,137 @@
+//! Node configuration from flags, validated once: cluster CIDRs per family, interface globs.
+use std::{fmt, str::FromStr};
+
+use ipnet::IpNet;
+
+use crate::family::Family;
+
+/// `--cluster-cidr`: one CIDR, or two of different families.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterCidrs {
+    pub v4: Option<IpNet>,
+    pub v6: Option<IpNet>,
+}
+
+const CIDR_EXAMPLE: &str = "10.244.0.0/16,fd00:10:244::/56";
+
+impl ClusterCidrs {
+    pub fn families(&self) -> Vec<Family> {
+        let mut families = Vec::new();
+        if self.v4.is_some() {
+            families.push(Family::V4);
+        }
+        if self.v6.is_some() {
+            families.push(Family::V6);
+        }
+        families
+    }
+}
+
+impl FromStr for ClusterCidrs {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = value.split(',').map(str::trim).collect();
+        if parts.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(format!(
+                "expected one CIDR or two of different families separated by a comma, e.g. {CIDR_EXAMPLE}"
+            ));
+        }
+        let mut cidrs = ClusterCidrs { v4: None, v6: None };
+        for part in parts {
+            let net: IpNet = part
+                .parse()
+                .map_err(|_| format!("{part:?} is not a CIDR; expected e.g. {CIDR_EXAMPLE}"))?;
+            let slot = match net {
+                IpNet::V4(_) => &mut cidrs.v4,
+                IpNet::V6(_) => &mut cidrs.v6,
+            };
+            if slot.is_some() {
+                return Err(format!(
+                    "two CIDRs of one family; a dual-stack cluster takes one IPv4 and one IPv6 CIDR, e.g. {CIDR_EXAMPLE}"
+                ));
+            }
+            *slot = Some(net.trunc());
+        }
+        Ok(cidrs)
+    }
+}
+
+impl fmt::Display for ClusterCidrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = [self.v4, self.v6]
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// `--pod-interfaces`: comma-separated glob patterns.
+#[derive(Clone, Debug)]
+pub struct InterfacePatterns(pub Vec<glob::Pattern>);
+
+impl FromStr for InterfacePatterns {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let patterns = value
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                glob::Pattern::new(p).map_err(|e| {
+                    format!("{p:?} is not a glob pattern ({e}); expected e.g. veth*,lxc*")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if patterns.is_empty() {
+            return Err("expected at least one glob pattern, e.g. veth*,lxc*".into());
+        }
+        Ok(Self(patterns))
+    }
+}
+
+impl InterfacePatterns {
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.iter().any(|p| p.matches(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_cidrs_accept_one_or_one_per_family() {
+        let one: ClusterCidrs = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(one.families(), vec![Family::V4]);
+        let two: ClusterCidrs = "fd00:10:244::/56, 10.244.0.0/16".parse().unwrap();
+        assert_eq!(two.families(), vec![Family::V4, Family::V6]);
+        assert_eq!(two.to_string(), "10.244.0.0/16,fd00:10:244::/56");
+    }
+
+    #[test]
+    fn cluster_cidrs_reject_bad_input_with_an_example() {
+        for bad in [
+            "",
+            "10.244.0.0/16,10.245.0.0/16",
+            "10.244.0.0/33",
+            "banana",
+            "a,b,c",
+        ] {
+            let error = bad.parse::<ClusterCidrs>().unwrap_err();
+            assert!(error.contains(CIDR_EXAMPLE), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn interface_patterns_match_globs() {
+        let p: InterfacePatterns = "veth*,lxc*".parse().unwrap();
+        assert!(p.matches("veth1234"));
+        assert!(p.matches("lxc_health"));
+        assert!(!p.matches("eth0"));
+        assert!("".parse::<InterfacePatterns>().is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! `twinstack bpf …`: read the pinned maps like bpftool, without the agent, and render them
+//! with human-readable addresses. Logic here; the CLI only parses flags.
+mod table;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use proxy_common::{ConntrackValue, ct_flags, direction, service_flags};
+use serde::Serialize;
+
+pub use table::Table;
+
+use crate::{
+    family::{Family, socket_display},
+    maps::{
+        LbMaps, MapError,
+        codec::KernelFamily,
+        kernel::{KernelMaps, open_hash},
+        pins::PinLayout,
+    },
+    model::Protocol,
+    plan::BackendState,
+};
+
+#[derive(Debug, Serialize)]
+pub struct ServiceRow {
+    pub family: Family,
+    pub rev_nat_id: u32,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub kind: Vec<&'static str>,
+    pub backends: Vec<BackendRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendRow {
+    pub slot: u16,
+    pub id: u32,
+    /// `None` when the slot names a backend the backends map lacks (a bug worth seeing).
+    pub address: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub state: Option<&'static str>,
+}
+
+fn flag_names(flags: u16) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if flags & service_flags::CLUSTER_IP != 0 {
+        names.push("ClusterIP");
+    }
+    names
+}
+
+fn state_name(state: BackendState) -> &'static str {
+    match state {
+        BackendState::Active => "active",
+        BackendState::Terminating => "terminating",
+    }
+}
+
+fn services_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ServiceRow>, MapError> {
+    let maps = KernelMaps::<A>::open(pins)?;
+    let backends: BTreeMap<_, _> = maps.dump_backends()?.into_iter().collect();
+    let mut slots: BTreeMap<_, BTreeMap<u16, SlotValue>> = BTreeMap::new();
+    for (frontend, slot, value) in maps.dump_services()? {
+        slots
+            .entry(frontend)
+            .or_default()
+            .insert(slot, value.into());
+    }
+    let mut rows = Vec::new();
+    for (frontend, slots) in slots {
+        let Some(head) = slots.get(&0) else { continue };
+        let backends = (1..=head.count)
+            .map(|slot| {
+                let id = slots.get(&slot).map(|s| s.backend_id).unwrap_or(0);
+                let backend = backends.get(&id);
+                BackendRow {
+                    slot,
+                    id,
+                    address: backend.map(|b| b.address.into()),
+                    port: backend.map(|b| b.port),
+                    state: backend.map(|b| state_name(b.state)),
+                }
+            })
+            .collect();
+        rows.push(ServiceRow {
+            family: A::FAMILY,
+            rev_nat_id: head.rev_nat_id,
+            address: frontend.address.into(),
+            port: frontend.port,
+            protocol: frontend.protocol,
+            kind: flag_names(head.flags),
+            backends,
+        });
+    }
+    Ok(rows)
+}
+
+/// The fields of a service map value the listing needs.
+struct SlotValue {
+    backend_id: u32,
+    rev_nat_id: u32,
+    count: u16,
+    flags: u16,
+}
+
+impl From<proxy_common::ServiceValue> for SlotValue {
+    fn from(v: proxy_common::ServiceValue) -> Self {
+        Self {
+            backend_id: v.backend_id,
+            rev_nat_id: v.rev_nat_id,
+            count: v.count,
+            flags: v.flags,
+        }
+    }
+}
+
+/// Every service of both families, sorted by family, address, port, protocol.
+pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, MapError> {
+    let mut rows = services_of::<Ipv4Addr>(pins)?;
+    rows.extend(services_of::<Ipv6Addr>(pins)?);
+    Ok(rows)
+}
+
+pub fn services_table(rows: &[ServiceRow]) -> Table {
+    let mut table = Table::new(["ID", "FRONTEND", "TYPE", "BACKENDS"]);
+    for row in rows {
+        let backends = if row.backends.is_empty() {
+            "(none)".to_owned()
+        } else {
+            row.backends
+                .iter()
+                .map(|b| match (b.address, b.port, b.state) {
+                    (Some(a), Some(p), Some(s)) => format!("{} ({s})", socket_display(a, p)),
+                    _ => format!("#{} (missing)", b.id),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        table.row([
+            row.rev_nat_id.to_string(),
+            format!("{}/{}", socket_display(row.address, row.port), row.protocol),
+            row.kind.join(","),
+            backends,
+        ]);
+    }
+    table
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConntrackRow {
+    pub family: Family,
+    pub direction: &'static str,
+    pub protocol: String,
+    pub source: String,
+    pub destination: String,
+    pub backend_id: u32,
+    pub rev_nat_id: u32,
+    /// Seconds since the last packet.
+    pub idle_seconds: f64,
+    pub flags: Vec<&'static str>,
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into a struct we own. CLOCK_MONOTONIC is
+    // bpf_ktime_get_ns's clock.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn conntrack_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ConntrackRow>, MapError> {
+    let map = open_hash::<A::ConntrackKey, ConntrackValue>(pins, A::CONNTRACK)?;
+    let now = monotonic_ns();
+    let mut rows = Vec::new();
+    for entry in map.iter() {
+        let Ok((key, value)) = entry else { continue };
+        let tuple = A::decode_conntrack_key(&key);
+        let mut flags = Vec::new();
+        for (bit, name) in [
+            (ct_flags::SEEN_SYN, "SYN"),
+            (ct_flags::SEEN_FIN, "FIN"),
+            (ct_flags::SEEN_RST, "RST"),
+        ] {
+            if value.flags & bit != 0 {
+                flags.push(name);
+            }
+        }
+        rows.push(ConntrackRow {
+            family: A::FAMILY,
+            direction: if tuple.direction == direction::FORWARD {
+                "forward"
+            } else {
+                "reverse"
+            },
+            protocol: Protocol::from_number(tuple.protocol)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| tuple.protocol.to_string()),
+            source: socket_display(tuple.source.into(), tuple.source_port),
+            destination: socket_display(tuple.destination.into(), tuple.destination_port),
+            backend_id: value.backend_id,
+            rev_nat_id: value.rev_nat_id,
+            idle_seconds: now.saturating_sub(value.last_seen) as f64 / 1e9,
+            flags,
+        });
+    }
+    rows.sort_by(|a, b| {
+        (a.family, &a.source, &a.destination, a.direction).cmp(&(
+            b.family,
+            &b.source,
+            &b.destination,
+            b.direction,
+        ))
+    });
+    Ok(rows)
+}
+
+pub fn conntrack(pins: &PinLayout) -> Result<Vec<ConntrackRow>, MapError> {
+    let mut rows = conntrack_of::<Ipv4Addr>(pins)?;
+    rows.extend(conntrack_of::<Ipv6Addr>(pins)?);
+    Ok(rows)
+}
+
+pub fn conntrack_table(rows: &[ConntrackRow]) -> Table {
+    let mut table = Table::new([
+        "DIR",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "BACKEND",
+        "REVNAT",
+        "IDLE",
+        "FLAGS",
+    ]);
+    for row in rows {
+        table.row([
+            row.direction.to_owned(),
+            row.protocol.clone(),
+            row.source.clone(),
+            row.destination.clone(),
+            row.backend_id.to_string(),
+            row.rev_nat_id.to_string(),
+            format!("{:.1}s", row.idle_seconds),
+            row.flags.join(","),
+        ]);
+    }
+    table
+}

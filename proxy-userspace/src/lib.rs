@@ -1,0 +1,15 @@
+//! Twinstack's agent as a library: sources → tracker → model → plan → map writer → kernel.
+//! The `twinstack` binary (`main.rs`) is a thin CLI over it.
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod debug;
+pub mod family;
+pub mod health;
+pub mod loader;
+pub mod maps;
+pub mod model;
+pub mod plan;
+pub mod proxier;
+pub mod source;
+pub mod tracker;

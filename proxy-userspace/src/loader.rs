@@ -1,0 +1,342 @@
+//! Loads the kernel programs, pins their maps, and attaches them (TCX links, pinned) to the pod
+//! interfaces. Pinned links keep the datapath running while the agent restarts; a new agent
+//! swaps its programs into the same links atomically, so no packet goes untranslated.
+use std::{
+    collections::BTreeMap,
+    ffi::CStr,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
+use proxy_common::program_names;
+
+use crate::{config::InterfacePatterns, maps::pins::PinLayout};
+
+/// The kernel programs, built by `build.rs`.
+pub static BPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/twinstack-bpf"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this binary was built without its kernel programs (AYA_BUILD_SKIP was set); rebuild with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("{0} is not on a BPF filesystem; mount one first: mount -t bpf bpf /sys/fs/bpf")]
+    NotBpffs(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the kernel object: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LoadError + '_ {
+    move |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Fails unless `path` (or its nearest existing ancestor) is on a bpffs.
+pub fn check_bpffs(path: &Path) -> Result<(), LoadError> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .map_err(|_| LoadError::NotBpffs(path.to_owned()))?;
+    // SAFETY: statfs writes into a zeroed struct we own.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io_error(existing)(io::Error::last_os_error()));
+    }
+    if stat.f_type as i64 != BPF_FS_MAGIC {
+        return Err(LoadError::NotBpffs(existing.to_owned()));
+    }
+    Ok(())
+}
+
+/// Interfaces of the current network namespace: (index, name).
+pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut result = Vec::new();
+        let mut entry = head;
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = CStr::from_ptr((*entry).if_name)
+                .to_string_lossy()
+                .into_owned();
+            result.push(((*entry).if_index, name));
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(head);
+        Ok(result)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Direction::Ingress => program_names::FROM_POD,
+            Direction::Egress => program_names::TO_POD,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// A link pin's file name: `<ifindex>-<direction>-<ifname>`.
+fn link_pin_name(ifindex: u32, direction: Direction, ifname: &str) -> String {
+    format!("{ifindex}-{}-{ifname}", direction.name())
+}
+
+fn parse_link_pin_name(name: &str) -> Option<(u32, String)> {
+    let mut parts = name.splitn(3, '-');
+    let index = parts.next()?.parse().ok()?;
+    let _direction = parts.next()?;
+    Some((index, parts.next()?.to_owned()))
+}
+
+/// What one interface pass did.
+#[derive(Debug, Default)]
+pub struct InterfaceReport {
+    pub attached: Vec<String>,
+    pub detached: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pins: PinLayout,
+    /// Interfaces we have attached to (index → name).
+    attached: BTreeMap<u32, String>,
+}
+
+impl Datapath {
+    /// Loads the programs, opening (or creating) the pinned maps under `pins`.
+    pub fn load(pins: &PinLayout, max_entries: &[(&'static str, u32)]) -> Result<Self, LoadError> {
+        if BPF_OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        check_bpffs(pins.root())?;
+        for dir in [pins.maps_dir(), pins.links_dir()] {
+            std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pins.maps_dir());
+        for (name, entries) in max_entries {
+            loader.map_max_entries(name, *entries);
+        }
+        let mut ebpf = loader.load(BPF_OBJECT)?;
+        for direction in Direction::BOTH {
+            Self::classifier(&mut ebpf, direction.program())?
+                .load()
+                .map_err(|source| LoadError::Program {
+                    name: direction.program(),
+                    source,
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            pins: pins.clone(),
+            attached: BTreeMap::new(),
+        })
+    }
+
+    fn classifier<'a>(
+        ebpf: &'a mut Ebpf,
+        name: &'static str,
+    ) -> Result<&'a mut SchedClassifier, LoadError> {
+        let program = ebpf.program_mut(name).ok_or(LoadError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        program
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })
+    }
+
+    /// Attaches to every present interface matching `patterns` that we are not attached to
+    /// yet, and forgets (unpins) links of interfaces that are gone or no longer match.
+    /// Links pinned by an earlier agent are taken over in place.
+    pub fn sync_interfaces(&mut self, patterns: &InterfacePatterns) -> InterfaceReport {
+        let mut report = InterfaceReport::default();
+        let present = match interfaces() {
+            Ok(list) => list,
+            Err(e) => {
+                report.errors.push(format!("listing interfaces: {e}"));
+                return report;
+            }
+        };
+        let wanted: BTreeMap<u32, String> = present
+            .into_iter()
+            .filter(|(_, name)| patterns.matches(name))
+            .collect();
+
+        // Pins of interfaces that are gone (or renamed, or no longer wanted).
+        let links_dir = self.pins.links_dir();
+        if let Ok(entries) = std::fs::read_dir(&links_dir) {
+            for entry in entries.filter_map(Result::ok) {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let keep = parse_link_pin_name(&file)
+                    .is_some_and(|(index, name)| wanted.get(&index) == Some(&name));
+                if !keep {
+                    if let Err(e) = std::fs::remove_file(entry.path()) {
+                        report.errors.push(format!("{file}: removing pin: {e}"));
+                    }
+                    if let Some((index, name)) = parse_link_pin_name(&file)
+                        && self.attached.remove(&index).is_some()
+                    {
+                        report.detached.push(name);
+                    }
+                }
+            }
+        }
+        self.attached
+            .retain(|index, name| wanted.get(index) == Some(name));
+
+        for (index, name) in wanted {
+            if self.attached.contains_key(&index) {
+                continue;
+            }
+            let mut ok = true;
+            for direction in Direction::BOTH {
+                if let Err(e) = self.attach(index, &name, direction) {
+                    report
+                        .errors
+                        .push(format!("{name}: attaching {}: {e}", direction.name()));
+                    ok = false;
+                }
+            }
+            if ok {
+                self.attached.insert(index, name.clone());
+                report.attached.push(name);
+            }
+        }
+        report
+    }
+
+    fn attach(&mut self, ifindex: u32, ifname: &str, direction: Direction) -> Result<(), String> {
+        let pin = self
+            .pins
+            .links_dir()
+            .join(link_pin_name(ifindex, direction, ifname));
+        let program =
+            Self::classifier(&mut self.ebpf, direction.program()).map_err(|e| e.to_string())?;
+        let link_id = match PinnedLink::from_pin(&pin) {
+            // An earlier agent's link: swap our program in atomically.
+            Ok(old) => {
+                let fd_link = old
+                    .unpin()
+                    .map_err(|e| format!("unpinning old link: {e}"))?;
+                let link = SchedClassifierLink::try_from(fd_link).map_err(|e| e.to_string())?;
+                program.attach_to_link(link).map_err(|e| e.to_string())?
+            }
+            Err(_) => program
+                .attach_with_options(
+                    ifname,
+                    direction.attach_type(),
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| e.to_string())?,
+        };
+        let link = program.take_link(link_id).map_err(|e| e.to_string())?;
+        let fd_link = FdLink::try_from(link).map_err(|e| e.to_string())?;
+        fd_link
+            .pin(&pin)
+            .map_err(|e| format!("pinning link at {}: {e}", pin.display()))?;
+        Ok(())
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = &str> {
+        self.attached.values().map(String::as_str)
+    }
+}
+
+/// Detaches every program (by removing the link pins) and removes the map pins under `pins`.
+/// Returns what it removed.
+pub fn cleanup(pins: &PinLayout) -> Result<Vec<PathBuf>, LoadError> {
+    let mut removed = Vec::new();
+    let root = pins.root();
+    if !root.exists() {
+        return Ok(removed);
+    }
+    // Links first: traffic stops being translated before its maps go.
+    let mut dirs = Vec::new();
+    for version in std::fs::read_dir(root)
+        .map_err(io_error(root))?
+        .filter_map(Result::ok)
+    {
+        let version = version.path();
+        if !version.is_dir() {
+            continue;
+        }
+        for kind in ["links", "maps"] {
+            dirs.push(version.join(kind));
+        }
+    }
+    dirs.sort_by_key(|d| !d.ends_with("links"));
+    for dir in &dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            removed.push(path);
+        }
+        std::fs::remove_dir(dir).map_err(io_error(dir))?;
+    }
+    for version in std::fs::read_dir(root)
+        .map_err(io_error(root))?
+        .filter_map(Result::ok)
+    {
+        let _ = std::fs::remove_dir(version.path());
+    }
+    let _ = std::fs::remove_dir(root);
+    Ok(removed)
+}

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    proxy_userspace::cli::main()
+}

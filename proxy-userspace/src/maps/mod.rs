@@ -1,0 +1,90 @@
+//! Map I/O. [`LbMaps`] is the one interface to a family's load-balancing maps; the kernel
+//! implementation ([`kernel`]) and the in-memory twin ([`memory`]) both sit behind it, so the
+//! [`writer`]'s ordering is tested without root.
+pub mod codec;
+pub mod kernel;
+pub mod memory;
+pub mod pins;
+pub mod writer;
+
+use proxy_common::ServiceValue;
+
+use crate::plan::{Backend, Frontend};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("map {map}: {operation} failed: {source}")]
+    Kernel {
+        map: &'static str,
+        operation: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {map}: entry {entry} holds an invalid value: {reason}")]
+    Invalid {
+        map: &'static str,
+        entry: String,
+        reason: String,
+    },
+    #[error("map {map} is missing from the loaded object or pins")]
+    Missing { map: &'static str },
+    #[error("map {map} is full ({capacity} entries)")]
+    Full { map: &'static str, capacity: u32 },
+}
+
+/// A service map entry as read back: frontend, slot, value.
+pub type ServiceSlot<A> = (Frontend<A>, u16, ServiceValue);
+
+/// One family's service, backend and reverse-NAT maps.
+pub trait LbMaps<A> {
+    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError>;
+    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError>;
+    fn dump_reverse_nat(&self) -> Result<Vec<(u32, (A, u16))>, MapError>;
+
+    fn put_service(
+        &mut self,
+        frontend: &Frontend<A>,
+        slot: u16,
+        value: &ServiceValue,
+    ) -> Result<(), MapError>;
+    fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError>;
+    fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError>;
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapError>;
+    fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError>;
+    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError>;
+}
+
+impl<A, T: LbMaps<A> + ?Sized> LbMaps<A> for Box<T> {
+    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
+        (**self).dump_services()
+    }
+    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
+        (**self).dump_backends()
+    }
+    fn dump_reverse_nat(&self) -> Result<Vec<(u32, (A, u16))>, MapError> {
+        (**self).dump_reverse_nat()
+    }
+    fn put_service(
+        &mut self,
+        frontend: &Frontend<A>,
+        slot: u16,
+        value: &ServiceValue,
+    ) -> Result<(), MapError> {
+        (**self).put_service(frontend, slot, value)
+    }
+    fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
+        (**self).delete_service(frontend, slot)
+    }
+    fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError> {
+        (**self).put_backend(id, backend)
+    }
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
+        (**self).delete_backend(id)
+    }
+    fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError> {
+        (**self).put_reverse_nat(id, frontend)
+    }
+    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
+        (**self).delete_reverse_nat(id)
+    }
+}

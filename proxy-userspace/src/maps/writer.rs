@@ -1,0 +1,494 @@
+//! The map writer: turns desired service entries into ordered map writes for one family.
+//!
+//! Order (as in Cilium): backends → reverse NAT → backend slots → slot 0 → trim stale slots →
+//! release unused backends. A delete goes the other way. A packet therefore never sees half a
+//! service. IDs are restored from the pinned maps at start, so a restart renumbers nothing and
+//! rewrites nothing that is already right.
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use proxy_common::ServiceValue;
+
+use super::{LbMaps, MapError};
+use crate::{
+    family::Address,
+    model::Protocol,
+    plan::{Backend, BackendState, Frontend, ServiceEntry},
+};
+
+/// What the writer did, for tests, benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Frontends whose entries were (re)written.
+    pub frontends_written: u64,
+    pub frontends_deleted: u64,
+    /// Individual service-map writes (slot 0 and backend slots).
+    pub service_writes: u64,
+    pub service_deletes: u64,
+    pub backend_writes: u64,
+    pub backend_deletes: u64,
+    pub reverse_nat_writes: u64,
+    pub reverse_nat_deletes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error("{frontend} has {count} backends; a service holds at most {max}")]
+    TooManyBackends {
+        frontend: String,
+        count: usize,
+        max: usize,
+    },
+    #[error("no free {what} ID")]
+    IdsExhausted { what: &'static str },
+}
+
+/// What the maps hold for one frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Programmed {
+    rev_nat_id: u32,
+    backend_ids: Vec<u32>,
+    flags: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BackendRecord {
+    id: u32,
+    state: BackendState,
+    /// Number of slots (across frontends) naming this backend.
+    refs: u32,
+}
+
+type BackendKey<A> = (A, u16, Protocol);
+
+/// Hands out IDs from 1, moving forward and wrapping, so a just-freed ID is not reused at once
+/// (a conntrack entry naming it would otherwise follow a different backend).
+#[derive(Debug, Default)]
+struct Ids {
+    used: HashSet<u32>,
+    next: u32,
+}
+
+impl Ids {
+    fn allocate(&mut self) -> Option<u32> {
+        if self.used.len() >= (u32::MAX - 1) as usize {
+            return None;
+        }
+        loop {
+            self.next = self.next.checked_add(1).unwrap_or(1);
+            if !self.used.contains(&self.next) {
+                self.used.insert(self.next);
+                return Some(self.next);
+            }
+        }
+    }
+
+    fn restore(&mut self, id: u32) {
+        self.used.insert(id);
+        self.next = self.next.max(id);
+    }
+
+    fn release(&mut self, id: u32) {
+        self.used.remove(&id);
+    }
+}
+
+pub struct Writer<A, M> {
+    maps: M,
+    frontends: HashMap<Frontend<A>, Programmed>,
+    backends: HashMap<BackendKey<A>, BackendRecord>,
+    backend_keys: HashMap<u32, BackendKey<A>>,
+    /// Backends whose last reference went away: deleted by the next garbage collection.
+    unreferenced: Vec<u32>,
+    backend_ids: Ids,
+    rev_nat_ids: Ids,
+    /// Reverse-NAT IDs found in the maps at start that no frontend uses.
+    orphan_rev_nat: Vec<u32>,
+    stats: WriterStats,
+}
+
+const MAX_BACKENDS: usize = u16::MAX as usize;
+
+impl<A: Address, M: LbMaps<A>> Writer<A, M> {
+    /// Takes over `maps`, learning what they already hold.
+    pub fn restore(mut maps: M) -> Result<Self, WriteError> {
+        let mut backend_ids = Ids::default();
+        let mut backends = HashMap::new();
+        let mut backend_by_id = HashMap::new();
+        for (id, backend) in maps.dump_backends()? {
+            backend_ids.restore(id);
+            backend_by_id.insert(id, backend.key());
+            backends.insert(
+                backend.key(),
+                BackendRecord {
+                    id,
+                    state: backend.state,
+                    refs: 0,
+                },
+            );
+        }
+        let mut rev_nat_ids = Ids::default();
+        let reverse_nat: HashMap<u32, (A, u16)> = maps.dump_reverse_nat()?.into_iter().collect();
+        for id in reverse_nat.keys() {
+            rev_nat_ids.restore(*id);
+        }
+
+        let mut slots: BTreeMap<Frontend<A>, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
+        for (frontend, slot, value) in maps.dump_services()? {
+            slots.entry(frontend).or_default().insert(slot, value);
+        }
+        let mut frontends = HashMap::new();
+        let mut used_rev_nat = HashSet::new();
+        for (frontend, slots) in slots {
+            let complete = slots.get(&0).and_then(|head| {
+                let ids: Option<Vec<u32>> = (1..=head.count)
+                    .map(|s| {
+                        slots
+                            .get(&s)
+                            .map(|v| v.backend_id)
+                            .filter(|id| backend_by_id.contains_key(id))
+                    })
+                    .collect();
+                Some(Programmed {
+                    rev_nat_id: head.rev_nat_id,
+                    backend_ids: ids?,
+                    flags: head.flags,
+                })
+                .filter(|p| reverse_nat.contains_key(&p.rev_nat_id))
+            });
+            match complete {
+                Some(programmed) => {
+                    for id in &programmed.backend_ids {
+                        if let Some(record) =
+                            backend_by_id.get(id).and_then(|key| backends.get_mut(key))
+                        {
+                            record.refs += 1;
+                        }
+                    }
+                    used_rev_nat.insert(programmed.rev_nat_id);
+                    // Trim slots beyond the count left by an interrupted write.
+                    for slot in slots
+                        .keys()
+                        .filter(|s| **s > programmed.backend_ids.len() as u16)
+                    {
+                        maps.delete_service(&frontend, *slot)?;
+                    }
+                    frontends.insert(frontend, programmed);
+                }
+                None => {
+                    // Half-written by an interrupted agent: remove it; the sync rewrites it.
+                    for slot in slots.keys().rev() {
+                        maps.delete_service(&frontend, *slot)?;
+                    }
+                }
+            }
+        }
+        let orphan_rev_nat = reverse_nat
+            .keys()
+            .filter(|id| !used_rev_nat.contains(id))
+            .copied()
+            .collect();
+        let unreferenced = backends
+            .values()
+            .filter(|r| r.refs == 0)
+            .map(|r| r.id)
+            .collect();
+        Ok(Self {
+            maps,
+            frontends,
+            backends,
+            backend_keys: backend_by_id,
+            unreferenced,
+            backend_ids,
+            rev_nat_ids,
+            orphan_rev_nat,
+            stats: WriterStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        self.stats
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.len()
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Makes the maps hold exactly `desired`: upserts every entry, removes every other
+    /// frontend, then drops unused backends and reverse-NAT entries. Returns the errors of
+    /// entries that could not be written (the others are written regardless).
+    pub fn reconcile<'a>(
+        &mut self,
+        desired: impl IntoIterator<Item = (&'a Frontend<A>, &'a ServiceEntry<A>)>,
+    ) -> Vec<(Option<Frontend<A>>, WriteError)> {
+        let mut errors = Vec::new();
+        let mut keep = HashSet::new();
+        for (frontend, entry) in desired {
+            keep.insert(*frontend);
+            if let Err(e) = self.upsert(frontend, entry) {
+                errors.push((Some(*frontend), e));
+            }
+        }
+        let stale: Vec<_> = self
+            .frontends
+            .keys()
+            .filter(|f| !keep.contains(*f))
+            .copied()
+            .collect();
+        for frontend in stale {
+            if let Err(e) = self.remove(&frontend) {
+                errors.push((Some(frontend), e));
+            }
+        }
+        if let Err(e) = self.collect_garbage() {
+            errors.push((None, e));
+        }
+        errors
+    }
+
+    /// Writes one frontend. Returns whether anything changed.
+    pub fn upsert(
+        &mut self,
+        frontend: &Frontend<A>,
+        entry: &ServiceEntry<A>,
+    ) -> Result<bool, WriteError> {
+        if entry.backends.len() > MAX_BACKENDS {
+            return Err(WriteError::TooManyBackends {
+                frontend: frontend.to_string(),
+                count: entry.backends.len(),
+                max: MAX_BACKENDS,
+            });
+        }
+        if self.is_programmed(frontend, entry) {
+            return Ok(false);
+        }
+
+        // 1. Backends.
+        let mut ids = Vec::with_capacity(entry.backends.len());
+        for backend in &entry.backends {
+            match self.acquire_backend(backend) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    self.release_backends(&ids);
+                    self.collect_garbage()?;
+                    return Err(e);
+                }
+            }
+        }
+        let result = self.write_slots(frontend, entry, &ids);
+        if result.is_err() {
+            self.release_backends(&ids);
+        }
+        self.collect_garbage()?;
+        result.map(|()| true)
+    }
+
+    fn is_programmed(&self, frontend: &Frontend<A>, entry: &ServiceEntry<A>) -> bool {
+        let Some(programmed) = self.frontends.get(frontend) else {
+            return false;
+        };
+        programmed.flags == entry.flags
+            && programmed.backend_ids.len() == entry.backends.len()
+            && programmed
+                .backend_ids
+                .iter()
+                .zip(&entry.backends)
+                .all(|(id, backend)| {
+                    self.backends
+                        .get(&backend.key())
+                        .is_some_and(|r| r.id == *id && r.state == backend.state)
+                })
+    }
+
+    /// Steps 2–5: reverse NAT, slots, slot 0, trim. On success the old slots' backend
+    /// references are released.
+    fn write_slots(
+        &mut self,
+        frontend: &Frontend<A>,
+        entry: &ServiceEntry<A>,
+        ids: &[u32],
+    ) -> Result<(), WriteError> {
+        let old = self.frontends.get(frontend).cloned();
+        let rev_nat_id = match &old {
+            Some(p) => p.rev_nat_id,
+            None => {
+                let id = self
+                    .rev_nat_ids
+                    .allocate()
+                    .ok_or(WriteError::IdsExhausted {
+                        what: "reverse NAT",
+                    })?;
+                if let Err(e) = self
+                    .maps
+                    .put_reverse_nat(id, (frontend.address, frontend.port))
+                {
+                    self.rev_nat_ids.release(id);
+                    return Err(e.into());
+                }
+                self.stats.reverse_nat_writes += 1;
+                id
+            }
+        };
+        let old_ids = old
+            .as_ref()
+            .map(|p| p.backend_ids.as_slice())
+            .unwrap_or(&[]);
+        let fail = |this: &mut Self, e: MapError| -> Result<(), WriteError> {
+            if old.is_none() {
+                // Nothing visible yet (no slot 0): undo the reverse NAT entry.
+                let _ = this.maps.delete_reverse_nat(rev_nat_id);
+                this.rev_nat_ids.release(rev_nat_id);
+                for slot in 1..=ids.len() as u16 {
+                    let _ = this.maps.delete_service(frontend, slot);
+                }
+            }
+            Err(e.into())
+        };
+        for (index, id) in ids.iter().enumerate() {
+            if old_ids.get(index) == Some(id) {
+                continue;
+            }
+            let value = ServiceValue {
+                backend_id: *id,
+                rev_nat_id,
+                ..ServiceValue::default()
+            };
+            if let Err(e) = self.maps.put_service(frontend, index as u16 + 1, &value) {
+                return fail(self, e);
+            }
+            self.stats.service_writes += 1;
+        }
+        let head = ServiceValue {
+            backend_id: 0,
+            rev_nat_id,
+            count: ids.len() as u16,
+            flags: entry.flags,
+            affinity_timeout: 0,
+        };
+        if let Err(e) = self.maps.put_service(frontend, 0, &head) {
+            return fail(self, e);
+        }
+        self.stats.service_writes += 1;
+        self.stats.frontends_written += 1;
+        self.frontends.insert(
+            *frontend,
+            Programmed {
+                rev_nat_id,
+                backend_ids: ids.to_vec(),
+                flags: entry.flags,
+            },
+        );
+        // Stale slots beyond the new count are invisible now; trim them.
+        for slot in ids.len() + 1..=old_ids.len() {
+            self.maps.delete_service(frontend, slot as u16)?;
+            self.stats.service_deletes += 1;
+        }
+        self.release_backends(old_ids);
+        Ok(())
+    }
+
+    /// Removes one frontend: slot 0 first (the service disappears at once), then its slots,
+    /// its reverse NAT entry and the backends nothing else uses.
+    pub fn remove(&mut self, frontend: &Frontend<A>) -> Result<bool, WriteError> {
+        let Some(programmed) = self.frontends.get(frontend).cloned() else {
+            return Ok(false);
+        };
+        self.maps.delete_service(frontend, 0)?;
+        self.stats.service_deletes += 1;
+        self.frontends.remove(frontend);
+        self.stats.frontends_deleted += 1;
+        self.release_backends(&programmed.backend_ids);
+        for slot in 1..=programmed.backend_ids.len() as u16 {
+            self.maps.delete_service(frontend, slot)?;
+            self.stats.service_deletes += 1;
+        }
+        self.maps.delete_reverse_nat(programmed.rev_nat_id)?;
+        self.stats.reverse_nat_deletes += 1;
+        self.rev_nat_ids.release(programmed.rev_nat_id);
+        self.collect_garbage()?;
+        Ok(true)
+    }
+
+    /// Returns the backend's ID, writing the backend first if it is new or its state changed.
+    fn acquire_backend(&mut self, backend: &Backend<A>) -> Result<u32, WriteError> {
+        if let Some(record) = self.backends.get_mut(&backend.key()) {
+            if record.state != backend.state {
+                self.maps.put_backend(record.id, backend)?;
+                self.stats.backend_writes += 1;
+                record.state = backend.state;
+            }
+            record.refs += 1;
+            return Ok(record.id);
+        }
+        let id = self
+            .backend_ids
+            .allocate()
+            .ok_or(WriteError::IdsExhausted { what: "backend" })?;
+        if let Err(e) = self.maps.put_backend(id, backend) {
+            self.backend_ids.release(id);
+            return Err(e.into());
+        }
+        self.stats.backend_writes += 1;
+        self.backend_keys.insert(id, backend.key());
+        self.backends.insert(
+            backend.key(),
+            BackendRecord {
+                id,
+                state: backend.state,
+                refs: 1,
+            },
+        );
+        Ok(id)
+    }
+
+    fn release_backends(&mut self, ids: &[u32]) {
+        for id in ids {
+            let Some(record) = self
+                .backend_keys
+                .get(id)
+                .and_then(|key| self.backends.get_mut(key))
+            else {
+                continue;
+            };
+            record.refs = record.refs.saturating_sub(1);
+            if record.refs == 0 {
+                self.unreferenced.push(*id);
+            }
+        }
+    }
+
+    /// Deletes backends no slot names and reverse-NAT entries no frontend uses.
+    fn collect_garbage(&mut self) -> Result<(), WriteError> {
+        while let Some(id) = self.unreferenced.pop() {
+            let Some(key) = self.backend_keys.get(&id).copied() else {
+                continue;
+            };
+            if self.backends.get(&key).is_some_and(|r| r.refs > 0) {
+                continue; // Referenced again since.
+            }
+            if let Err(e) = self.maps.delete_backend(id) {
+                self.unreferenced.push(id);
+                return Err(e.into());
+            }
+            self.stats.backend_deletes += 1;
+            self.backends.remove(&key);
+            self.backend_keys.remove(&id);
+            self.backend_ids.release(id);
+        }
+        for id in std::mem::take(&mut self.orphan_rev_nat) {
+            self.maps.delete_reverse_nat(id)?;
+            self.stats.reverse_nat_deletes += 1;
+            self.rev_nat_ids.release(id);
+        }
+        Ok(())
+    }
+}

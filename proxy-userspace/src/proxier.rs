@@ -1,0 +1,137 @@
+//! Sync: one proxier per IP family behind a thin dispatcher. The proxier turns a Service's
+//! ports into its family's frontends (the plan) and hands them to its map writer; nothing in
+//! here asks which family it is.
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use crate::{
+    family::{Address, Family},
+    maps::{
+        LbMaps,
+        writer::{WriteError, Writer, WriterStats},
+    },
+    model::{ServiceName, ServicePort},
+    plan::{self, Frontend, ServiceEntry},
+};
+
+pub type BoxedMaps<A> = Box<dyn LbMaps<A> + Send>;
+
+/// A failure to program one frontend of one Service.
+#[derive(Debug)]
+pub struct SyncError {
+    pub service: Option<ServiceName>,
+    pub family: Family,
+    pub frontend: Option<String>,
+    pub error: WriteError,
+}
+
+pub struct Proxier<A> {
+    writer: Writer<A, BoxedMaps<A>>,
+    /// The frontends (and entries) each Service owns in this family.
+    owned: HashMap<ServiceName, Vec<(Frontend<A>, ServiceEntry<A>)>>,
+}
+
+impl<A: Address> Proxier<A> {
+    pub fn new(maps: BoxedMaps<A>) -> Result<Self, WriteError> {
+        Ok(Self {
+            writer: Writer::restore(maps)?,
+            owned: HashMap::new(),
+        })
+    }
+
+    /// Programs one Service's ports (empty: the Service is gone or skipped).
+    pub fn apply(
+        &mut self,
+        service: &ServiceName,
+        ports: &[ServicePort],
+        errors: &mut Vec<SyncError>,
+    ) {
+        let desired: Vec<_> = ports.iter().flat_map(plan::frontends::<A>).collect();
+        let old = self.owned.remove(service).unwrap_or_default();
+        let error = |frontend: Option<&Frontend<A>>, error| SyncError {
+            service: Some(service.clone()),
+            family: A::FAMILY,
+            frontend: frontend.map(ToString::to_string),
+            error,
+        };
+        for (frontend, entry) in &desired {
+            if let Err(e) = self.writer.upsert(frontend, entry) {
+                errors.push(error(Some(frontend), e));
+            }
+        }
+        let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
+        for (frontend, _) in old.iter().filter(|(f, _)| !keep.contains(f)) {
+            if let Err(e) = self.writer.remove(frontend) {
+                errors.push(error(Some(frontend), e));
+            }
+        }
+        if !desired.is_empty() {
+            self.owned.insert(service.clone(), desired);
+        }
+    }
+
+    /// Makes the maps hold exactly what the Services own: removes whatever else is there
+    /// (left by an earlier agent, or drift).
+    pub fn reconcile(&mut self, errors: &mut Vec<SyncError>) {
+        let desired = self.owned.values().flatten().map(|(f, e)| (f, e));
+        for (frontend, error) in self.writer.reconcile(desired) {
+            errors.push(SyncError {
+                service: None,
+                family: A::FAMILY,
+                frontend: frontend.map(|f| f.to_string()),
+                error,
+            });
+        }
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        self.writer.stats()
+    }
+
+    pub fn frontend_count(&self) -> usize {
+        self.writer.frontend_count()
+    }
+}
+
+/// The dispatcher: hands every change to the proxier of each family this node serves.
+pub struct Dataplane {
+    pub v4: Option<Proxier<Ipv4Addr>>,
+    pub v6: Option<Proxier<Ipv6Addr>>,
+}
+
+impl Dataplane {
+    pub fn apply(&mut self, service: &ServiceName, ports: &[ServicePort]) -> Vec<SyncError> {
+        let mut errors = Vec::new();
+        if let Some(p) = &mut self.v4 {
+            p.apply(service, ports, &mut errors);
+        }
+        if let Some(p) = &mut self.v6 {
+            p.apply(service, ports, &mut errors);
+        }
+        errors
+    }
+
+    pub fn reconcile(&mut self) -> Vec<SyncError> {
+        let mut errors = Vec::new();
+        if let Some(p) = &mut self.v4 {
+            p.reconcile(&mut errors);
+        }
+        if let Some(p) = &mut self.v6 {
+            p.reconcile(&mut errors);
+        }
+        errors
+    }
+
+    pub fn families(&self) -> Vec<Family> {
+        let mut families = Vec::new();
+        if self.v4.is_some() {
+            families.push(Family::V4);
+        }
+        if self.v6.is_some() {
+            families.push(Family::V6);
+        }
+        families
+    }
+}

@@ -1,0 +1,155 @@
+//! The `--manifests DIR` source: every `*.yaml`, `*.yml` and `*.json` file in DIR, read as
+//! `kubectl get -o yaml|json` prints objects (multi-document files, `kind: List`), and watched
+//! so a file added, changed or removed is reflected within a second.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::Snapshot;
+
+const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+/// Changes within this window are read together (an editor writes a file in several steps).
+const SETTLE: Duration = Duration::from_millis(50);
+/// A rescan even without a notification: a safety net for filesystems without inotify.
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// Reads every manifest in `dir`. Unreadable files and malformed objects are reported in
+/// `errors` and skipped; everything else is returned.
+pub fn read_dir(dir: &Path) -> Result<Snapshot, std::io::Error> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| EXTENSIONS.contains(&e))
+        })
+        .collect();
+    files.sort();
+    let mut snapshot = Snapshot::default();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => parse_into(&file.display().to_string(), &text, &mut snapshot),
+            Err(e) => snapshot
+                .errors
+                .push(format!("{}: cannot read: {e}", file.display())),
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Parses one file's text (YAML, possibly several documents, or JSON) into `snapshot`.
+pub fn parse_into(origin: &str, text: &str, snapshot: &mut Snapshot) {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => {}
+            Ok(value) => add_object(&format!("{origin} document {}", index + 1), value, snapshot),
+            Err(e) => {
+                snapshot
+                    .errors
+                    .push(format!("{origin}: not valid YAML or JSON: {e}"));
+                return; // The rest of the stream cannot be trusted.
+            }
+        }
+    }
+}
+
+fn field<'a>(value: &'a serde_yaml::Value, name: &str) -> Option<&'a str> {
+    value.get(name).and_then(|v| v.as_str())
+}
+
+fn add_object(origin: &str, value: serde_yaml::Value, snapshot: &mut Snapshot) {
+    let api_version = field(&value, "apiVersion").unwrap_or_default().to_owned();
+    let kind = field(&value, "kind").unwrap_or_default().to_owned();
+    let name = value
+        .get("metadata")
+        .and_then(|m| field(m, "name"))
+        .unwrap_or("<unnamed>")
+        .to_owned();
+    let describe = || format!("{origin}: {kind} {name:?}");
+    match (api_version.as_str(), kind.as_str()) {
+        (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") | (_, "NodeList") => {
+            if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
+                for (i, item) in items.iter().enumerate() {
+                    add_object(&format!("{origin} item {}", i + 1), item.clone(), snapshot);
+                }
+            }
+        }
+        ("v1", "Service") => match serde_yaml::from_value::<Service>(value) {
+            Ok(s) => snapshot.services.push(s),
+            Err(e) => snapshot.errors.push(format!("{}: {e}", describe())),
+        },
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            match serde_yaml::from_value::<EndpointSlice>(value) {
+                Ok(s) => snapshot.slices.push(s),
+                Err(e) => snapshot.errors.push(format!("{}: {e}", describe())),
+            }
+        }
+        ("v1", "Node") => match serde_yaml::from_value::<Node>(value) {
+            Ok(n) => snapshot.nodes.push(n),
+            Err(e) => snapshot.errors.push(format!("{}: {e}", describe())),
+        },
+        // Other kinds (Deployments, Pods...) may share the directory; they are not ours.
+        _ => tracing::debug!(origin, kind, "ignoring object"),
+    }
+}
+
+/// Watches `dir` and sends a fresh snapshot whenever its manifests change. The first snapshot
+/// is sent at once. Ends when the receiver is dropped.
+pub async fn watch(dir: PathBuf, sender: mpsc::Sender<Snapshot>) -> Result<(), notify::Error> {
+    use notify::Watcher as _;
+
+    let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = wake_tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+
+    let mut last: Option<String> = None;
+    loop {
+        let read = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || read_dir(&dir)
+        })
+        .await;
+        let snapshot = match read {
+            Ok(Ok(s)) => Some(s),
+            // An unreadable directory is not an empty one: keep serving what we have.
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %dir.display(), %e, "cannot list the manifest directory");
+                None
+            }
+            Err(e) => {
+                tracing::error!(%e, "manifest reader failed");
+                None
+            }
+        };
+        // Only send what changed: a rescan of an untouched directory is silent.
+        if let Some(snapshot) = snapshot {
+            let fingerprint = format!("{snapshot:?}");
+            if last.as_ref() != Some(&fingerprint) {
+                last = Some(fingerprint);
+                if sender.send(snapshot).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake_rx.recv() => tokio::time::sleep(SETTLE).await,
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+        while wake_rx.try_recv().is_ok() {}
+    }
+}

@@ -1,0 +1,169 @@
+//! Change tracking: the last known Services and EndpointSlices, and which Services changed
+//! since the last sync. Cheap and coalescing; building and writing happen at sync time, so a
+//! change and its undo between two syncs cost nothing in the kernel.
+use std::collections::{BTreeSet, HashMap};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::model::{self, Built, ServiceError, ServiceName};
+
+/// `namespace/name` of an EndpointSlice.
+type SliceName = ServiceName;
+
+#[derive(Default)]
+pub struct Tracker {
+    services: HashMap<ServiceName, Service>,
+    slices: HashMap<SliceName, EndpointSlice>,
+    slices_of: HashMap<ServiceName, BTreeSet<SliceName>>,
+    dirty: BTreeSet<ServiceName>,
+}
+
+/// A service's new state at sync time: `None` when it is gone.
+pub type ServiceUpdate = (ServiceName, Option<Result<Built, ServiceError>>);
+
+fn object_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ServiceName> {
+    Some(ServiceName {
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: meta.name.clone()?,
+    })
+}
+
+fn owner(slice: &EndpointSlice) -> Option<ServiceName> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(model::SERVICE_NAME_LABEL)?;
+    Some(ServiceName {
+        namespace: slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: service.clone(),
+    })
+}
+
+impl Tracker {
+    pub fn upsert_service(&mut self, service: Service) {
+        let Some(name) = object_name(&service.metadata) else {
+            return;
+        };
+        if self.services.get(&name) == Some(&service) {
+            return;
+        }
+        self.services.insert(name.clone(), service);
+        self.dirty.insert(name);
+    }
+
+    pub fn delete_service(&mut self, name: &ServiceName) {
+        if self.services.remove(name).is_some() {
+            self.dirty.insert(name.clone());
+        }
+    }
+
+    pub fn upsert_slice(&mut self, slice: EndpointSlice) {
+        let Some(name) = object_name(&slice.metadata) else {
+            return;
+        };
+        if self.slices.get(&name) == Some(&slice) {
+            return;
+        }
+        let new_owner = owner(&slice);
+        if let Some(old) = self.slices.insert(name.clone(), slice) {
+            self.unlink(&name, owner(&old));
+        }
+        if let Some(service) = new_owner {
+            self.slices_of
+                .entry(service.clone())
+                .or_default()
+                .insert(name);
+            self.dirty.insert(service);
+        }
+    }
+
+    pub fn delete_slice(&mut self, name: &SliceName) {
+        if let Some(old) = self.slices.remove(name) {
+            self.unlink(name, owner(&old));
+        }
+    }
+
+    fn unlink(&mut self, slice: &SliceName, service: Option<ServiceName>) {
+        let Some(service) = service else { return };
+        if let Some(set) = self.slices_of.get_mut(&service) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.slices_of.remove(&service);
+            }
+        }
+        self.dirty.insert(service);
+    }
+
+    /// Replaces everything with a full list (a manifest directory read, an API relist):
+    /// objects absent from it are deleted, unchanged ones stay clean.
+    pub fn replace(&mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) {
+        let service_names: BTreeSet<_> = services
+            .iter()
+            .filter_map(|s| object_name(&s.metadata))
+            .collect();
+        let slice_names: BTreeSet<_> = slices
+            .iter()
+            .filter_map(|s| object_name(&s.metadata))
+            .collect();
+        let gone: Vec<_> = self
+            .services
+            .keys()
+            .filter(|n| !service_names.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.delete_service(&name);
+        }
+        let gone: Vec<_> = self
+            .slices
+            .keys()
+            .filter(|n| !slice_names.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.delete_slice(&name);
+        }
+        services.into_iter().for_each(|s| self.upsert_service(s));
+        slices.into_iter().for_each(|s| self.upsert_slice(s));
+    }
+
+    /// Marks every Service changed (a full resync rebuilds all of them).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(self.services.keys().cloned());
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Builds the model of every changed Service and clears the change set.
+    pub fn drain(&mut self) -> Vec<ServiceUpdate> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|name| {
+                let built = self.services.get(&name).map(|service| {
+                    let slices: Vec<&EndpointSlice> = self
+                        .slices_of
+                        .get(&name)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| self.slices.get(s))
+                        .collect();
+                    model::service_ports(service, &slices)
+                });
+                (name, built)
+            })
+            .collect()
+    }
+}
