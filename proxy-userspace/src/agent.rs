@@ -150,12 +150,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let rebuilt = sync(&mut tracker, &mut dataplane);
     report(dataplane.reconcile());
-    health.synced();
-    tracing::info!(
-        services = rebuilt,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "first sync programmed"
-    );
 
     let report_interfaces = |datapath: &mut Datapath| {
         let r = datapath.sync_interfaces(&config.pod_interfaces);
@@ -169,7 +163,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             tracing::warn!("{error}");
         }
     };
+    // Maps first, then the programs that read them; healthy once both are in place.
     report_interfaces(&mut datapath);
+    health.synced();
+    tracing::info!(
+        services = rebuilt,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "first sync programmed"
+    );
 
     let mut interfaces = tokio::time::interval(INTERFACE_POLL);
     let mut full_resync = tokio::time::interval(config.sync_period);

@@ -292,6 +292,11 @@ impl Datapath {
         Ok(())
     }
 
+    /// A loaded program by name (for `BPF_PROG_TEST_RUN` in the datapath tests and benchmarks).
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoadError> {
+        Self::classifier(&mut self.ebpf, name)
+    }
+
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attached.values().map(String::as_str)
     }

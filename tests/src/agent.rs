@@ -1,0 +1,156 @@
+//! The real `twinstack run` process, started in the node namespace with its own pin root.
+//! On drop it is stopped (by its own PID) and `twinstack cleanup` removes its pins.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{netns::Netns, topology::POD_INTERFACES, twinstack_binary, unique};
+
+pub const HEALTHZ_PORT: u16 = 10256;
+
+pub struct Agent {
+    child: Option<Child>,
+    pub bpf_root: PathBuf,
+    node_path: String,
+    log: PathBuf,
+}
+
+/// Flags for `twinstack run` beyond the ones every lab agent gets.
+pub struct AgentOptions<'a> {
+    pub manifests: &'a Path,
+    pub cluster_cidr: &'a str,
+    pub extra: Vec<String>,
+}
+
+impl Agent {
+    /// Starts the agent in `node` and waits (bounded) until /healthz answers 200.
+    pub fn start(node: &Netns, options: AgentOptions<'_>) -> Self {
+        crate::ensure_bpffs();
+        let bpf_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("twinstack-test-")));
+        let log = std::env::temp_dir().join(format!("{}.log", unique("twinstack-agent-")));
+        let log_file = std::fs::File::create(&log).expect("agent log");
+        let mut command = Command::new(twinstack_binary());
+        command
+            .arg("run")
+            .arg("--manifests")
+            .arg(options.manifests)
+            .args(["--node-name", "node-a"])
+            .args(["--cluster-cidr", options.cluster_cidr])
+            .args(["--pod-interfaces", POD_INTERFACES])
+            .arg("--bpf-root")
+            .arg(&bpf_root)
+            .args([
+                "--healthz-bind-address",
+                &format!("127.0.0.1:{HEALTHZ_PORT}"),
+            ])
+            .args(&options.extra)
+            .env("RUST_LOG", "info,proxy_userspace=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        node.command(&mut command);
+        let child = command.spawn().expect("starting twinstack");
+        let agent = Self {
+            child: Some(child),
+            bpf_root,
+            node_path: node.path(),
+            log,
+        };
+        agent.wait_healthy(Duration::from_secs(20));
+        agent
+    }
+
+    /// GET /healthz from inside the node namespace: the status code, or None if unreachable.
+    pub fn healthz(&self) -> Option<u16> {
+        let path = self.node_path.clone();
+        std::thread::spawn(move || {
+            crate::netns::join(&path);
+            let mut stream = TcpStream::connect_timeout(
+                &([127, 0, 0, 1], HEALTHZ_PORT).into(),
+                Duration::from_millis(500),
+            )
+            .ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            response.split_whitespace().nth(1)?.parse().ok()
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+
+    fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.healthz() == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "twinstack did not become healthy within {limit:?}; its log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `twinstack ARGS… --bpf-root <ours>`, e.g. `bpf service list -o json`.
+    pub fn twinstack(&self, args: &[&str]) -> String {
+        let output = Command::new(twinstack_binary())
+            .args(args)
+            .arg("--bpf-root")
+            .arg(&self.bpf_root)
+            .output()
+            .expect("running twinstack");
+        assert!(
+            output.status.success(),
+            "twinstack {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The programmed services, as `bpf service list -o json` reports them.
+    pub fn services(&self) -> serde_json::Value {
+        serde_json::from_str(&self.twinstack(&["bpf", "service", "list", "-o", "json"]))
+            .expect("service list JSON")
+    }
+
+    /// Stops the agent with SIGTERM (bounded wait) and returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = Command::new(twinstack_binary())
+            .args(["cleanup", "--bpf-root"])
+            .arg(&self.bpf_root)
+            .output();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

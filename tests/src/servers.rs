@@ -1,0 +1,147 @@
+//! Backend servers: in a pod's namespace, a TCP and a UDP server (dual-stack sockets) that
+//! answer every request with the pod's name. Stopped and joined on drop.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::topology::Pod;
+
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+const POLL: Duration = Duration::from_millis(5);
+
+impl Servers {
+    /// Starts a TCP server on `tcp_port` and a UDP server on `udp_port` in `pod`.
+    pub fn start(pod: &Pod, tcp_port: u16, udp_port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        {
+            let (stop, name, ready) = (stop.clone(), pod.name.clone(), ready_tx.clone());
+            threads.push(pod.netns.spawn(move || {
+                let listener = TcpListener::bind(("::", tcp_port)).expect("bind TCP");
+                listener.set_nonblocking(true).expect("nonblocking");
+                ready.send(()).expect("ready");
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => serve_tcp(stream, &name),
+                        Err(_) => std::thread::sleep(POLL),
+                    }
+                }
+            }));
+        }
+        {
+            let (stop, name, ready) = (stop.clone(), pod.name.clone(), ready_tx);
+            threads.push(pod.netns.spawn(move || {
+                let socket = UdpSocket::bind(("::", udp_port)).expect("bind UDP");
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(20)))
+                    .expect("timeout");
+                ready.send(()).expect("ready");
+                let mut buffer = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+                        let _ = socket.send_to(reply(&name, peer).as_bytes(), peer);
+                    }
+                }
+            }));
+        }
+        for _ in 0..2 {
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("servers did not start");
+        }
+        Self { stop, threads }
+    }
+}
+
+/// The reply names the backend and the client address it saw.
+fn reply(name: &str, peer: SocketAddr) -> String {
+    format!("{name} {}\n", peer.ip().to_canonical())
+}
+
+fn serve_tcp(mut stream: TcpStream, name: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let peer = match stream.peer_addr() {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let mut buffer = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    // One request, one reply: read until a newline or the peer stops sending.
+    let mut got = Vec::new();
+    while Instant::now() < deadline && !got.contains(&b'\n') {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let _ = stream.write_all(reply(name, peer).as_bytes());
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a client saw for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The backend that answered.
+    pub backend: String,
+    /// The client address as the backend saw it.
+    pub client_seen: String,
+    /// Where the reply came from, as the client saw it.
+    pub reply_from: SocketAddr,
+}
+
+fn parse_answer(text: &str, reply_from: SocketAddr) -> Option<Answer> {
+    let mut parts = text.split_whitespace();
+    Some(Answer {
+        backend: parts.next()?.to_owned(),
+        client_seen: parts.next()?.to_owned(),
+        reply_from,
+    })
+}
+
+/// One TCP request from the current thread's namespace (connect, request, reply, close).
+pub fn tcp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"hello\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    parse_answer(&text, stream.peer_addr()?)
+        .ok_or_else(|| std::io::Error::other(format!("unexpected reply {text:?}")))
+}
+
+/// One UDP request from the current thread's namespace; the reply's source is recorded.
+pub fn udp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<Answer> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("addr")
+    } else {
+        "[::]:0".parse().expect("addr")
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"hello\n", target)?;
+    let mut buffer = [0u8; 2048];
+    let (n, from) = socket.recv_from(&mut buffer)?;
+    parse_answer(&String::from_utf8_lossy(&buffer[..n]), from)
+        .ok_or_else(|| std::io::Error::other("unexpected UDP reply"))
+}

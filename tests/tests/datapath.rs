@@ -1,0 +1,499 @@
+//! Datapath tests: the real BPF object, maps filled by the real map writer, crafted packets run
+//! through the real entry points with BPF_PROG_TEST_RUN; we assert the bytes that come out.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use proxy_common::{program_names, service_flags};
+use proxy_userspace::{
+    family::Address,
+    loader::{self, Datapath},
+    maps::{kernel::KernelMaps, pins::PinLayout, writer::Writer},
+    model::Protocol,
+    plan::{Backend, BackendState, Frontend, ServiceEntry},
+};
+use twinstack_lab::{ensure_bpffs, require_root, unique};
+
+/// `TC_ACT_UNSPEC` / `TCX_NEXT`, our only verdict.
+const NEXT: u32 = u32::MAX;
+
+const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const BACKEND4_A: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+const BACKEND4_B: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 2);
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("IPv6 literal")
+}
+
+struct Fixture {
+    datapath: Datapath,
+    pins: PinLayout,
+    v4: Writer<Ipv4Addr, KernelMaps<Ipv4Addr>>,
+    v6: Writer<Ipv6Addr, KernelMaps<Ipv6Addr>>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        require_root();
+        ensure_bpffs();
+        let pins = PinLayout::new(format!("/sys/fs/bpf/{}", unique("twinstack-dp-")));
+        let datapath = Datapath::load(&pins, &[]).expect("loading the BPF object");
+        Self {
+            datapath,
+            v4: Writer::restore(KernelMaps::open(&pins).expect("v4 maps")).expect("v4 writer"),
+            v6: Writer::restore(KernelMaps::open(&pins).expect("v6 maps")).expect("v6 writer"),
+            pins,
+        }
+    }
+
+    fn run(&mut self, program: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        let prog = self.datapath.program(program).expect("program");
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn from_pod(&mut self, packet: &[u8]) -> Vec<u8> {
+        let (verdict, out) = self.run(program_names::FROM_POD, packet);
+        assert_eq!(verdict, NEXT, "from_pod must hand every packet on");
+        out
+    }
+
+    fn to_pod(&mut self, packet: &[u8]) -> Vec<u8> {
+        let (verdict, out) = self.run(program_names::TO_POD, packet);
+        assert_eq!(verdict, NEXT, "to_pod must hand every packet on");
+        out
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = loader::cleanup(&self.pins);
+    }
+}
+
+fn service<A: Address>(
+    address: A,
+    port: u16,
+    protocol: Protocol,
+    backends: &[(A, u16)],
+) -> (Frontend<A>, ServiceEntry<A>) {
+    (
+        Frontend {
+            address,
+            port,
+            protocol,
+        },
+        ServiceEntry {
+            backends: backends
+                .iter()
+                .map(|(address, port)| Backend {
+                    address: *address,
+                    port: *port,
+                    protocol,
+                    state: BackendState::Active,
+                })
+                .collect(),
+            flags: service_flags::CLUSTER_IP,
+        },
+    )
+}
+
+const PAYLOAD: &[u8] = b"twinstack datapath test payload";
+
+fn builder(
+    source: IpAddr,
+    destination: IpAddr,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    match (source, destination) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    }
+}
+
+fn tcp(source: (IpAddr, u16), destination: (IpAddr, u16), syn: bool) -> Vec<u8> {
+    let b = builder(source.0, destination.0).tcp(source.1, destination.1, 1000, 65535);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut out = Vec::new();
+    b.write(&mut out, PAYLOAD).expect("building TCP");
+    out
+}
+
+fn udp(source: (IpAddr, u16), destination: (IpAddr, u16)) -> Vec<u8> {
+    let mut out = Vec::new();
+    builder(source.0, destination.0)
+        .udp(source.1, destination.1)
+        .write(&mut out, PAYLOAD)
+        .expect("building UDP");
+    out
+}
+
+/// What a packet says, after checking every checksum in it.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    source: (IpAddr, u16),
+    destination: (IpAddr, u16),
+    payload: Vec<u8>,
+}
+
+fn inspect(bytes: &[u8]) -> Seen {
+    let headers = PacketHeaders::from_ethernet_slice(bytes).expect("parsable packet");
+    let payload = headers.payload.slice().to_vec();
+    let (source, destination) = match &headers.net {
+        Some(NetHeaders::Ipv4(ip, _)) => {
+            assert_eq!(
+                ip.header_checksum,
+                ip.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination))
+        }
+        Some(NetHeaders::Ipv6(ip, _)) => (IpAddr::from(ip.source), IpAddr::from(ip.destination)),
+        other => panic!("not IP: {other:?}"),
+    };
+    let (sport, dport) = match (&headers.transport, &headers.net) {
+        (Some(TransportHeader::Tcp(t)), Some(NetHeaders::Ipv4(ip, _))) => {
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv4(ip, &payload).unwrap(),
+                "TCP checksum"
+            );
+            (t.source_port, t.destination_port)
+        }
+        (Some(TransportHeader::Tcp(t)), Some(NetHeaders::Ipv6(ip, _))) => {
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv6(ip, &payload).unwrap(),
+                "TCP checksum"
+            );
+            (t.source_port, t.destination_port)
+        }
+        (Some(TransportHeader::Udp(u)), Some(NetHeaders::Ipv4(ip, _))) => {
+            if u.checksum != 0 {
+                assert_eq!(
+                    u.checksum,
+                    u.calc_checksum_ipv4(ip, &payload).unwrap(),
+                    "UDP checksum"
+                );
+            }
+            (u.source_port, u.destination_port)
+        }
+        (Some(TransportHeader::Udp(u)), Some(NetHeaders::Ipv6(ip, _))) => {
+            assert_eq!(
+                u.checksum,
+                u.calc_checksum_ipv6(ip, &payload).unwrap(),
+                "UDP checksum"
+            );
+            (u.source_port, u.destination_port)
+        }
+        other => panic!("unexpected transport: {other:?}"),
+    };
+    Seen {
+        source: (source, sport),
+        destination: (destination, dport),
+        payload,
+    }
+}
+
+/// DNAT of a client's packet, then reverse NAT of the backend's reply, for one family and
+/// protocol: addresses, ports, checksums, untouched payload.
+fn round_trip<A: Address>(
+    program: impl Fn(&mut Fixture, (Frontend<A>, ServiceEntry<A>)),
+    client: A,
+    vip: A,
+    backend: A,
+    protocol: Protocol,
+) {
+    let mut fx = Fixture::new();
+    program(&mut fx, service(vip, 80, protocol, &[(backend, 8080)]));
+    let (client, vip, backend): (IpAddr, IpAddr, IpAddr) =
+        (client.into(), vip.into(), backend.into());
+    let build = |s, d| match protocol {
+        Protocol::Tcp => tcp(s, d, true),
+        Protocol::Udp => udp(s, d),
+        Protocol::Sctp => unreachable!(),
+    };
+
+    let request = build((client, 40000), (vip, 80));
+    let out = fx.from_pod(&request);
+    assert_eq!(
+        inspect(&out),
+        Seen {
+            source: (client, 40000),
+            destination: (backend, 8080),
+            payload: PAYLOAD.to_vec()
+        },
+        "forward packet DNATed to the backend"
+    );
+    assert_eq!(out.len(), request.len());
+
+    let reply = build((backend, 8080), (client, 40000));
+    let out = fx.to_pod(&reply);
+    assert_eq!(
+        inspect(&out),
+        Seen {
+            source: (vip, 80),
+            destination: (client, 40000),
+            payload: PAYLOAD.to_vec()
+        },
+        "reply reverse-NATed to the service address"
+    );
+}
+
+fn program_v4(fx: &mut Fixture, (f, e): (Frontend<Ipv4Addr>, ServiceEntry<Ipv4Addr>)) {
+    fx.v4.upsert(&f, &e).expect("programming v4");
+}
+
+fn program_v6(fx: &mut Fixture, (f, e): (Frontend<Ipv6Addr>, ServiceEntry<Ipv6Addr>)) {
+    fx.v6.upsert(&f, &e).expect("programming v6");
+}
+
+#[test]
+fn tcp_ipv4_dnat_and_reverse_nat() {
+    round_trip(program_v4, CLIENT4, VIP4, BACKEND4_A, Protocol::Tcp);
+}
+
+#[test]
+fn udp_ipv4_dnat_and_reverse_nat() {
+    round_trip(program_v4, CLIENT4, VIP4, BACKEND4_A, Protocol::Udp);
+}
+
+#[test]
+fn tcp_ipv6_dnat_and_reverse_nat() {
+    round_trip(
+        program_v6,
+        v6("fd00:10:244:1::2"),
+        v6("fd00:10:96::10"),
+        v6("fd00:10:244:2::2"),
+        Protocol::Tcp,
+    );
+}
+
+#[test]
+fn udp_ipv6_dnat_and_reverse_nat() {
+    round_trip(
+        program_v6,
+        v6("fd00:10:244:1::2"),
+        v6("fd00:10:96::10"),
+        v6("fd00:10:244:2::2"),
+        Protocol::Udp,
+    );
+}
+
+/// Inserts a hop-by-hop and a destination-options header between the IPv6 header and L4.
+fn with_extension_headers(mut packet: Vec<u8>) -> Vec<u8> {
+    const L3: usize = 14;
+    let upper = packet[L3 + 6];
+    packet[L3 + 6] = 0; // hop-by-hop
+    let hop_by_hop = [60u8, 0, 1, 4, 0, 0, 0, 0]; // next: destination options; PadN
+    let destination = [upper, 0, 1, 4, 0, 0, 0, 0]; // next: TCP/UDP; PadN
+    let at = L3 + 40;
+    packet.splice(at..at, hop_by_hop.iter().chain(&destination).copied());
+    let length = u16::from_be_bytes([packet[L3 + 4], packet[L3 + 5]]) + 16;
+    packet[L3 + 4..L3 + 6].copy_from_slice(&length.to_be_bytes());
+    packet
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped() {
+    let mut fx = Fixture::new();
+    let (client, vip, backend) = (
+        v6("fd00:10:244:1::2"),
+        v6("fd00:10:96::10"),
+        v6("fd00:10:244:2::2"),
+    );
+    program_v6(&mut fx, service(vip, 80, Protocol::Tcp, &[(backend, 8080)]));
+    let request = with_extension_headers(tcp((client.into(), 41000), (vip.into(), 80), true));
+    let seen = inspect(&request);
+    assert_eq!(
+        seen.destination,
+        (vip.into(), 80),
+        "test packet is well formed"
+    );
+    let out = fx.from_pod(&request);
+    assert_eq!(out.len(), request.len());
+    assert_eq!(
+        inspect(&out),
+        Seen {
+            source: (client.into(), 41000),
+            destination: (backend.into(), 8080),
+            payload: PAYLOAD.to_vec()
+        }
+    );
+    // The extension headers themselves are untouched.
+    assert_eq!(out[54..70], request[54..70]);
+}
+
+#[test]
+fn non_service_packets_pass_untouched() {
+    let mut fx = Fixture::new();
+    program_v4(
+        &mut fx,
+        service(VIP4, 80, Protocol::Tcp, &[(BACKEND4_A, 8080)]),
+    );
+    let vip6 = v6("fd00:10:96::10");
+    program_v6(
+        &mut fx,
+        service(vip6, 80, Protocol::Tcp, &[(v6("fd00:10:244:2::2"), 8080)]),
+    );
+    let client6 = v6("fd00:10:244:1::2");
+    let packets = [
+        // Straight to a pod.
+        tcp((CLIENT4.into(), 40000), (BACKEND4_A.into(), 8080), true),
+        // The service address, another port.
+        tcp((CLIENT4.into(), 40000), (VIP4.into(), 81), true),
+        // The service address and port, another protocol.
+        udp((CLIENT4.into(), 40000), (VIP4.into(), 80)),
+        tcp((client6.into(), 40000), (vip6.into(), 443), true),
+        udp((client6.into(), 40000), (vip6.into(), 80)),
+    ];
+    for packet in packets {
+        assert_eq!(
+            fx.from_pod(&packet),
+            packet,
+            "from_pod changed {:?}",
+            inspect(&packet)
+        );
+        assert_eq!(
+            fx.to_pod(&packet),
+            packet,
+            "to_pod changed {:?}",
+            inspect(&packet)
+        );
+    }
+    // Not IP at all (ARP).
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    assert_eq!(fx.from_pod(&arp), arp);
+}
+
+#[test]
+fn truncated_packets_pass_untouched() {
+    let mut fx = Fixture::new();
+    program_v4(
+        &mut fx,
+        service(VIP4, 80, Protocol::Tcp, &[(BACKEND4_A, 8080)]),
+    );
+    let vip6 = v6("fd00:10:96::10");
+    program_v6(
+        &mut fx,
+        service(vip6, 80, Protocol::Tcp, &[(v6("fd00:10:244:2::2"), 8080)]),
+    );
+    let whole4 = tcp((CLIENT4.into(), 40000), (VIP4.into(), 80), true);
+    let whole6 = tcp(
+        (v6("fd00:10:244:1::2").into(), 40000),
+        (vip6.into(), 80),
+        true,
+    );
+    // Cut inside the TCP header (ports present, checksum field missing), inside the ports, and
+    // right after the IP header. BPF_PROG_TEST_RUN itself refuses a packet shorter than its
+    // minimal IP header, so that case cannot be run.
+    for (whole, cuts) in [
+        (&whole4, [14 + 20 + 10, 14 + 20 + 2, 14 + 20]),
+        (&whole6, [14 + 40 + 10, 14 + 40 + 2, 14 + 40]),
+    ] {
+        for cut in cuts {
+            let packet = &whole[..cut];
+            let (verdict, out) = fx.run(program_names::FROM_POD, packet);
+            assert_eq!(verdict, NEXT);
+            assert_eq!(out, packet, "truncated at {cut} bytes");
+        }
+    }
+}
+
+#[test]
+fn udp_ipv4_without_checksum_keeps_it_zero() {
+    let mut fx = Fixture::new();
+    program_v4(
+        &mut fx,
+        service(VIP4, 53, Protocol::Udp, &[(BACKEND4_A, 5353)]),
+    );
+    let mut packet = udp((CLIENT4.into(), 40000), (VIP4.into(), 53));
+    packet[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let out = fx.from_pod(&packet);
+    assert_eq!(
+        &out[14 + 20 + 6..14 + 20 + 8],
+        &[0, 0],
+        "no checksum stays no checksum"
+    );
+    assert_eq!(inspect(&out).destination, (BACKEND4_A.into(), 5353));
+}
+
+#[test]
+fn flows_stick_to_one_backend_and_spread_over_all() {
+    let mut fx = Fixture::new();
+    program_v4(
+        &mut fx,
+        service(
+            VIP4,
+            80,
+            Protocol::Tcp,
+            &[(BACKEND4_A, 8080), (BACKEND4_B, 8080)],
+        ),
+    );
+    let mut chosen = std::collections::BTreeSet::new();
+    for port in 0..64u16 {
+        let first = inspect(&fx.from_pod(&tcp(
+            (CLIENT4.into(), 30000 + port),
+            (VIP4.into(), 80),
+            true,
+        )));
+        // Every later packet of the flow goes to the same backend.
+        for _ in 0..4 {
+            let again = inspect(&fx.from_pod(&tcp(
+                (CLIENT4.into(), 30000 + port),
+                (VIP4.into(), 80),
+                false,
+            )));
+            assert_eq!(again.destination, first.destination, "flow moved backends");
+        }
+        chosen.insert(first.destination.0);
+    }
+    // 64 flows on one of two backends by chance: probability 2^-63.
+    assert_eq!(chosen.len(), 2, "both backends used: {chosen:?}");
+}
+
+#[test]
+fn a_flow_whose_backend_went_away_is_moved_and_a_deleted_service_stops_translation() {
+    let mut fx = Fixture::new();
+    let (frontend, both) = service(
+        VIP4,
+        80,
+        Protocol::Udp,
+        &[(BACKEND4_A, 8080), (BACKEND4_B, 8080)],
+    );
+    fx.v4.upsert(&frontend, &both).unwrap();
+    let packet = udp((CLIENT4.into(), 40000), (VIP4.into(), 80));
+    let first = inspect(&fx.from_pod(&packet)).destination.0;
+    let survivor = if first == IpAddr::from(BACKEND4_A) {
+        BACKEND4_B
+    } else {
+        BACKEND4_A
+    };
+
+    let (_, one) = service(VIP4, 80, Protocol::Udp, &[(survivor, 8080)]);
+    fx.v4.upsert(&frontend, &one).unwrap();
+    assert_eq!(
+        inspect(&fx.from_pod(&packet)).destination,
+        (survivor.into(), 8080),
+        "the same 5-tuple must follow the remaining backend"
+    );
+
+    fx.v4.remove(&frontend).unwrap();
+    assert_eq!(
+        fx.from_pod(&packet),
+        packet,
+        "a deleted service is not translated"
+    );
+}
