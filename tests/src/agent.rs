@@ -17,6 +17,7 @@ pub struct Agent {
     pub bpf_root: PathBuf,
     node_path: String,
     log: PathBuf,
+    arguments: Vec<std::ffi::OsString>,
 }
 
 /// Flags for `twinstack run` beyond the ones every lab agent gets.
@@ -32,36 +33,56 @@ impl Agent {
         crate::ensure_bpffs();
         let bpf_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("twinstack-test-")));
         let log = std::env::temp_dir().join(format!("{}.log", unique("twinstack-agent-")));
-        let log_file = std::fs::File::create(&log).expect("agent log");
+        let mut arguments: Vec<std::ffi::OsString> = vec!["run".into(), "--manifests".into()];
+        arguments.push(options.manifests.into());
+        for flag in [
+            "--node-name",
+            "node-a",
+            "--cluster-cidr",
+            options.cluster_cidr,
+            "--pod-interfaces",
+            POD_INTERFACES,
+            "--healthz-bind-address",
+            &format!("127.0.0.1:{HEALTHZ_PORT}"),
+            "--bpf-root",
+        ] {
+            arguments.push(flag.into());
+        }
+        arguments.push(bpf_root.clone().into());
+        arguments.extend(options.extra.iter().map(Into::into));
+        let mut agent = Self {
+            child: None,
+            bpf_root,
+            node_path: node.path(),
+            log,
+            arguments,
+        };
+        agent.spawn(node);
+        agent
+    }
+
+    fn spawn(&mut self, node: &Netns) {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
         let mut command = Command::new(twinstack_binary());
         command
-            .arg("run")
-            .arg("--manifests")
-            .arg(options.manifests)
-            .args(["--node-name", "node-a"])
-            .args(["--cluster-cidr", options.cluster_cidr])
-            .args(["--pod-interfaces", POD_INTERFACES])
-            .arg("--bpf-root")
-            .arg(&bpf_root)
-            .args([
-                "--healthz-bind-address",
-                &format!("127.0.0.1:{HEALTHZ_PORT}"),
-            ])
-            .args(&options.extra)
+            .args(&self.arguments)
             .env("RUST_LOG", "info,proxy_userspace=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log_file);
         node.command(&mut command);
-        let child = command.spawn().expect("starting twinstack");
-        let agent = Self {
-            child: Some(child),
-            bpf_root,
-            node_path: node.path(),
-            log,
-        };
-        agent.wait_healthy(Duration::from_secs(20));
-        agent
+        self.child = Some(command.spawn().expect("starting twinstack"));
+        self.wait_healthy(Duration::from_secs(20));
+    }
+
+    /// Stops the agent and starts a new one on the same pins (an upgrade or a crash restart).
+    pub fn restart(&mut self, node: &Netns) {
+        self.stop();
+        self.spawn(node);
     }
 
     /// GET /healthz from inside the node namespace: the status code, or None if unreachable.

@@ -111,7 +111,14 @@ pub async fn watch(dir: PathBuf, sender: mpsc::Sender<Snapshot>) -> Result<(), n
 
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        use notify::event::{AccessKind, AccessMode, EventKind};
+        // Our own reads raise access events; only changes (and a writer closing) count.
+        let change = event.is_ok_and(|e| match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        });
+        if change {
             let _ = wake_tx.try_send(());
         }
     })?;
@@ -138,6 +145,11 @@ pub async fn watch(dir: PathBuf, sender: mpsc::Sender<Snapshot>) -> Result<(), n
         };
         // Only send what changed: a rescan of an untouched directory is silent.
         if let Some(snapshot) = snapshot {
+            tracing::debug!(
+                services = snapshot.services.len(),
+                slices = snapshot.slices.len(),
+                "manifest directory read"
+            );
             let fingerprint = format!("{snapshot:?}");
             if last.as_ref() != Some(&fingerprint) {
                 last = Some(fingerprint);

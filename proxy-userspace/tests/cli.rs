@@ -1,0 +1,96 @@
+//! Flag errors name the flag and show the expected form; `bpf` commands on a missing root fail
+//! clearly. No root needed.
+use std::process::Command;
+
+fn twinstack(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_twinstack"))
+        .args(args)
+        .output()
+        .expect("running twinstack");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn run_with_cidr(cidr: &str) -> (bool, String) {
+    twinstack(&[
+        "run",
+        "--manifests",
+        ".",
+        "--node-name",
+        "n",
+        "--pod-interfaces",
+        "veth*",
+        "--cluster-cidr",
+        cidr,
+    ])
+}
+
+#[test]
+fn bad_cluster_cidrs_are_refused_with_the_flag_and_an_example() {
+    for bad in [
+        "10.0.0.0/8,10.1.0.0/16",
+        "fd00::/64,fd01::/64",
+        "10.0.0.0/33",
+        "nonsense",
+        "",
+    ] {
+        let (ok, stderr) = run_with_cidr(bad);
+        assert!(!ok, "{bad:?} accepted");
+        assert!(stderr.contains("--cluster-cidr"), "{bad:?}: {stderr}");
+        assert!(
+            stderr.contains("10.244.0.0/16,fd00:10:244::/56"),
+            "{bad:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn other_bad_flags_name_the_flag() {
+    let (ok, stderr) = twinstack(&[
+        "run",
+        "--manifests",
+        ".",
+        "--cluster-cidr",
+        "10.0.0.0/8",
+        "--pod-interfaces",
+        "veth[",
+    ]);
+    assert!(!ok && stderr.contains("--pod-interfaces"), "{stderr}");
+    let (ok, stderr) = twinstack(&[
+        "run",
+        "--manifests",
+        ".",
+        "--cluster-cidr",
+        "10.0.0.0/8",
+        "--pod-interfaces",
+        "veth*",
+        "--min-sync-period",
+        "soon",
+    ]);
+    assert!(!ok && stderr.contains("--min-sync-period"), "{stderr}");
+    let (ok, stderr) = twinstack(&[
+        "run",
+        "--manifests",
+        "/nonexistent/dir",
+        "--cluster-cidr",
+        "10.0.0.0/8",
+        "--pod-interfaces",
+        "veth*",
+    ]);
+    assert!(!ok && stderr.contains("--manifests"), "{stderr}");
+}
+
+#[test]
+fn bpf_list_on_a_missing_root_fails_clearly() {
+    let (ok, stderr) = twinstack(&[
+        "bpf",
+        "service",
+        "list",
+        "--bpf-root",
+        "/nonexistent/twinstack",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("lb4_services"), "{stderr}");
+}
