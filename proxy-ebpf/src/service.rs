@@ -35,7 +35,7 @@ pub fn forward<F: Family>(ctx: &TcContext, packet: &Packet<F::Addr>) -> Result<u
         // SAFETY: a map value pointer; concurrent updates are benign (timestamps and flags).
         let entry = unsafe { &mut *entry };
         if entry.rev_nat_id == service.rev_nat_id && !conntrack::reopens(entry, packet.tcp_flags) {
-            if let Some(backend) = unsafe { F::backends().get(&entry.backend_id) } {
+            if let Some(backend) = unsafe { F::backends().get(entry.backend_id) } {
                 conntrack::touch(entry, packet.tcp_flags, now);
                 let (address, port) = F::backend_address(backend);
                 F::rewrite(ctx, packet, true, address, port)?;
@@ -62,7 +62,7 @@ pub fn forward<F: Family>(ctx: &TcContext, packet: &Packet<F::Addr>) -> Result<u
         return Ok(counter::NO_BACKEND);
     };
     let backend_id = slot_entry.backend_id;
-    let Some(backend) = (unsafe { F::backends().get(&backend_id) }) else {
+    let Some(backend) = (unsafe { F::backends().get(backend_id) }) else {
         return Ok(counter::NO_BACKEND);
     };
     let (address, port) = F::backend_address(backend);
@@ -84,10 +84,10 @@ pub fn forward<F: Family>(ctx: &TcContext, packet: &Packet<F::Addr>) -> Result<u
     );
     // Reverse first: once the backend can answer, its reply must find the entry.
     F::conntrack()
-        .insert(&reverse_key, &entry, 0)
+        .insert(&reverse_key, entry, 0)
         .map_err(i64::from)?;
     F::conntrack()
-        .insert(&forward_key, &entry, 0)
+        .insert(&forward_key, entry, 0)
         .map_err(i64::from)?;
     F::rewrite(ctx, packet, true, address, port)?;
     Ok(outcome)
@@ -109,7 +109,7 @@ pub fn reverse<F: Family>(ctx: &TcContext, packet: &Packet<F::Addr>) -> Result<u
     };
     // SAFETY: a map value pointer; concurrent updates are benign.
     let entry = unsafe { &mut *entry };
-    let Some(frontend) = (unsafe { F::reverse_nat().get(&entry.rev_nat_id) }) else {
+    let Some(frontend) = (unsafe { F::reverse_nat().get(entry.rev_nat_id) }) else {
         return Ok(counter::PASS);
     };
     let (address, port) = F::reverse_nat_address(frontend);

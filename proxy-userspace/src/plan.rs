@@ -62,8 +62,11 @@ pub struct ServiceEntry<A> {
     pub flags: u16,
 }
 
+/// A frontend with the entry it should have.
+pub type Planned<A> = (Frontend<A>, ServiceEntry<A>);
+
 /// The frontends one family serves for one service port, each with its entry.
-pub fn frontends<A: Address>(port: &ServicePort) -> Vec<(Frontend<A>, ServiceEntry<A>)> {
+pub fn frontends<A: Address>(port: &ServicePort) -> Vec<Planned<A>> {
     let backends = backends::<A>(port);
     port.cluster_ips
         .iter()

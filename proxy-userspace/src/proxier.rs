@@ -13,7 +13,7 @@ use crate::{
         writer::{WriteError, Writer, WriterStats},
     },
     model::{ServiceName, ServicePort},
-    plan::{self, Frontend, ServiceEntry},
+    plan::{self, Frontend, Planned},
 };
 
 pub type BoxedMaps<A> = Box<dyn LbMaps<A> + Send>;
@@ -30,7 +30,7 @@ pub struct SyncError {
 pub struct Proxier<A> {
     writer: Writer<A, BoxedMaps<A>>,
     /// The frontends (and entries) each Service owns in this family.
-    owned: HashMap<ServiceName, Vec<(Frontend<A>, ServiceEntry<A>)>>,
+    owned: HashMap<ServiceName, Vec<Planned<A>>>,
 }
 
 impl<A: Address> Proxier<A> {

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use aya::maps::{HashMap, Map, MapData};
 use proxy_common::ServiceValue;
 
-use super::{LbMaps, MapError, ServiceSlot, codec::KernelFamily, pins::PinLayout};
+use super::{LbMaps, MapError, ReverseNatEntry, ServiceSlot, codec::KernelFamily, pins::PinLayout};
 use crate::plan::{Backend, Frontend};
 
 /// Opens a pinned hash (or LRU hash) map with typed keys and values.
@@ -134,7 +134,7 @@ impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
             .collect()
     }
 
-    fn dump_reverse_nat(&self) -> Result<Vec<(u32, (A, u16))>, MapError> {
+    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
         Ok(dump(A::REVERSE_NAT, &self.reverse_nat)?
             .into_iter()
             .map(|(id, raw)| (id, A::decode_reverse_nat(&raw)))

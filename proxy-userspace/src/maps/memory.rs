@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use proxy_common::ServiceValue;
 
-use super::{LbMaps, MapError, ServiceSlot};
+use super::{LbMaps, MapError, ReverseNatEntry, ServiceSlot};
 use crate::{
     family::Address,
     plan::{Backend, Frontend},
@@ -91,7 +91,7 @@ impl<A: Address> LbMaps<A> for MemoryMaps<A> {
         Ok(self.backends.iter().map(|(i, b)| (*i, *b)).collect())
     }
 
-    fn dump_reverse_nat(&self) -> Result<Vec<(u32, (A, u16))>, MapError> {
+    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
         Ok(self.reverse_nat.iter().map(|(i, f)| (*i, *f)).collect())
     }
 

@@ -34,12 +34,14 @@ pub enum MapError {
 
 /// A service map entry as read back: frontend, slot, value.
 pub type ServiceSlot<A> = (Frontend<A>, u16, ServiceValue);
+/// A reverse-NAT entry as read back: ID, (address, port).
+pub type ReverseNatEntry<A> = (u32, (A, u16));
 
 /// One family's service, backend and reverse-NAT maps.
 pub trait LbMaps<A> {
     fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError>;
     fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError>;
-    fn dump_reverse_nat(&self) -> Result<Vec<(u32, (A, u16))>, MapError>;
+    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError>;
 
     fn put_service(
         &mut self,
@@ -61,7 +63,7 @@ impl<A, T: LbMaps<A> + ?Sized> LbMaps<A> for Box<T> {
     fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
         (**self).dump_backends()
     }
-    fn dump_reverse_nat(&self) -> Result<Vec<(u32, (A, u16))>, MapError> {
+    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
         (**self).dump_reverse_nat()
     }
     fn put_service(
