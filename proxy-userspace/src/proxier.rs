@@ -31,6 +31,9 @@ pub struct Proxier<A> {
     writer: Writer<A, BoxedMaps<A>>,
     /// The frontends (and entries) each Service owns in this family.
     owned: HashMap<ServiceName, Vec<Planned<A>>>,
+    /// Which Service a frontend belongs to (the last one to claim it), so a Service that
+    /// goes away never removes a frontend another Service has taken over.
+    owners: HashMap<Frontend<A>, ServiceName>,
 }
 
 impl<A: Address> Proxier<A> {
@@ -38,6 +41,7 @@ impl<A: Address> Proxier<A> {
         Ok(Self {
             writer: Writer::restore(maps)?,
             owned: HashMap::new(),
+            owners: HashMap::new(),
         })
     }
 
@@ -57,12 +61,17 @@ impl<A: Address> Proxier<A> {
             error,
         };
         for (frontend, entry) in &desired {
+            self.owners.insert(*frontend, service.clone());
             if let Err(e) = self.writer.upsert(frontend, entry) {
                 errors.push(error(Some(frontend), e));
             }
         }
         let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
         for (frontend, _) in old.iter().filter(|(f, _)| !keep.contains(f)) {
+            if self.owners.get(frontend) != Some(service) {
+                continue; // Another Service claims it now.
+            }
+            self.owners.remove(frontend);
             if let Err(e) = self.writer.remove(frontend) {
                 errors.push(error(Some(frontend), e));
             }

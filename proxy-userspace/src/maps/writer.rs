@@ -30,6 +30,21 @@ pub struct WriterStats {
     pub reverse_nat_deletes: u64,
 }
 
+/// A failed frontend write, and whether its new entry had become visible (slot 0 written).
+struct Failure {
+    error: WriteError,
+    committed: bool,
+}
+
+impl Failure {
+    fn before_commit(error: WriteError) -> Self {
+        Self {
+            error,
+            committed: false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error(transparent)]
@@ -177,8 +192,9 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                     frontends.insert(frontend, programmed);
                 }
                 None => {
-                    // Half-written by an interrupted agent: remove it; the sync rewrites it.
-                    for slot in slots.keys().rev() {
+                    // Half-written by an interrupted agent: remove it, slot 0 first so it
+                    // disappears at once; the sync rewrites it whole.
+                    for slot in slots.keys() {
                         maps.delete_service(&frontend, *slot)?;
                     }
                 }
@@ -285,11 +301,15 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             }
         }
         let result = self.write_slots(frontend, entry, &ids);
-        if result.is_err() {
+        if let Err(Failure {
+            committed: false, ..
+        }) = &result
+        {
+            // Nothing of the new entry is visible: drop the references we took.
             self.release_backends(&ids);
         }
         self.collect_garbage()?;
-        result.map(|()| true)
+        result.map(|()| true).map_err(|f| f.error)
     }
 
     fn is_programmed(&self, frontend: &Frontend<A>, entry: &ServiceEntry<A>) -> bool {
@@ -309,14 +329,15 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                 })
     }
 
-    /// Steps 2–5: reverse NAT, slots, slot 0, trim. On success the old slots' backend
-    /// references are released.
+    /// Steps 2–5: reverse NAT, slots, slot 0, trim. Before slot 0 is written a failure is
+    /// rolled back (the old entry stays whole and visible); once it is written the new entry
+    /// is committed, and the old slots' backend references are released.
     fn write_slots(
         &mut self,
         frontend: &Frontend<A>,
         entry: &ServiceEntry<A>,
         ids: &[u32],
-    ) -> Result<(), WriteError> {
+    ) -> Result<(), Failure> {
         let old = self.frontends.get(frontend).cloned();
         let rev_nat_id = match &old {
             Some(p) => p.rev_nat_id,
@@ -326,13 +347,14 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                     .allocate()
                     .ok_or(WriteError::IdsExhausted {
                         what: "reverse NAT",
-                    })?;
+                    })
+                    .map_err(Failure::before_commit)?;
                 if let Err(e) = self
                     .maps
                     .put_reverse_nat(id, (frontend.address, frontend.port))
                 {
                     self.rev_nat_ids.release(id);
-                    return Err(e.into());
+                    return Err(Failure::before_commit(e.into()));
                 }
                 self.stats.reverse_nat_writes += 1;
                 id
@@ -340,31 +362,25 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         };
         let old_ids = old
             .as_ref()
-            .map(|p| p.backend_ids.as_slice())
-            .unwrap_or(&[]);
-        let fail = |this: &mut Self, e: MapError| -> Result<(), WriteError> {
-            if old.is_none() {
-                // Nothing visible yet (no slot 0): undo the reverse NAT entry.
-                let _ = this.maps.delete_reverse_nat(rev_nat_id);
-                this.rev_nat_ids.release(rev_nat_id);
-                for slot in 1..=ids.len() as u16 {
-                    let _ = this.maps.delete_service(frontend, slot);
-                }
-            }
-            Err(e.into())
+            .map(|p| p.backend_ids.clone())
+            .unwrap_or_default();
+        let slot_value = |backend_id| ServiceValue {
+            backend_id,
+            rev_nat_id,
+            ..ServiceValue::default()
         };
+        let mut written = Vec::new();
+        let mut result = Ok(());
         for (index, id) in ids.iter().enumerate() {
             if old_ids.get(index) == Some(id) {
                 continue;
             }
-            let value = ServiceValue {
-                backend_id: *id,
-                rev_nat_id,
-                ..ServiceValue::default()
-            };
-            if let Err(e) = self.maps.put_service(frontend, index as u16 + 1, &value) {
-                return fail(self, e);
+            let slot = index as u16 + 1;
+            if let Err(e) = self.maps.put_service(frontend, slot, &slot_value(*id)) {
+                result = Err(e);
+                break;
             }
+            written.push(slot);
             self.stats.service_writes += 1;
         }
         let head = ServiceValue {
@@ -374,8 +390,9 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             flags: entry.flags,
             affinity_timeout: 0,
         };
-        if let Err(e) = self.maps.put_service(frontend, 0, &head) {
-            return fail(self, e);
+        if let Err(e) = result.and_then(|()| self.maps.put_service(frontend, 0, &head)) {
+            self.roll_back(frontend, old.is_none(), rev_nat_id, &written, &old_ids);
+            return Err(Failure::before_commit(e.into()));
         }
         self.stats.service_writes += 1;
         self.stats.frontends_written += 1;
@@ -387,13 +404,52 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                 flags: entry.flags,
             },
         );
+        self.release_backends(&old_ids);
         // Stale slots beyond the new count are invisible now; trim them.
         for slot in ids.len() + 1..=old_ids.len() {
-            self.maps.delete_service(frontend, slot as u16)?;
+            if let Err(e) = self.maps.delete_service(frontend, slot as u16) {
+                // Invisible leftovers: the next write of this frontend overwrites them and a
+                // restart trims them.
+                return Err(Failure {
+                    error: e.into(),
+                    committed: true,
+                });
+            }
             self.stats.service_deletes += 1;
         }
-        self.release_backends(old_ids);
         Ok(())
+    }
+
+    /// Undoes the slot writes of a failed update: slots that held another backend get it back,
+    /// slots that were new are deleted; a frontend that never became visible loses its reverse
+    /// NAT entry too. Best effort: this runs after a map error.
+    fn roll_back(
+        &mut self,
+        frontend: &Frontend<A>,
+        new: bool,
+        rev_nat_id: u32,
+        written: &[u16],
+        old_ids: &[u32],
+    ) {
+        for slot in written {
+            match old_ids.get(usize::from(*slot) - 1) {
+                Some(id) => {
+                    let value = ServiceValue {
+                        backend_id: *id,
+                        rev_nat_id,
+                        ..ServiceValue::default()
+                    };
+                    let _ = self.maps.put_service(frontend, *slot, &value);
+                }
+                None => {
+                    let _ = self.maps.delete_service(frontend, *slot);
+                }
+            }
+        }
+        if new {
+            let _ = self.maps.delete_reverse_nat(rev_nat_id);
+            self.rev_nat_ids.release(rev_nat_id);
+        }
     }
 
     /// Removes one frontend: slot 0 first (the service disappears at once), then its slots,

@@ -1,0 +1,567 @@
+//! Layer-1 tests of the map writer over the in-memory twin of the maps: the order of writes,
+//! and the invariant the datapath relies on — a packet never sees half a service. `MemoryMaps`
+//! checks that invariant after every single map operation and records any violation.
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, Ipv6Addr},
+    rc::Rc,
+};
+
+use proxy_common::{ServiceValue, service_flags};
+use proxy_userspace::{
+    family::Address,
+    maps::{
+        LbMaps, MapError, ReverseNatEntry, ServiceSlot,
+        memory::{MemoryMaps, Op},
+        writer::{WriteError, Writer, WriterStats},
+    },
+    model::Protocol,
+    plan::{Backend, BackendState, Frontend, ServiceEntry},
+};
+
+type Maps4 = MemoryMaps<Ipv4Addr>;
+type Writer4 = Writer<Ipv4Addr, Maps4>;
+
+fn frontend4(last: u8, port: u16) -> Frontend<Ipv4Addr> {
+    Frontend {
+        address: Ipv4Addr::new(10, 96, 0, last),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// The frontend most tests program: 10.96.0.10:80/TCP.
+fn service() -> Frontend<Ipv4Addr> {
+    frontend4(10, 80)
+}
+
+/// Pod 10.244.1.`last`:8080/TCP.
+fn pod4(last: u8) -> Backend<Ipv4Addr> {
+    Backend {
+        address: Ipv4Addr::new(10, 244, 1, last),
+        port: 8080,
+        protocol: Protocol::Tcp,
+        state: BackendState::Active,
+    }
+}
+
+fn pod6(last: u8) -> Backend<Ipv6Addr> {
+    Backend {
+        address: Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, last.into()),
+        port: 8080,
+        protocol: Protocol::Tcp,
+        state: BackendState::Active,
+    }
+}
+
+fn entry<A>(backends: Vec<Backend<A>>) -> ServiceEntry<A> {
+    ServiceEntry {
+        backends,
+        flags: service_flags::CLUSTER_IP,
+    }
+}
+
+fn pods4(lasts: &[u8]) -> ServiceEntry<Ipv4Addr> {
+    entry(lasts.iter().copied().map(pod4).collect())
+}
+
+fn empty_writer4() -> Writer4 {
+    Writer::restore(Maps4::default()).expect("restore from empty maps")
+}
+
+/// Runs one writer call and returns the map operations it made, failing the test if any single
+/// one of them left half a service visible.
+fn step<A: Address, R>(
+    writer: &mut Writer<A, MemoryMaps<A>>,
+    what: &str,
+    call: impl FnOnce(&mut Writer<A, MemoryMaps<A>>) -> R,
+) -> (R, Vec<Op<A>>) {
+    let before = writer.maps().ops.len();
+    let result = call(writer);
+    let maps = writer.maps();
+    assert!(
+        maps.violations.is_empty(),
+        "{what}: half a service was visible: {:#?}\nops: {:#?}",
+        maps.violations,
+        &maps.ops[before..]
+    );
+    (result, maps.ops[before..].to_vec())
+}
+
+/// What a packet would see: every visible frontend (slot 0) with the backends its slots name.
+fn served<A: Address>(maps: &MemoryMaps<A>) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
+    maps.services
+        .iter()
+        .filter(|((_, slot), _)| *slot == 0)
+        .map(|((frontend, _), head)| {
+            let backends = (1..=head.count)
+                .map(|s| {
+                    let slot = maps.services[&(*frontend, s)];
+                    assert_eq!(slot.rev_nat_id, head.rev_nat_id, "{frontend} slot {s}");
+                    maps.backends[&slot.backend_id]
+                })
+                .collect();
+            assert_eq!(
+                maps.reverse_nat.get(&head.rev_nat_id),
+                Some(&(frontend.address, frontend.port)),
+                "{frontend}: reverse NAT entry"
+            );
+            (*frontend, backends)
+        })
+        .collect()
+}
+
+/// The ID the maps hold `backend` under.
+fn id_of<A: Address>(maps: &MemoryMaps<A>, backend: &Backend<A>) -> u32 {
+    maps.backends
+        .iter()
+        .find(|(_, b)| b.key() == backend.key())
+        .map(|(id, _)| *id)
+        .unwrap_or_else(|| panic!("backend {backend:?} is not in the maps"))
+}
+
+fn rev_nat_of<A: Address>(maps: &MemoryMaps<A>, frontend: &Frontend<A>) -> u32 {
+    maps.services
+        .get(&(*frontend, 0))
+        .unwrap_or_else(|| panic!("{frontend} has no slot 0"))
+        .rev_nat_id
+}
+
+/// Copies what the pinned maps would still hold after the agent stops (no history).
+fn pinned<A: Address>(maps: &MemoryMaps<A>) -> MemoryMaps<A> {
+    MemoryMaps {
+        services: maps.services.clone(),
+        backends: maps.backends.clone(),
+        reverse_nat: maps.reverse_nat.clone(),
+        ..MemoryMaps::default()
+    }
+}
+
+fn delete_backend_ids<A: Address>(ops: &[Op<A>]) -> BTreeSet<u32> {
+    ops.iter()
+        .map(|op| match op {
+            Op::DeleteBackend(id) => *id,
+            other => panic!("expected only backend deletes, got {other:?}"),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A service's life, in both families
+
+/// Create with 3 backends, scale to 5, scale to 1, change the backend, delete: the maps say
+/// exactly what was asked after each step, and no single operation showed half a service.
+fn lifecycle<A: Address>(frontend: Frontend<A>, pod: impl Fn(u8) -> Backend<A>) {
+    let mut writer: Writer<A, MemoryMaps<A>> =
+        Writer::restore(MemoryMaps::default()).expect("restore from empty maps");
+    let pods = |lasts: &[u8]| -> Vec<Backend<A>> { lasts.iter().copied().map(&pod).collect() };
+
+    for (what, lasts) in [
+        ("create with 3 backends", &[1, 2, 3][..]),
+        ("scale to 5", &[1, 2, 3, 4, 5]),
+        ("scale to 1", &[1]),
+        ("change the backend", &[7]),
+    ] {
+        let (changed, ops) = step(&mut writer, what, |w| {
+            w.upsert(&frontend, &entry(pods(lasts)))
+        });
+        assert!(changed.expect(what), "{what}: upsert reported no change");
+        assert!(!ops.is_empty(), "{what}: nothing written");
+        let maps = writer.maps();
+        assert_eq!(
+            served(maps),
+            BTreeMap::from([(frontend, pods(lasts))]),
+            "{what}"
+        );
+        // Nothing else lingers: exactly the used backends and one reverse NAT entry.
+        assert_eq!(maps.services.len(), lasts.len() + 1, "{what}: service map");
+        assert_eq!(maps.backends.len(), lasts.len(), "{what}: backend map");
+        assert_eq!(maps.reverse_nat.len(), 1, "{what}: reverse NAT map");
+    }
+
+    let (removed, _) = step(&mut writer, "delete", |w| w.remove(&frontend));
+    assert!(removed.expect("delete"));
+    let maps = writer.maps();
+    assert!(maps.services.is_empty(), "{:?}", maps.services);
+    assert!(maps.backends.is_empty(), "{:?}", maps.backends);
+    assert!(maps.reverse_nat.is_empty(), "{:?}", maps.reverse_nat);
+    assert_eq!(writer.frontend_count(), 0);
+    assert_eq!(writer.backend_count(), 0);
+}
+
+#[test]
+fn ipv4_service_lifecycle_never_shows_half_a_service() {
+    lifecycle(service(), pod4);
+}
+
+#[test]
+fn ipv6_service_lifecycle_never_shows_half_a_service() {
+    let frontend = Frontend {
+        address: "fd00:10:96::10".parse::<Ipv6Addr>().unwrap(),
+        port: 443,
+        protocol: Protocol::Tcp,
+    };
+    lifecycle(frontend, pod6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The order of writes
+
+#[test]
+fn create_writes_backends_then_reverse_nat_then_slots_then_slot_0() {
+    let mut writer = empty_writer4();
+    let s = service();
+    let (changed, ops) = step(&mut writer, "create", |w| w.upsert(&s, &pods4(&[1, 2, 3])));
+    assert!(changed.unwrap());
+    let maps = writer.maps();
+    let [b1, b2, b3] = [1, 2, 3].map(|p| id_of(maps, &pod4(p)));
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutBackend(b1),
+            Op::PutBackend(b2),
+            Op::PutBackend(b3),
+            Op::PutReverseNat(rev_nat_of(maps, &s)),
+            Op::PutService(s, 1),
+            Op::PutService(s, 2),
+            Op::PutService(s, 3),
+            Op::PutService(s, 0),
+        ]
+    );
+    assert_eq!(maps.services[&(s, 0)].count, 3);
+    assert_eq!(maps.services[&(s, 0)].flags, service_flags::CLUSTER_IP);
+    assert_eq!(maps.services[&(s, 2)].backend_id, b2);
+}
+
+#[test]
+fn scale_up_writes_only_the_new_backends_and_slots_then_slot_0() {
+    let mut writer = empty_writer4();
+    let s = service();
+    writer.upsert(&s, &pods4(&[1, 2, 3])).unwrap();
+    let (_, ops) = step(&mut writer, "scale to 5", |w| {
+        w.upsert(&s, &pods4(&[1, 2, 3, 4, 5])).unwrap()
+    });
+    let maps = writer.maps();
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutBackend(id_of(maps, &pod4(4))),
+            Op::PutBackend(id_of(maps, &pod4(5))),
+            Op::PutService(s, 4),
+            Op::PutService(s, 5),
+            Op::PutService(s, 0),
+        ],
+        "slots 1-3 are already right and must not be rewritten"
+    );
+    assert_eq!(maps.services[&(s, 0)].count, 5);
+}
+
+#[test]
+fn scale_down_writes_slot_0_then_trims_stale_slots_then_deletes_unused_backends() {
+    let mut writer = empty_writer4();
+    let s = service();
+    writer.upsert(&s, &pods4(&[1, 2, 3, 4, 5])).unwrap();
+    let gone: BTreeSet<u32> = [2, 3, 4, 5].map(|p| id_of(writer.maps(), &pod4(p))).into();
+    let (_, ops) = step(&mut writer, "scale to 1", |w| {
+        w.upsert(&s, &pods4(&[1])).unwrap()
+    });
+    assert_eq!(ops.len(), 9, "{ops:#?}");
+    assert_eq!(ops[0], Op::PutService(s, 0), "slot 0 shrinks first");
+    let trimmed: BTreeSet<u16> = ops[1..5]
+        .iter()
+        .map(|op| match op {
+            Op::DeleteService(f, slot) if *f == s => *slot,
+            other => panic!("expected a stale slot trimmed, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(trimmed, BTreeSet::from([2, 3, 4, 5]));
+    assert_eq!(
+        delete_backend_ids(&ops[5..]),
+        gone,
+        "unused backends go last"
+    );
+    assert_eq!(writer.maps().services[&(s, 0)].count, 1);
+}
+
+#[test]
+fn changed_backend_is_written_before_its_slot_and_the_old_one_deleted_last() {
+    let mut writer = empty_writer4();
+    let s = service();
+    writer.upsert(&s, &pods4(&[1, 2, 3])).unwrap();
+    let old = id_of(writer.maps(), &pod4(2));
+    let (_, ops) = step(&mut writer, "replace pod 2 by pod 9", |w| {
+        w.upsert(&s, &pods4(&[1, 9, 3])).unwrap()
+    });
+    let new = id_of(writer.maps(), &pod4(9));
+    assert_ne!(old, new);
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutBackend(new),
+            Op::PutService(s, 2),
+            Op::PutService(s, 0),
+            Op::DeleteBackend(old),
+        ]
+    );
+    assert_eq!(served(writer.maps())[&s], vec![pod4(1), pod4(9), pod4(3)]);
+}
+
+#[test]
+fn delete_removes_slot_0_first_then_slots_then_reverse_nat_then_backends() {
+    let mut writer = empty_writer4();
+    let s = service();
+    writer.upsert(&s, &pods4(&[1, 2, 3])).unwrap();
+    let maps = writer.maps();
+    let rev_nat = rev_nat_of(maps, &s);
+    let backends: BTreeSet<u32> = [1, 2, 3].map(|p| id_of(maps, &pod4(p))).into();
+    let (removed, ops) = step(&mut writer, "delete", |w| w.remove(&s));
+    assert!(removed.unwrap());
+    assert_eq!(
+        ops[..5],
+        [
+            Op::DeleteService(s, 0),
+            Op::DeleteService(s, 1),
+            Op::DeleteService(s, 2),
+            Op::DeleteService(s, 3),
+            Op::DeleteReverseNat(rev_nat),
+        ]
+    );
+    assert_eq!(delete_backend_ids(&ops[5..]), backends);
+    let stats = writer.stats();
+    assert_eq!(stats.frontends_deleted, 1);
+    assert_eq!(stats.backend_deletes, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing only what changed
+
+#[test]
+fn unchanged_upsert_writes_nothing() {
+    let mut writer = empty_writer4();
+    let s = service();
+    assert!(writer.upsert(&s, &pods4(&[1, 2, 3])).unwrap());
+    let stats = writer.stats();
+    let (changed, ops) = step(&mut writer, "same entry again", |w| {
+        w.upsert(&s, &pods4(&[1, 2, 3]))
+    });
+    assert!(
+        !changed.unwrap(),
+        "an unchanged upsert must report no change"
+    );
+    assert_eq!(ops, vec![]);
+    assert_eq!(writer.stats(), stats);
+
+    // Removing a frontend that is not programmed is no change either.
+    let (removed, ops) = step(&mut writer, "remove unknown", |w| {
+        w.remove(&frontend4(99, 80))
+    });
+    assert!(!removed.unwrap());
+    assert_eq!(ops, vec![]);
+
+    // A backend's state is part of the entry: a pod starting to terminate is a change.
+    let mut terminating = pods4(&[1, 2, 3]);
+    terminating.backends[1].state = BackendState::Terminating;
+    let (changed, ops) = step(&mut writer, "pod 2 terminating", |w| {
+        w.upsert(&s, &terminating)
+    });
+    assert!(changed.unwrap());
+    let id = id_of(writer.maps(), &pod4(2));
+    assert_eq!(ops[0], Op::PutBackend(id), "{ops:?}");
+    assert_eq!(writer.maps().backends[&id].state, BackendState::Terminating);
+    assert_eq!(writer.stats().backend_writes, stats.backend_writes + 1);
+}
+
+#[test]
+fn backend_shared_by_two_frontends_survives_removing_one() {
+    let mut writer = empty_writer4();
+    let (a, b) = (frontend4(10, 80), frontend4(11, 80));
+    writer.upsert(&a, &pods4(&[1, 2])).unwrap();
+    let shared: Vec<u32> = [1, 2].map(|p| id_of(writer.maps(), &pod4(p))).to_vec();
+    let (_, ops) = step(&mut writer, "second frontend", |w| {
+        w.upsert(&b, &pods4(&[1, 2, 3])).unwrap()
+    });
+    let puts: Vec<u32> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::PutBackend(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        puts,
+        vec![id_of(writer.maps(), &pod4(3))],
+        "shared backends are reused, not rewritten"
+    );
+    assert_eq!(writer.maps().backends.len(), 3);
+
+    let (_, ops) = step(&mut writer, "remove the first frontend", |w| {
+        w.remove(&a).unwrap()
+    });
+    assert!(
+        !ops.iter().any(|op| matches!(op, Op::DeleteBackend(_))),
+        "a backend another frontend uses was deleted: {ops:?}"
+    );
+    let maps = writer.maps();
+    assert_eq!(
+        served(maps),
+        BTreeMap::from([(b, vec![pod4(1), pod4(2), pod4(3)])])
+    );
+    for (p, id) in [1, 2].into_iter().zip(shared) {
+        assert_eq!(id_of(maps, &pod4(p)), id);
+    }
+
+    let (_, ops) = step(&mut writer, "remove the second frontend", |w| {
+        w.remove(&b).unwrap()
+    });
+    assert_eq!(delete_backend_ids(&ops[ops.len() - 3..]).len(), 3);
+    assert!(writer.maps().backends.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart: restore from pinned maps
+
+#[test]
+fn restore_renumbers_nothing_and_reconciling_the_same_state_writes_nothing() {
+    let (a, b) = (frontend4(10, 80), frontend4(12, 53));
+    let b = Frontend {
+        protocol: Protocol::Udp,
+        ..b
+    };
+    let dns = |last| Backend {
+        port: 5353,
+        protocol: Protocol::Udp,
+        ..pod4(last)
+    };
+    let desired = [(a, pods4(&[2, 4, 6])), (b, entry(vec![dns(4), dns(8)]))];
+
+    // An earlier agent's history leaves gaps in the IDs.
+    let mut earlier = empty_writer4();
+    earlier.upsert(&frontend4(11, 80), &pods4(&[1, 3])).unwrap();
+    for (frontend, entry) in &desired {
+        earlier.upsert(frontend, entry).unwrap();
+    }
+    earlier.remove(&frontend4(11, 80)).unwrap();
+    let before = pinned(earlier.maps());
+    assert_eq!(before.backends.len(), 5);
+    assert!(!before.backends.contains_key(&1), "test needs ID gaps");
+
+    let mut writer = Writer::restore(pinned(earlier.maps())).expect("restore");
+    assert_eq!(
+        writer.maps().ops,
+        vec![],
+        "restoring complete services writes nothing"
+    );
+    assert_eq!(writer.frontend_count(), 2);
+    assert_eq!(writer.backend_count(), 5);
+
+    let (errors, ops) = step(&mut writer, "reconcile the same state", |w| {
+        w.reconcile(desired.iter().map(|(f, e)| (f, e)))
+    });
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(ops, vec![]);
+    assert_eq!(writer.stats(), WriterStats::default());
+    let maps = writer.maps();
+    assert_eq!(maps.services, before.services);
+    assert_eq!(maps.backends, before.backends);
+    assert_eq!(maps.reverse_nat, before.reverse_nat);
+
+    // New IDs do not collide with restored ones.
+    let (_, _) = step(&mut writer, "add a pod and a frontend", |w| {
+        w.upsert(&a, &pods4(&[2, 4, 6, 10])).unwrap();
+        w.upsert(&frontend4(13, 80), &pods4(&[2])).unwrap();
+    });
+    let maps = writer.maps();
+    let new_backend = id_of(maps, &pod4(10));
+    assert!(!before.backends.contains_key(&new_backend));
+    let new_rev_nat = rev_nat_of(maps, &frontend4(13, 80));
+    assert!(!before.reverse_nat.contains_key(&new_rev_nat));
+    for (frontend, _) in &desired {
+        assert_eq!(rev_nat_of(maps, frontend), rev_nat_of(&before, frontend));
+    }
+}
+
+/// Maps an interrupted agent left behind: `half` has slot 0 (count 3) and slots 1-2 but no
+/// slot 3; `whole` (10.96.0.20:80, one backend) is complete.
+fn interrupted_maps() -> (Maps4, Frontend<Ipv4Addr>, Frontend<Ipv4Addr>) {
+    let (half, whole) = (service(), frontend4(20, 80));
+    let mut maps = Maps4::default();
+    for id in 1..=3 {
+        maps.backends.insert(id, pod4(id as u8));
+    }
+    maps.reverse_nat.insert(1, (half.address, half.port));
+    maps.reverse_nat.insert(2, (whole.address, whole.port));
+    let head = |count, rev_nat_id| ServiceValue {
+        rev_nat_id,
+        count,
+        flags: service_flags::CLUSTER_IP,
+        ..ServiceValue::default()
+    };
+    let slot = |backend_id, rev_nat_id| ServiceValue {
+        backend_id,
+        rev_nat_id,
+        ..ServiceValue::default()
+    };
+    maps.services.insert((half, 0), head(3, 1));
+    maps.services.insert((half, 1), slot(1, 1));
+    maps.services.insert((half, 2), slot(2, 1));
+    maps.services.insert((whole, 0), head(1, 2));
+    maps.services.insert((whole, 1), slot(3, 2));
+    (maps, half, whole)
+}
+
+#[test]
+fn restore_removes_a_half_written_service_and_reconcile_rewrites_it_whole() {
+    let (maps, half, whole) = interrupted_maps();
+    let mut writer = Writer::restore(maps).expect("restore");
+    let maps = writer.maps();
+    assert!(
+        !maps.services.keys().any(|(f, _)| *f == half),
+        "the half-written service must be gone: {:?}",
+        maps.services
+    );
+    assert!(
+        maps.ops
+            .iter()
+            .all(|op| matches!(op, Op::DeleteService(f, _) if *f == half)),
+        "restore touched more than the half-written service: {:?}",
+        maps.ops
+    );
+    assert_eq!(served(maps), BTreeMap::from([(whole, vec![pod4(3)])]));
+    assert_eq!(writer.frontend_count(), 1);
+
+    let violations_before = writer.maps().violations.len();
+    let ops_before = writer.maps().ops.len();
+    let desired = [(half, pods4(&[1, 2, 3])), (whole, pods4(&[3]))];
+    let errors = writer.reconcile(desired.iter().map(|(f, e)| (f, e)));
+    assert!(errors.is_empty(), "{errors:?}");
+    let maps = writer.maps();
+    assert_eq!(
+        maps.violations[violations_before..],
+        [] as [String; 0],
+        "the rewrite showed half a service"
+    );
+    assert_eq!(
+        served(maps),
+        BTreeMap::from([
+            (half, vec![pod4(1), pod4(2), pod4(3)]),
+            (whole, vec![pod4(3)])
+        ])
+    );
+    // The pods kept their IDs; only the stale reverse NAT entry of the broken service went.
+    for id in 1..=3 {
+        assert_eq!(maps.backends[&id], pod4(id as u8));
+    }
+    let ops = &maps.ops[ops_before..];
+    assert!(
+        !ops.iter().any(|op| matches!(op, Op::PutBackend(_))),
+        "{ops:?}"
+    );
+    assert!(ops.contains(&Op::DeleteReverseNat(1)), "{ops:?}");
+    assert_eq!(maps.reverse_nat.len(), 2);
+    assert!(
+        !ops.iter()
+            .any(|op| matches!(op, Op::PutService(f, _) | Op::DeleteService(f, _) if *f == whole)),
+        "the complete service was rewritten: {ops:?}"
+    );
+}
