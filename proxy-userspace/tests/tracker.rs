@@ -2,7 +2,7 @@
 //! undone before the next sync costs no map write. Programming goes through the real sync path
 //! (`agent::sync` → `Dataplane` → `Proxier` → `Writer`) over the in-memory twin of the maps.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, Ipv6Addr},
     path::Path,
     sync::{Arc, Mutex},
@@ -289,4 +289,63 @@ fn replace_with_the_same_objects_leaves_nothing_dirty() {
         .map(|(n, _)| n.clone())
         .collect();
     assert_eq!(gone, [name("shop", "web")], "{updates:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frontends handed between Services
+
+#[test]
+fn renamed_service_keeps_its_cluster_ip_served() {
+    let snapshot = load("ipv4-single-stack.yaml");
+    let mut tracker = Tracker::default();
+    tracker.replace(snapshot.services.clone(), snapshot.slices.clone());
+    let (mut dataplane, memory4, _) = dataplane();
+    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 1);
+    let frontend = |port, protocol| Frontend {
+        address: Ipv4Addr::new(10, 96, 12, 34),
+        port,
+        protocol,
+    };
+    let frontends = [frontend(80, Protocol::Tcp), frontend(53, Protocol::Udp)];
+    let before = served(&memory4);
+    assert_eq!(
+        before.keys().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from(frontends)
+    );
+    assert!(before.values().all(|b| b.len() == 2), "{before:?}");
+
+    // The same Service (cluster IP, ports, endpoints) under another name.
+    let mut api = snapshot.services[0].clone();
+    assert_eq!(api.metadata.name.as_deref(), Some("web"));
+    api.metadata.name = Some("api".into());
+    let mut slice = snapshot.slices[0].clone();
+    slice
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(SERVICE_NAME_LABEL.into(), "api".into());
+    tracker.replace(vec![api], vec![slice]);
+    // Both are rebuilt in one sync: `api` (sorted first) claims the frontends, then `web`,
+    // gone, must not remove them.
+    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 2);
+    assert_eq!(
+        served(&memory4),
+        before,
+        "the renamed Service's frontends must stay served"
+    );
+    for f in &frontends {
+        assert!(
+            memory4.lock().unwrap().services.contains_key(&(*f, 0)),
+            "{f} is gone"
+        );
+    }
+
+    // The new owner's removal removes them.
+    tracker.replace(Vec::new(), Vec::new());
+    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 1);
+    assert!(served(&memory4).is_empty());
+    let memory = memory4.lock().unwrap();
+    assert!(memory.backends.is_empty(), "{:?}", memory.backends);
+    assert!(memory.reverse_nat.is_empty(), "{:?}", memory.reverse_nat);
 }

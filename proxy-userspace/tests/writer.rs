@@ -565,3 +565,175 @@ fn restore_removes_a_half_written_service_and_reconcile_rewrites_it_whole() {
         "the complete service was rewritten: {ops:?}"
     );
 }
+
+#[test]
+fn restore_hides_a_half_written_service_before_deleting_its_slots() {
+    let (maps, half, _) = interrupted_maps();
+    let writer = Writer::restore(maps).expect("restore");
+    let maps = writer.maps();
+    assert_eq!(
+        maps.ops.first(),
+        Some(&Op::DeleteService(half, 0)),
+        "slot 0 must go first, so the broken service disappears at once: {:?}",
+        maps.ops
+    );
+    assert_eq!(
+        maps.ops,
+        vec![
+            Op::DeleteService(half, 0),
+            Op::DeleteService(half, 1),
+            Op::DeleteService(half, 2),
+        ]
+    );
+    assert!(
+        maps.violations.is_empty(),
+        "restore showed half a service: {:#?}",
+        maps.violations
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failed writes
+
+/// `MemoryMaps` with faults a test switches on while a writer owns the maps.
+#[derive(Default)]
+struct Faulty {
+    maps: Maps4,
+    /// Copied to `maps.service_capacity` before every service write.
+    capacity: Rc<Cell<Option<usize>>>,
+    /// Makes deleting a backend slot (slot > 0) fail.
+    fail_slot_deletes: Rc<Cell<bool>>,
+}
+
+impl LbMaps<Ipv4Addr> for Faulty {
+    fn dump_services(&self) -> Result<Vec<ServiceSlot<Ipv4Addr>>, MapError> {
+        self.maps.dump_services()
+    }
+    fn dump_backends(&self) -> Result<Vec<(u32, Backend<Ipv4Addr>)>, MapError> {
+        self.maps.dump_backends()
+    }
+    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<Ipv4Addr>>, MapError> {
+        self.maps.dump_reverse_nat()
+    }
+    fn put_service(
+        &mut self,
+        frontend: &Frontend<Ipv4Addr>,
+        slot: u16,
+        value: &ServiceValue,
+    ) -> Result<(), MapError> {
+        self.maps.service_capacity = self.capacity.get();
+        self.maps.put_service(frontend, slot, value)
+    }
+    fn delete_service(&mut self, frontend: &Frontend<Ipv4Addr>, slot: u16) -> Result<(), MapError> {
+        if slot > 0 && self.fail_slot_deletes.get() {
+            return Err(MapError::Missing { map: "test" });
+        }
+        self.maps.delete_service(frontend, slot)
+    }
+    fn put_backend(&mut self, id: u32, backend: &Backend<Ipv4Addr>) -> Result<(), MapError> {
+        self.maps.put_backend(id, backend)
+    }
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
+        self.maps.delete_backend(id)
+    }
+    fn put_reverse_nat(&mut self, id: u32, frontend: (Ipv4Addr, u16)) -> Result<(), MapError> {
+        self.maps.put_reverse_nat(id, frontend)
+    }
+    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
+        self.maps.delete_reverse_nat(id)
+    }
+}
+
+fn assert_no_violations(maps: &Maps4, what: &str) {
+    assert!(
+        maps.violations.is_empty(),
+        "{what}: half a service was visible: {:#?}\nops: {:#?}",
+        maps.violations,
+        maps.ops
+    );
+}
+
+#[test]
+fn failed_update_into_a_full_map_keeps_the_old_service_whole() {
+    let faulty = Faulty::default();
+    let capacity = faulty.capacity.clone();
+    let mut writer = Writer::restore(faulty).expect("restore from empty maps");
+    let s = service();
+    assert!(writer.upsert(&s, &pods4(&[1])).unwrap());
+    let b1 = id_of(&writer.maps().maps, &pod4(1));
+
+    // Slot 0 and slot 1 fill the map: slot 1 can be overwritten, slot 2 cannot be added.
+    capacity.set(Some(2));
+    let result = writer.upsert(&s, &pods4(&[2, 3]));
+    assert!(
+        matches!(result, Err(WriteError::Map(MapError::Full { .. }))),
+        "{result:?}"
+    );
+    let maps = &writer.maps().maps;
+    assert_no_violations(maps, "failed update");
+    assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(1)])]));
+    assert_eq!(maps.services[&(s, 0)].count, 1);
+    assert_eq!(maps.services[&(s, 1)].backend_id, b1, "slot 1 rolled back");
+    assert!(maps.backends.contains_key(&b1));
+    assert_eq!(maps.services.len(), 2, "{:?}", maps.services);
+    assert_eq!(
+        maps.backends.keys().copied().collect::<Vec<_>>(),
+        vec![b1],
+        "the new backends are released again"
+    );
+
+    // The writer still knows the old entry: asking for it again is no change, and right.
+    let ops = writer.maps().maps.ops.len();
+    assert!(!writer.upsert(&s, &pods4(&[1])).unwrap());
+    let maps = &writer.maps().maps;
+    assert_eq!(maps.ops[ops..], [] as [Op<Ipv4Addr>; 0]);
+    assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(1)])]));
+    assert_no_violations(maps, "same entry again");
+
+    // With room, the update goes through whole.
+    capacity.set(Some(3));
+    assert!(writer.upsert(&s, &pods4(&[2, 3])).unwrap());
+    let maps = &writer.maps().maps;
+    assert_no_violations(maps, "update with room");
+    assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(2), pod4(3)])]));
+    assert_eq!(maps.services.len(), 3);
+    assert!(!maps.backends.contains_key(&b1), "pod 1 is unused now");
+    assert_eq!(maps.backends.len(), 2);
+}
+
+#[test]
+fn failed_trim_after_slot_0_keeps_the_backends_slot_0_names() {
+    let faulty = Faulty::default();
+    let fail_slot_deletes = faulty.fail_slot_deletes.clone();
+    let mut writer = Writer::restore(faulty).expect("restore from empty maps");
+    let s = service();
+    assert!(writer.upsert(&s, &pods4(&[1, 2, 3])).unwrap());
+
+    // Slot 0 shrinks to one slot naming pod 4; trimming slots 2 and 3 then fails.
+    fail_slot_deletes.set(true);
+    let result = writer.upsert(&s, &pods4(&[4]));
+    assert!(
+        matches!(
+            result,
+            Err(WriteError::Map(MapError::Missing { map: "test" }))
+        ),
+        "{result:?}"
+    );
+    let maps = &writer.maps().maps;
+    assert_no_violations(maps, "failed trim");
+    let b4 = id_of(maps, &pod4(4));
+    assert_eq!(maps.services[&(s, 0)].count, 1);
+    assert_eq!(maps.services[&(s, 1)].backend_id, b4);
+    assert!(maps.backends.contains_key(&b4));
+    assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(4)])]));
+
+    // The committed entry is what the writer knows: asking for it again is no change.
+    fail_slot_deletes.set(false);
+    assert!(!writer.upsert(&s, &pods4(&[4])).unwrap());
+    // A restart trims the invisible leftovers and keeps pod 4.
+    let restored = Writer::restore(pinned(&writer.maps().maps)).expect("restore");
+    let maps = restored.maps();
+    assert_no_violations(maps, "restore after a failed trim");
+    assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(4)])]));
+    assert_eq!(maps.services.len(), 2, "{:?}", maps.services);
+}
