@@ -226,6 +226,10 @@ pub struct ConntrackKeyV6 {
 }
 
 /// Conntrack value (both families and directions).
+///
+/// The backend's address is kept in the entry, like a netfilter NAT binding: a TCP connection
+/// stays on its backend for its whole life even after the backend leaves the Service (as with
+/// kube-proxy); UDP flows, and new connections on a reused tuple, are re-balanced instead.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ConntrackValue {
@@ -235,9 +239,13 @@ pub struct ConntrackValue {
     pub backend_id: u32,
     /// The frontend the flow was addressed to.
     pub rev_nat_id: u32,
+    /// The backend's address (IPv4 in the first 4 bytes).
+    pub backend_address: [u8; 16],
+    /// The backend's port, network byte order.
+    pub backend_port: u16,
     /// [`ct_flags`], accumulated.
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 5],
 }
 
 macro_rules! assert_size {
@@ -256,7 +264,7 @@ assert_size! {
     ReverseNatV6 => 20,
     ConntrackKeyV4 => 16,
     ConntrackKeyV6 => 40,
-    ConntrackValue => 24,
+    ConntrackValue => 40,
 }
 
 #[cfg(feature = "user")]

@@ -30,6 +30,9 @@ pub trait Family {
         direction: u8,
     ) -> Self::ConntrackKey;
     fn backend_address(backend: &Self::Backend) -> (Self::Addr, u16);
+    /// The address as kept in a conntrack entry, and back.
+    fn to_conntrack(address: Self::Addr) -> [u8; 16];
+    fn from_conntrack(address: &[u8; 16]) -> Self::Addr;
     fn reverse_nat_address(entry: &Self::ReverseNat) -> (Self::Addr, u16);
 
     /// Rewrites the source (`destination == false`) or destination address and port, fixing
@@ -105,6 +108,19 @@ macro_rules! family {
             #[inline(always)]
             fn backend_address(backend: &$backend) -> ($addr, u16) {
                 (backend.address, backend.port)
+            }
+            #[inline(always)]
+            fn to_conntrack(address: $addr) -> [u8; 16] {
+                let mut out = [0u8; 16];
+                out[..address.len()].copy_from_slice(&address);
+                out
+            }
+            #[inline(always)]
+            fn from_conntrack(address: &[u8; 16]) -> $addr {
+                let mut out = <$addr>::default();
+                let n = out.len();
+                out.copy_from_slice(&address[..n]);
+                out
             }
             #[inline(always)]
             fn reverse_nat_address(entry: &$revnat) -> ($addr, u16) {

@@ -1,7 +1,7 @@
 //! Service load balancing: the forward path (DNAT of a pod's packet to a service) and the
 //! reverse path (restoring the service address on a backend's reply).
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
-use proxy_common::{ConntrackValue, counter, direction};
+use proxy_common::{ConntrackValue, counter, direction, protocol};
 
 use crate::{conntrack, family::Family, parse::Packet};
 
@@ -35,13 +35,17 @@ pub fn forward<F: Family>(ctx: &TcContext, packet: &Packet<F::Addr>) -> Result<u
         // SAFETY: a map value pointer; concurrent updates are benign (timestamps and flags).
         let entry = unsafe { &mut *entry };
         if entry.rev_nat_id == service.rev_nat_id && !conntrack::reopens(entry, packet.tcp_flags) {
-            if let Some(backend) = unsafe { F::backends().get(entry.backend_id) } {
+            // A TCP connection keeps its backend for life, like a netfilter NAT binding, even
+            // once the backend has left the Service. Other flows follow the Service: if their
+            // backend is gone they are balanced again (kube-proxy clears their conntrack).
+            if packet.protocol == protocol::TCP
+                || unsafe { F::backends().get(entry.backend_id) }.is_some()
+            {
                 conntrack::touch(entry, packet.tcp_flags, now);
-                let (address, port) = F::backend_address(backend);
-                F::rewrite(ctx, packet, true, address, port)?;
+                let address = F::from_conntrack(&entry.backend_address);
+                F::rewrite(ctx, packet, true, address, entry.backend_port)?;
                 return Ok(counter::DNAT_ESTABLISHED);
             }
-            // The backend went away: pick another one for this flow.
             outcome = counter::REPICK;
         }
     }
@@ -71,8 +75,10 @@ pub fn forward<F: Family>(ctx: &TcContext, packet: &Packet<F::Addr>) -> Result<u
         last_seen: now,
         backend_id,
         rev_nat_id: service.rev_nat_id,
+        backend_address: F::to_conntrack(address),
+        backend_port: port,
         flags: conntrack::flags_of(packet.tcp_flags),
-        _pad: [0; 7],
+        _pad: [0; 5],
     };
     let reverse_key = F::conntrack_key(
         address,

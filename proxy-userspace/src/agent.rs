@@ -1,7 +1,9 @@
-//! `twinstack run`: the agent's main loop. Source events go into the tracker; syncs are batched
-//! (at most every `min_sync_period`) and only changed Services are rebuilt and rewritten; a
-//! periodic full reconcile repairs drift; interfaces are watched for new pods.
+//! `twinstack run`: the agent. Source events go into the [`Syncer`] (change tracking); syncs
+//! are batched (at most every `min_sync_period`) and rebuild only changed Services; a periodic
+//! full pass (`sync_period`) re-reads the kernel maps and repairs any drift; interfaces are
+//! watched for new pods.
 use std::{
+    collections::{BTreeSet, HashSet},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
@@ -16,18 +18,27 @@ use crate::{
     health::{self, Health},
     loader::Datapath,
     maps::{kernel::KernelMaps, pins::PinLayout},
-    model::Built,
+    model::{Built, ServiceName, ServicePort},
+    node::NodeInfo,
     proxier::{Dataplane, Proxier, SyncError},
-    source::{Snapshot, manifests},
-    tracker::Tracker,
+    source::{self, Kind, Object, SourceEvent},
+    tracker::{Tracker, object_name},
 };
 
 /// How often pod interfaces are looked for.
 const INTERFACE_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// `--manifests DIR`.
+    Manifests(PathBuf),
+    /// The API server, through `--kubeconfig` or the in-cluster service account.
+    Api { kubeconfig: Option<PathBuf> },
+}
+
+#[derive(Clone, Debug)]
 pub struct AgentConfig {
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     pub node_name: String,
     pub cluster_cidrs: ClusterCidrs,
     pub pod_interfaces: InterfacePatterns,
@@ -37,22 +48,230 @@ pub struct AgentConfig {
     pub sync_period: Duration,
 }
 
-/// Opens one proxier per family the node serves, restoring what the pinned maps hold.
-pub fn open_dataplane(pins: &PinLayout, families: &[Family]) -> anyhow::Result<Dataplane> {
-    let mut dataplane = Dataplane { v4: None, v6: None };
-    for family in families {
-        match family {
-            Family::V4 => {
-                let maps = KernelMaps::<Ipv4Addr>::open(pins)?;
-                dataplane.v4 = Some(Proxier::new(Box::new(maps))?);
+/// Counts of what the syncer saw, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncCounters {
+    /// Unreadable objects and invalid Services, skipped.
+    pub invalid: u64,
+    /// Services rebuilt (changed since the previous sync).
+    pub services_synced: u64,
+    pub syncs: u64,
+    pub repairs: u64,
+}
+
+/// Change tracking and sync, independent of the kernel: the agent runs it over the pinned
+/// maps, tests over in-memory ones.
+pub struct Syncer {
+    tracker: Tracker,
+    pub dataplane: Dataplane,
+    /// Kinds whose first complete list has arrived.
+    listed: BTreeSet<Kind>,
+    node_name: String,
+    node: NodeInfo,
+    cluster_families: Vec<Family>,
+    /// (Service, family) pairs already warned about as not served on this node.
+    warned: HashSet<(ServiceName, Family)>,
+    pub counters: SyncCounters,
+}
+
+impl Syncer {
+    pub fn new(dataplane: Dataplane, node_name: &str, cluster_families: Vec<Family>) -> Self {
+        Self {
+            tracker: Tracker::default(),
+            dataplane,
+            listed: BTreeSet::new(),
+            node_name: node_name.to_owned(),
+            node: NodeInfo::default(),
+            cluster_families,
+            warned: HashSet::new(),
+            counters: SyncCounters::default(),
+        }
+    }
+
+    /// Nothing is programmed until the first full lists of Services and EndpointSlices.
+    pub fn ready(&self) -> bool {
+        self.listed.contains(&Kind::Service) && self.listed.contains(&Kind::EndpointSlice)
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.tracker.has_changes()
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// Families served: those of `--cluster-cidr` and those of the node's addresses.
+    pub fn served_families(&self) -> Vec<Family> {
+        let mut families = self.cluster_families.clone();
+        families.extend(self.node.families());
+        families.sort();
+        families.dedup();
+        families
+    }
+
+    pub fn handle(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Replace(kind, objects) => {
+                self.listed.insert(kind);
+                let mut services = Vec::new();
+                let mut slices = Vec::new();
+                let mut nodes = Vec::new();
+                for object in objects {
+                    match object {
+                        Object::Service(s) => services.push(s),
+                        Object::EndpointSlice(s) => slices.push(s),
+                        Object::Node(n) => nodes.push(n),
+                    }
+                }
+                match kind {
+                    Kind::Service => self.tracker.replace_services(services),
+                    Kind::EndpointSlice => self.tracker.replace_slices(slices),
+                    Kind::Node => self.set_node(nodes.iter().find(|n| self.is_ours(n))),
+                }
             }
-            Family::V6 => {
-                let maps = KernelMaps::<Ipv6Addr>::open(pins)?;
-                dataplane.v6 = Some(Proxier::new(Box::new(maps))?);
+            SourceEvent::Apply(Object::Service(s)) => self.tracker.upsert_service(s),
+            SourceEvent::Apply(Object::EndpointSlice(s)) => self.tracker.upsert_slice(s),
+            SourceEvent::Apply(Object::Node(n)) => {
+                if self.is_ours(&n) {
+                    self.set_node(Some(&n));
+                }
+            }
+            SourceEvent::Delete(Object::Service(s)) => {
+                if let Some(name) = object_name(&s.metadata) {
+                    self.tracker.delete_service(&name);
+                }
+            }
+            SourceEvent::Delete(Object::EndpointSlice(s)) => {
+                if let Some(name) = object_name(&s.metadata) {
+                    self.tracker.delete_slice(&name);
+                }
+            }
+            SourceEvent::Delete(Object::Node(n)) => {
+                if self.is_ours(&n) {
+                    self.set_node(None);
+                }
+            }
+            SourceEvent::Invalid(error) => {
+                self.counters.invalid += 1;
+                tracing::error!("{error}");
             }
         }
     }
-    Ok(dataplane)
+
+    fn is_ours(&self, node: &k8s_openapi::api::core::v1::Node) -> bool {
+        node.metadata.name.as_deref() == Some(self.node_name.as_str())
+    }
+
+    fn set_node(&mut self, node: Option<&k8s_openapi::api::core::v1::Node>) {
+        let info = node.map(NodeInfo::from_node).unwrap_or_default();
+        if info == self.node {
+            return;
+        }
+        let before = self.served_families();
+        self.node = info;
+        tracing::info!(addresses = ?self.node.addresses, zone = ?self.node.zone, "node updated");
+        if self.served_families() != before {
+            // A family gained or lost: every Service may gain or lose frontends.
+            self.tracker.mark_all_dirty();
+        }
+    }
+
+    /// Builds and programs every changed Service. Returns how many were rebuilt.
+    pub fn sync(&mut self) -> usize {
+        let updates = self.tracker.drain();
+        let count = updates.len();
+        let served = self.served_families();
+        for (name, built) in updates {
+            let ports = match service_ports(&name, built) {
+                Ok(ports) => self.served_ports(&name, ports, &served),
+                Err(()) => {
+                    self.counters.invalid += 1;
+                    Vec::new()
+                }
+            };
+            report(self.dataplane.apply(&name, &ports));
+        }
+        self.counters.services_synced += count as u64;
+        self.counters.syncs += 1;
+        count
+    }
+
+    /// Drops the cluster IPs of families this node does not serve, warning once per Service.
+    fn served_ports(
+        &mut self,
+        name: &ServiceName,
+        mut ports: Vec<ServicePort>,
+        served: &[Family],
+    ) -> Vec<ServicePort> {
+        for port in &mut ports {
+            port.cluster_ips.retain(|ip| {
+                let family = Family::of(ip);
+                let ok = served.contains(&family);
+                if !ok && self.warned.insert((name.clone(), family)) {
+                    tracing::warn!(
+                        service = %name,
+                        %family,
+                        "family not served on this node (no --cluster-cidr or node address of it)"
+                    );
+                }
+                ok
+            });
+        }
+        ports
+    }
+
+    /// The periodic full pass: re-read the kernel maps and repair any drift.
+    pub fn repair(&mut self) {
+        self.counters.repairs += 1;
+        report(self.dataplane.repair());
+    }
+}
+
+/// The ports to program for one changed Service (none when it is gone, ignored or invalid;
+/// `Err` when invalid, after logging why).
+fn service_ports(
+    name: &ServiceName,
+    built: Option<Result<Built, crate::model::ServiceError>>,
+) -> Result<Vec<ServicePort>, ()> {
+    match built {
+        None => Ok(Vec::new()),
+        Some(Ok(Built::Ports { ports, warnings })) => {
+            for warning in warnings {
+                tracing::warn!(service = %name, "{warning}");
+            }
+            Ok(ports)
+        }
+        Some(Ok(Built::Ignored(reason))) => {
+            tracing::debug!(service = %name, reason, "not served");
+            Ok(Vec::new())
+        }
+        Some(Err(error)) => {
+            // Skipped, never blocking the others; whatever it had is withdrawn.
+            tracing::error!(service = %name, %error, "invalid Service skipped");
+            Err(())
+        }
+    }
+}
+
+/// Builds and programs every changed Service in every family the dataplane has. Returns how
+/// many were rebuilt. (The agent goes through [`Syncer`], which also knows the node.)
+pub fn sync(tracker: &mut Tracker, dataplane: &mut Dataplane) -> usize {
+    let updates = tracker.drain();
+    let count = updates.len();
+    for (name, built) in updates {
+        let ports = service_ports(&name, built).unwrap_or_default();
+        report(dataplane.apply(&name, &ports));
+    }
+    count
+}
+
+/// Opens one proxier per family over the pinned maps, restoring what they hold.
+pub fn open_dataplane(pins: &PinLayout) -> anyhow::Result<Dataplane> {
+    Ok(Dataplane {
+        v4: Some(Proxier::new(Box::new(KernelMaps::<Ipv4Addr>::open(pins)?))?),
+        v6: Some(Proxier::new(Box::new(KernelMaps::<Ipv6Addr>::open(pins)?))?),
+    })
 }
 
 fn report(errors: Vec<SyncError>) {
@@ -67,44 +286,29 @@ fn report(errors: Vec<SyncError>) {
     }
 }
 
-/// Builds and programs every changed Service. Returns how many were rebuilt.
-pub fn sync(tracker: &mut Tracker, dataplane: &mut Dataplane) -> usize {
-    let updates = tracker.drain();
-    let count = updates.len();
-    for (name, built) in updates {
-        let ports = match built {
-            None => Vec::new(),
-            Some(Ok(Built::Ports { ports, warnings })) => {
-                for warning in warnings {
-                    tracing::warn!(service = %name, "{warning}");
+/// Starts the configured source; its events arrive on the returned channel.
+async fn start_source(config: &AgentConfig) -> anyhow::Result<mpsc::Receiver<SourceEvent>> {
+    let (sender, receiver) = mpsc::channel(1024);
+    match &config.source {
+        SourceConfig::Manifests(dir) => {
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                if let Err(e) = source::manifests::watch(dir.clone(), sender).await {
+                    tracing::error!(dir = %dir.display(), %e, "cannot watch the manifest directory");
                 }
-                ports
-            }
-            Some(Ok(Built::Ignored(reason))) => {
-                tracing::debug!(service = %name, reason, "not served");
-                Vec::new()
-            }
-            Some(Err(error)) => {
-                // Skipped, never blocking the others; whatever it had is withdrawn.
-                tracing::error!(service = %name, %error, "invalid Service skipped");
-                Vec::new()
-            }
-        };
-        report(dataplane.apply(&name, &ports));
+            });
+        }
+        SourceConfig::Api { kubeconfig } => {
+            let client = source::kube::client(kubeconfig.as_deref()).await?;
+            let node_name = config.node_name.clone();
+            tokio::spawn(source::kube::watch(client, node_name, sender));
+        }
     }
-    count
-}
-
-fn absorb(tracker: &mut Tracker, snapshot: Snapshot) {
-    for error in &snapshot.errors {
-        tracing::error!("{error}");
-    }
-    tracker.replace(snapshot.services, snapshot.slices);
+    Ok(receiver)
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let pins = PinLayout::new(&config.bpf_root);
-    let families = config.cluster_cidrs.families();
     tracing::info!(
         node = %config.node_name,
         cluster_cidr = %config.cluster_cidrs,
@@ -112,7 +316,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         "starting"
     );
     let mut datapath = Datapath::load(&pins, &[]).context("loading the datapath")?;
-    let mut dataplane = open_dataplane(&pins, &families).context("opening the pinned maps")?;
+    let dataplane = open_dataplane(&pins).context("opening the pinned maps")?;
+    let mut syncer = Syncer::new(
+        dataplane,
+        &config.node_name,
+        config.cluster_cidrs.families(),
+    );
 
     let health = Health::default();
     let server = health::bind(config.healthz_bind_address, health.clone())
@@ -129,27 +338,35 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     });
 
-    let (sender, mut snapshots) = mpsc::channel(8);
-    let dir = config.manifests.clone();
-    let watcher = tokio::spawn(async move {
-        if let Err(e) = manifests::watch(dir.clone(), sender).await {
-            tracing::error!(dir = %dir.display(), %e, "cannot watch the manifest directory");
-        }
-    });
-
+    let mut events = start_source(&config).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut tracker = Tracker::default();
 
-    // Nothing is programmed until the first full list has arrived.
-    let first = tokio::select! {
-        s = snapshots.recv() => s.context("the manifest source stopped before its first list")?,
-        _ = terminate.recv() => return Ok(()),
-        _ = tokio::signal::ctrl_c() => return Ok(()),
-    };
-    absorb(&mut tracker, first);
+    // Nothing is programmed until the first full lists have arrived.
     let started = Instant::now();
-    let rebuilt = sync(&mut tracker, &mut dataplane);
-    report(dataplane.reconcile());
+    while !syncer.ready() {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => syncer.handle(event),
+                None => anyhow::bail!("the source stopped before its first full list"),
+            },
+            _ = terminate.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+    // Take whatever else is already queued (the node, more changes) into the first sync.
+    while let Ok(event) = events.try_recv() {
+        syncer.handle(event);
+    }
+    let listed = started.elapsed();
+    let rebuilt = syncer.sync();
+    let mut repair_errors = Vec::new();
+    if let Some(p) = &mut syncer.dataplane.v4 {
+        p.reconcile(&mut repair_errors);
+    }
+    if let Some(p) = &mut syncer.dataplane.v6 {
+        p.reconcile(&mut repair_errors);
+    }
+    report(repair_errors);
 
     let report_interfaces = |datapath: &mut Datapath| {
         let r = datapath.sync_interfaces(&config.pod_interfaces);
@@ -168,41 +385,48 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     health.synced();
     tracing::info!(
         services = rebuilt,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        families = ?syncer.served_families(),
+        listed_ms = listed.as_millis() as u64,
+        programmed_ms = (started.elapsed() - listed).as_millis() as u64,
         "first sync programmed"
     );
 
     let mut interfaces = tokio::time::interval(INTERFACE_POLL);
-    let mut full_resync = tokio::time::interval(config.sync_period);
-    full_resync.tick().await;
+    let mut full_pass = tokio::time::interval(config.sync_period);
+    full_pass.tick().await;
     let mut last_sync = Instant::now();
     loop {
         // Changes wait for the min sync period since the last sync, then go together.
         let sync_at = tokio::time::Instant::from_std(last_sync + config.min_sync_period);
-        let pending = tracker.has_changes();
+        let pending = syncer.has_changes();
         tokio::select! {
-            s = snapshots.recv() => match s {
-                Some(s) => absorb(&mut tracker, s),
+            event = events.recv() => match event {
+                Some(event) => syncer.handle(event),
                 None => {
-                    tracing::error!("the manifest source stopped; serving the last known state");
-                    watcher.abort();
-                    terminate.recv().await;
+                    tracing::error!("the source stopped; serving the last known state");
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
                     break;
                 }
             },
             _ = tokio::time::sleep_until(sync_at), if pending => {
                 let started = Instant::now();
-                let rebuilt = sync(&mut tracker, &mut dataplane);
+                let rebuilt = syncer.sync();
                 last_sync = Instant::now();
                 health.synced();
-                tracing::debug!(services = rebuilt, elapsed_us = started.elapsed().as_micros() as u64, "synced");
+                tracing::debug!(
+                    services = rebuilt,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "synced"
+                );
             }
-            _ = full_resync.tick() => {
-                tracker.mark_all_dirty();
-                sync(&mut tracker, &mut dataplane);
-                report(dataplane.reconcile());
-                last_sync = Instant::now();
+            _ = full_pass.tick() => {
+                let started = Instant::now();
+                syncer.repair();
                 health.synced();
+                tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "maps re-read and repaired");
             }
             _ = interfaces.tick() => report_interfaces(&mut datapath),
             _ = terminate.recv() => break,

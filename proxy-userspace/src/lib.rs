@@ -9,6 +9,7 @@ pub mod health;
 pub mod loader;
 pub mod maps;
 pub mod model;
+pub mod node;
 pub mod plan;
 pub mod proxier;
 pub mod source;

@@ -95,6 +95,21 @@ impl<A: Address> Proxier<A> {
         }
     }
 
+    /// Re-reads the kernel maps and writes whatever differs from what the Services own:
+    /// the periodic repair of drift.
+    pub fn repair(&mut self, errors: &mut Vec<SyncError>) {
+        if let Err(error) = self.writer.refresh() {
+            errors.push(SyncError {
+                service: None,
+                family: A::FAMILY,
+                frontend: None,
+                error,
+            });
+            return;
+        }
+        self.reconcile(errors);
+    }
+
     pub fn stats(&self) -> WriterStats {
         self.writer.stats()
     }
@@ -129,6 +144,17 @@ impl Dataplane {
         }
         if let Some(p) = &mut self.v6 {
             p.reconcile(&mut errors);
+        }
+        errors
+    }
+
+    pub fn repair(&mut self) -> Vec<SyncError> {
+        let mut errors = Vec::new();
+        if let Some(p) = &mut self.v4 {
+            p.repair(&mut errors);
+        }
+        if let Some(p) = &mut self.v6 {
+            p.repair(&mut errors);
         }
         errors
     }

@@ -21,7 +21,7 @@ pub struct Tracker {
 /// A service's new state at sync time: `None` when it is gone.
 pub type ServiceUpdate = (ServiceName, Option<Result<Built, ServiceError>>);
 
-fn object_name(
+pub fn object_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<ServiceName> {
     Some(ServiceName {
@@ -101,36 +101,46 @@ impl Tracker {
         self.dirty.insert(service);
     }
 
-    /// Replaces everything with a full list (a manifest directory read, an API relist):
-    /// objects absent from it are deleted, unchanged ones stay clean.
+    /// Replaces everything with a full list of both kinds (a manifest directory read).
     pub fn replace(&mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-        let service_names: BTreeSet<_> = services
-            .iter()
-            .filter_map(|s| object_name(&s.metadata))
-            .collect();
-        let slice_names: BTreeSet<_> = slices
+        self.replace_services(services);
+        self.replace_slices(slices);
+    }
+
+    /// Replaces the Services with a complete list (an API list or relist): Services absent
+    /// from it are deleted, unchanged ones stay clean.
+    pub fn replace_services(&mut self, services: Vec<Service>) {
+        let names: BTreeSet<_> = services
             .iter()
             .filter_map(|s| object_name(&s.metadata))
             .collect();
         let gone: Vec<_> = self
             .services
             .keys()
-            .filter(|n| !service_names.contains(*n))
+            .filter(|n| !names.contains(*n))
             .cloned()
             .collect();
         for name in gone {
             self.delete_service(&name);
         }
+        services.into_iter().for_each(|s| self.upsert_service(s));
+    }
+
+    /// Replaces the EndpointSlices with a complete list.
+    pub fn replace_slices(&mut self, slices: Vec<EndpointSlice>) {
+        let names: BTreeSet<_> = slices
+            .iter()
+            .filter_map(|s| object_name(&s.metadata))
+            .collect();
         let gone: Vec<_> = self
             .slices
             .keys()
-            .filter(|n| !slice_names.contains(*n))
+            .filter(|n| !names.contains(*n))
             .cloned()
             .collect();
         for name in gone {
             self.delete_slice(&name);
         }
-        services.into_iter().for_each(|s| self.upsert_service(s));
         slices.into_iter().for_each(|s| self.upsert_slice(s));
     }
 

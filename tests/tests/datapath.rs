@@ -497,3 +497,36 @@ fn a_flow_whose_backend_went_away_is_moved_and_a_deleted_service_stops_translati
         "a deleted service is not translated"
     );
 }
+
+#[test]
+fn a_tcp_connection_keeps_its_backend_after_the_backend_leaves_the_service() {
+    let mut fx = Fixture::new();
+    let (frontend, both) = service(
+        VIP4,
+        80,
+        Protocol::Tcp,
+        &[(BACKEND4_A, 8080), (BACKEND4_B, 8080)],
+    );
+    fx.v4.upsert(&frontend, &both).unwrap();
+    let client = (IpAddr::from(CLIENT4), 40000);
+    let first = inspect(&fx.from_pod(&tcp(client, (VIP4.into(), 80), true))).destination;
+    let other = if first.0 == IpAddr::from(BACKEND4_A) {
+        BACKEND4_B
+    } else {
+        BACKEND4_A
+    };
+
+    // The connection's backend leaves the Service (its pod is terminating).
+    let (_, one) = service(VIP4, 80, Protocol::Tcp, &[(other, 8080)]);
+    fx.v4.upsert(&frontend, &one).unwrap();
+    assert_eq!(
+        inspect(&fx.from_pod(&tcp(client, (VIP4.into(), 80), false))).destination,
+        first,
+        "an established TCP connection stays on its backend, like a netfilter NAT binding"
+    );
+    // A new connection goes to the remaining backend.
+    assert_eq!(
+        inspect(&fx.from_pod(&tcp((CLIENT4.into(), 40001), (VIP4.into(), 80), true))).destination,
+        (other.into(), 8080)
+    );
+}

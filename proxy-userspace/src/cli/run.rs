@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    agent::{self, AgentConfig},
+    agent::{self, AgentConfig, SourceConfig},
     config::{ClusterCidrs, InterfacePatterns},
 };
 
@@ -18,9 +18,13 @@ fn duration(value: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Directory of Service, EndpointSlice and Node manifests (YAML or JSON), watched.
-    #[arg(long, value_name = "DIR")]
-    manifests: PathBuf,
+    /// Directory of Service, EndpointSlice and Node manifests (YAML or JSON), watched,
+    /// instead of the API server.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig of the API server to watch (default: the in-cluster service account).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
     /// This node's name (default: $NODE_NAME, then the hostname).
     #[arg(
         long,
@@ -63,8 +67,26 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         Some(n) if !n.is_empty() => n,
         _ => hostname()?,
     };
+    let source = match args.manifests {
+        Some(dir) => {
+            if !dir.is_dir() {
+                anyhow::bail!("--manifests {}: not a directory", dir.display());
+            }
+            SourceConfig::Manifests(dir)
+        }
+        None => {
+            if let Some(path) = &args.kubeconfig
+                && !path.is_file()
+            {
+                anyhow::bail!("--kubeconfig {}: no such file", path.display());
+            }
+            SourceConfig::Api {
+                kubeconfig: args.kubeconfig,
+            }
+        }
+    };
     let config = AgentConfig {
-        manifests: args.manifests,
+        source,
         node_name,
         cluster_cidrs: args.cluster_cidr,
         pod_interfaces: args.pod_interfaces,
@@ -73,12 +95,6 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         min_sync_period: args.min_sync_period,
         sync_period: args.sync_period,
     };
-    if !config.manifests.is_dir() {
-        anyhow::bail!(
-            "--manifests {}: not a directory",
-            config.manifests.display()
-        );
-    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

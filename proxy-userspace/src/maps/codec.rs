@@ -45,6 +45,8 @@ pub trait KernelFamily: Address {
     fn encode_reverse_nat(address: Self, port: u16) -> Self::ReverseNat;
     fn decode_reverse_nat(raw: &Self::ReverseNat) -> (Self, u16);
     fn decode_conntrack_key(raw: &Self::ConntrackKey) -> ConntrackTuple<Self>;
+    /// An address as a conntrack value holds it (IPv4 in the first 4 bytes).
+    fn decode_conntrack_address(raw: &[u8; 16]) -> Self;
 }
 
 fn encode_state(state: BackendState) -> u8 {
@@ -128,6 +130,13 @@ macro_rules! kernel_family {
 
             fn decode_reverse_nat(raw: &$revnat) -> (Self, u16) {
                 (<$addr>::from(raw.address), u16::from_be(raw.port))
+            }
+
+            fn decode_conntrack_address(raw: &[u8; 16]) -> Self {
+                let mut octets = Self::UNSPECIFIED.octets();
+                let n = octets.len();
+                octets.copy_from_slice(&raw[..n]);
+                <$addr>::from(octets)
             }
 
             fn decode_conntrack_key(raw: &$ctkey) -> ConntrackTuple<Self> {

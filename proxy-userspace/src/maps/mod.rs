@@ -56,7 +56,9 @@ pub trait LbMaps<A> {
     fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError>;
 }
 
-impl<A, T: LbMaps<A> + ?Sized> LbMaps<A> for Box<T> {
+macro_rules! forward_lb_maps {
+    ($($target:ty),*) => {$(
+impl<A, T: LbMaps<A> + ?Sized> LbMaps<A> for $target {
     fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
         (**self).dump_services()
     }
@@ -90,3 +92,8 @@ impl<A, T: LbMaps<A> + ?Sized> LbMaps<A> for Box<T> {
         (**self).delete_reverse_nat(id)
     }
 }
+    )*};
+}
+
+// A boxed twin or kernel maps, and a borrowed one (the writer re-reads state through it).
+forward_lb_maps!(Box<T>, &mut T);

@@ -223,6 +223,34 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         })
     }
 
+    /// Re-reads what the maps really hold (someone may have changed them behind our back),
+    /// repairing half-written entries like a restart would. A following `reconcile` then
+    /// writes exactly the difference to the desired state.
+    pub fn refresh(&mut self) -> Result<(), WriteError> {
+        let Writer {
+            frontends,
+            backends,
+            backend_keys,
+            unreferenced,
+            backend_ids,
+            rev_nat_ids,
+            orphan_rev_nat,
+            ..
+        } = Writer::restore(&mut self.maps)?;
+        self.frontends = frontends;
+        self.backends = backends;
+        self.backend_keys = backend_keys;
+        self.unreferenced = unreferenced;
+        // Keep moving forward from the IDs handed out so far.
+        let (next_backend, next_rev_nat) = (self.backend_ids.next, self.rev_nat_ids.next);
+        self.backend_ids = backend_ids;
+        self.backend_ids.next = self.backend_ids.next.max(next_backend);
+        self.rev_nat_ids = rev_nat_ids;
+        self.rev_nat_ids.next = self.rev_nat_ids.next.max(next_rev_nat);
+        self.orphan_rev_nat = orphan_rev_nat;
+        Ok(())
+    }
+
     pub fn stats(&self) -> WriterStats {
         self.stats
     }

@@ -10,7 +10,7 @@ use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::Endpoin
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::Snapshot;
+use super::{Snapshot, SourceEvent};
 
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 /// Changes within this window are read together (an editor writes a file in several steps).
@@ -104,9 +104,9 @@ fn add_object(origin: &str, value: serde_yaml::Value, snapshot: &mut Snapshot) {
     }
 }
 
-/// Watches `dir` and sends a fresh snapshot whenever its manifests change. The first snapshot
-/// is sent at once. Ends when the receiver is dropped.
-pub async fn watch(dir: PathBuf, sender: mpsc::Sender<Snapshot>) -> Result<(), notify::Error> {
+/// Watches `dir` and sends its complete contents (one full list per kind) whenever its
+/// manifests change; the first read is sent at once. Ends when the receiver is dropped.
+pub async fn watch(dir: PathBuf, sender: mpsc::Sender<SourceEvent>) -> Result<(), notify::Error> {
     use notify::Watcher as _;
 
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
@@ -153,8 +153,10 @@ pub async fn watch(dir: PathBuf, sender: mpsc::Sender<Snapshot>) -> Result<(), n
             let fingerprint = format!("{snapshot:?}");
             if last.as_ref() != Some(&fingerprint) {
                 last = Some(fingerprint);
-                if sender.send(snapshot).await.is_err() {
-                    return Ok(());
+                for event in snapshot.into_events() {
+                    if sender.send(event).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }
