@@ -20,9 +20,15 @@ pub struct Agent {
     arguments: Vec<std::ffi::OsString>,
 }
 
+/// Where the agent reads Services from.
+pub enum AgentSource<'a> {
+    Manifests(&'a Path),
+    Kubeconfig(&'a Path),
+}
+
 /// Flags for `twinstack run` beyond the ones every lab agent gets.
 pub struct AgentOptions<'a> {
-    pub manifests: &'a Path,
+    pub source: AgentSource<'a>,
     pub cluster_cidr: &'a str,
     pub extra: Vec<String>,
 }
@@ -30,11 +36,27 @@ pub struct AgentOptions<'a> {
 impl Agent {
     /// Starts the agent in `node` and waits (bounded) until /healthz answers 200.
     pub fn start(node: &Netns, options: AgentOptions<'_>) -> Self {
+        let mut agent = Self::launch(node, options);
+        agent.wait_healthy(Duration::from_secs(20));
+        agent
+    }
+
+    /// Starts the agent in `node` without waiting for it to become healthy.
+    pub fn launch(node: &Netns, options: AgentOptions<'_>) -> Self {
         crate::ensure_bpffs();
         let bpf_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("twinstack-test-")));
         let log = std::env::temp_dir().join(format!("{}.log", unique("twinstack-agent-")));
-        let mut arguments: Vec<std::ffi::OsString> = vec!["run".into(), "--manifests".into()];
-        arguments.push(options.manifests.into());
+        let mut arguments: Vec<std::ffi::OsString> = vec!["run".into()];
+        match options.source {
+            AgentSource::Manifests(dir) => {
+                arguments.push("--manifests".into());
+                arguments.push(dir.into());
+            }
+            AgentSource::Kubeconfig(path) => {
+                arguments.push("--kubeconfig".into());
+                arguments.push(path.into());
+            }
+        }
         for flag in [
             "--node-name",
             "node-a",
@@ -76,13 +98,13 @@ impl Agent {
             .stderr(log_file);
         node.command(&mut command);
         self.child = Some(command.spawn().expect("starting twinstack"));
-        self.wait_healthy(Duration::from_secs(20));
     }
 
     /// Stops the agent and starts a new one on the same pins (an upgrade or a crash restart).
     pub fn restart(&mut self, node: &Netns) {
         self.stop();
         self.spawn(node);
+        self.wait_healthy(Duration::from_secs(20));
     }
 
     /// GET /healthz from inside the node namespace: the status code, or None if unreachable.
@@ -108,7 +130,7 @@ impl Agent {
         .flatten()
     }
 
-    fn wait_healthy(&self, limit: Duration) {
+    pub fn wait_healthy(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self.healthz() == Some(200) {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use twinstack_lab::{
-    agent::{Agent, AgentOptions},
+    agent::{Agent, AgentOptions, AgentSource},
     manifests, require_root,
     servers::{self, Answer, Servers},
     topology::Topology,
@@ -49,7 +49,7 @@ impl Lab {
         let agent = Agent::start(
             &topology.node,
             AgentOptions {
-                manifests: manifests.path(),
+                source: AgentSource::Manifests(manifests.path()),
                 cluster_cidr: CLUSTER_CIDR,
                 extra: vec![],
             },

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::bail;
 use twinstack_lab::{
-    agent::{Agent, AgentOptions},
+    agent::{Agent, AgentOptions, AgentSource},
     servers::{self, Servers},
     topology::Topology,
 };
@@ -42,7 +42,7 @@ pub fn run() -> anyhow::Result<()> {
     let agent = Agent::start(
         &topology.node,
         AgentOptions {
-            manifests: &examples,
+            source: AgentSource::Manifests(&examples),
             cluster_cidr: "10.244.0.0/16,fd00:10:244::/56",
             extra: vec![],
         },
