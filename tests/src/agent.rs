@@ -36,7 +36,7 @@ pub struct AgentOptions<'a> {
 impl Agent {
     /// Starts the agent in `node` and waits (bounded) until /healthz answers 200.
     pub fn start(node: &Netns, options: AgentOptions<'_>) -> Self {
-        let mut agent = Self::launch(node, options);
+        let agent = Self::launch(node, options);
         agent.wait_healthy(Duration::from_secs(20));
         agent
     }

@@ -146,3 +146,43 @@ impl<A: Address> LbMaps<A> for MemoryMaps<A> {
         Ok(())
     }
 }
+
+/// A twin shared between the writer that owns it and a test that inspects it.
+pub type SharedMemoryMaps<A> = std::sync::Arc<std::sync::Mutex<MemoryMaps<A>>>;
+
+impl<A: Address> LbMaps<A> for SharedMemoryMaps<A> {
+    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
+        self.lock().expect("maps lock").dump_services()
+    }
+    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
+        self.lock().expect("maps lock").dump_backends()
+    }
+    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
+        self.lock().expect("maps lock").dump_reverse_nat()
+    }
+    fn put_service(
+        &mut self,
+        frontend: &Frontend<A>,
+        slot: u16,
+        value: &ServiceValue,
+    ) -> Result<(), MapError> {
+        self.lock()
+            .expect("maps lock")
+            .put_service(frontend, slot, value)
+    }
+    fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
+        self.lock().expect("maps lock").delete_service(frontend, slot)
+    }
+    fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError> {
+        self.lock().expect("maps lock").put_backend(id, backend)
+    }
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
+        self.lock().expect("maps lock").delete_backend(id)
+    }
+    fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError> {
+        self.lock().expect("maps lock").put_reverse_nat(id, frontend)
+    }
+    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
+        self.lock().expect("maps lock").delete_reverse_nat(id)
+    }
+}
