@@ -1,5 +1,6 @@
 //! `cargo xtask …`: the project's commands. Each one sets up what it needs first, and every
 //! step is idempotent.
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -30,6 +31,16 @@ enum Task {
     Demo,
     /// Run every test: lint, unit, datapath (BPF_PROG_TEST_RUN) and integration (namespaces).
     Test,
+    /// Benchmarks against kube-proxy's iptables and nftables layouts and the direct path;
+    /// writes bench/results/REPORT.md and its charts.
+    Bench {
+        /// Fewer sizes, runs and seconds (under 5 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// A few seconds on one size, to check the bench still works (results go to target/).
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Demo => demo::run(),
         Task::Test => test::run(),
+        Task::Bench { quick, smoke } => bench::run(quick, smoke),
     }
 }
 

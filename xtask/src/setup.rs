@@ -7,7 +7,19 @@ use crate::exec;
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
 /// Commands the tests, demo and benchmarks use, and the Debian package providing each.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("sysctl", "procps"), ("mount", "mount")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("sysctl", "procps"),
+    ("mount", "mount"),
+    ("iptables-restore", "iptables"),
+    ("ip6tables-restore", "iptables"),
+    ("nft", "nftables"),
+    // The bench charts' font (`command -v` accepts a path: it checks the file is there).
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
+];
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)

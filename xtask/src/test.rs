@@ -46,5 +46,7 @@ pub fn run() -> anyhow::Result<()> {
         cargo()
             .args(["test", "--no-fail-fast", "--", "--test-threads=1"])
             .env("TWINSTACK_BIN", &binary),
-    )
+    )?;
+    // The benchmark is not part of the suite, but a few seconds of it is, so it cannot rot.
+    crate::bench::run(false, true)
 }

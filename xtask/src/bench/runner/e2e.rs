@@ -1,0 +1,335 @@
+//! Section 2: end to end in network namespaces. One topology (node, client pod, two backend
+//! pods), one mode active at a time: `direct` (no Service), `twinstack` (the real agent on a
+//! generated manifest directory), and kube-proxy's `iptables` and `nftables` layouts.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use twinstack_lab::{
+    agent::{Agent, AgentOptions, AgentSource},
+    topology::Topology,
+};
+
+use crate::{
+    Plan,
+    cluster::{BACKEND_PORT, CLUSTER_CIDR_V4, CLUSTER_CIDR_V6, Cluster, ManifestDir, SERVICE_PORT},
+    kubeproxy::{self, Layout, Rules},
+    load::{self, Outcome, Server, Test},
+    stats::Summary,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Direct,
+    Twinstack,
+    Iptables,
+    Nftables,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [
+        Mode::Direct,
+        Mode::Twinstack,
+        Mode::Iptables,
+        Mode::Nftables,
+    ];
+
+    /// The client's ephemeral port range while this mode is measured.
+    fn ports(self) -> (u16, u16) {
+        let i = Mode::ALL.iter().position(|m| *m == self).unwrap_or(0) as u16;
+        (1024 + i * 16_000, 1024 + i * 16_000 + 15_999)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Twinstack => "twinstack",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+}
+
+pub const TESTS: [Test; 2] = [Test::NewConnections, Test::RequestResponse];
+
+pub struct Cell {
+    pub mode: Mode,
+    pub size: usize,
+    pub v6: bool,
+    pub test: Test,
+    pub rate: Summary,
+    pub p50_us: Summary,
+    pub p99_us: Summary,
+    pub errors: u64,
+}
+
+pub struct Results {
+    pub sizes: Vec<usize>,
+    pub cells: Vec<Cell>,
+    /// Seconds from starting the agent to its first full sync, per size.
+    pub agent_ready: Vec<(usize, f64)>,
+    /// The client's SYN retransmissions and retransmitted segments while each mode was
+    /// active: a lost or mistranslated packet shows here before it shows in a rate.
+    pub retransmitted: Vec<(Mode, usize, u64, u64)>,
+}
+
+impl Results {
+    pub fn cell(&self, mode: Mode, size: usize, v6: bool, test: Test) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.mode == mode && c.size == size && c.v6 == v6 && c.test == test)
+    }
+}
+
+/// What makes one mode active; dropping it deactivates the mode (the agent's guard runs
+/// `twinstack cleanup` before its manifests go).
+#[derive(Default)]
+struct Active<'a> {
+    agent: Option<Agent>,
+    _manifests: Option<ManifestDir>,
+    _rules: Option<Rules<'a>>,
+}
+
+pub fn run(plan: &Plan) -> anyhow::Result<Results> {
+    let topology = Topology::new(2);
+    let _servers: Vec<Server> = topology
+        .backends
+        .iter()
+        .map(|pod| Server::start(pod, BACKEND_PORT, plan.server_workers))
+        .collect();
+    let target_v4: Vec<Ipv4Addr> = topology.backends.iter().map(|p| p.v4).collect();
+    let target_v6: Vec<Ipv6Addr> = topology.backends.iter().map(|p| p.v6).collect();
+
+    let mut cells = Vec::new();
+    let mut agent_ready = Vec::new();
+    let mut retransmitted = Vec::new();
+    for &size in &plan.e2e_sizes {
+        let cluster = Cluster::new(size, &target_v4, &target_v6);
+        for mode in Mode::ALL {
+            if let Ok(only) = std::env::var("TWINSTACK_BENCH_MODES")
+                && !only.split(',').any(|m| m == mode.name())
+            {
+                continue;
+            }
+            eprintln!("  end to end: {} with {size} Services", mode.name());
+            // Each mode has its own client ports. The server closes first, so the client keeps
+            // no TIME_WAIT and reuses a port at once; the backend accepts a new SYN on its
+            // TIME_WAIT only if the SYN's sequence number and timestamp are newer, and those
+            // are derived from the address the client connected to (the cluster IP or the pod
+            // IP). Shared ports would make one mode's SYNs look old to another's TIME_WAIT.
+            let (low, high) = mode.ports();
+            topology
+                .client
+                .netns
+                .sysctl("net.ipv4.ip_local_port_range", &format!("{low} {high}"));
+            let started = Instant::now();
+            let before = retransmissions(&topology);
+            let mut active = activate(mode, &topology, &cluster)?;
+            if mode == Mode::Twinstack {
+                agent_ready.push((size, started.elapsed().as_secs_f64()));
+            }
+            if let Some(agent) = &mut active.agent {
+                ensure!(
+                    kubeproxy::ruleset(&topology.node).trim().is_empty(),
+                    "netfilter rules left in the node while measuring twinstack"
+                );
+                // The datapath is pinned and keeps serving without the agent. Stopping it
+                // leaves only the datapath on the CPUs (the agent rescans its manifest
+                // directory every 2 s; its own costs belong to section 3). The guard still
+                // runs `twinstack cleanup` when the mode ends.
+                agent.stop();
+            }
+            let targets = |v6: bool| -> Vec<SocketAddr> {
+                match mode {
+                    Mode::Direct => topology
+                        .backends
+                        .iter()
+                        .map(|p| SocketAddr::new(p.address(v6), BACKEND_PORT))
+                        .collect(),
+                    _ => vec![SocketAddr::new(
+                        cluster.target().cluster_ip(v6),
+                        SERVICE_PORT,
+                    )],
+                }
+            };
+            for v6 in [false, true] {
+                wait_reachable(&topology, &targets(v6))
+                    .with_context(|| format!("{} ({size} Services)", mode.name()))?;
+            }
+            // Warm up (neighbour entries, caches, the first conntrack entries).
+            client_run(
+                &topology,
+                Test::NewConnections,
+                targets(false),
+                plan.warmup,
+                plan,
+            );
+            let mut outcomes: Vec<((bool, Test), Vec<Outcome>)> = Vec::new();
+            for _ in 0..plan.e2e_reps {
+                for v6 in [false, true] {
+                    for test in TESTS {
+                        let outcome = client_run(&topology, test, targets(v6), plan.duration, plan);
+                        if outcome.completed == 0 {
+                            bail!(
+                                "{} {test:?} over {}: nothing completed ({} errors)",
+                                mode.name(),
+                                if v6 { "IPv6" } else { "IPv4" },
+                                outcome.errors
+                            );
+                        }
+                        match outcomes.iter_mut().find(|(k, _)| *k == (v6, test)) {
+                            Some((_, list)) => list.push(outcome),
+                            None => outcomes.push(((v6, test), vec![outcome])),
+                        }
+                    }
+                }
+            }
+            for ((v6, test), list) in outcomes {
+                let of =
+                    |f: fn(&Outcome) -> f64| Summary::of(&list.iter().map(f).collect::<Vec<_>>());
+                let cell = Cell {
+                    mode,
+                    size,
+                    v6,
+                    test,
+                    rate: of(|o| o.rate),
+                    p50_us: of(|o| o.p50_us),
+                    p99_us: of(|o| o.p99_us),
+                    errors: list.iter().map(|o| o.errors).sum(),
+                };
+                eprintln!(
+                    "    {:<4} {:<24} {:>10}/s  p50 {:>7} µs  p99 {:>7} µs  errors {}",
+                    if v6 { "IPv6" } else { "IPv4" },
+                    test.label(),
+                    crate::stats::number(cell.rate.median, 0),
+                    crate::stats::number(cell.p50_us.median, 1),
+                    crate::stats::number(cell.p99_us.median, 1),
+                    cell.errors
+                );
+                cells.push(cell);
+            }
+            let after = retransmissions(&topology);
+            retransmitted.push((mode, size, after.0 - before.0, after.1 - before.1));
+            drop(active);
+            ensure!(
+                kubeproxy::ruleset(&topology.node).trim().is_empty(),
+                "the {} rules were not removed",
+                mode.name()
+            );
+        }
+    }
+    Ok(Results {
+        sizes: plan.e2e_sizes.clone(),
+        cells,
+        agent_ready,
+        retransmitted,
+    })
+}
+
+fn activate<'a>(
+    mode: Mode,
+    topology: &'a Topology,
+    cluster: &Cluster,
+) -> anyhow::Result<Active<'a>> {
+    Ok(match mode {
+        Mode::Direct => Active::default(),
+        Mode::Twinstack => {
+            let manifests = cluster.write_manifests()?;
+            let cidrs = format!("{CLUSTER_CIDR_V4},{CLUSTER_CIDR_V6}");
+            let agent = Agent::start(
+                &topology.node,
+                AgentOptions {
+                    source: AgentSource::Manifests(manifests.path()),
+                    cluster_cidr: &cidrs,
+                    extra: vec![],
+                },
+            );
+            Active {
+                agent: Some(agent),
+                _manifests: Some(manifests),
+                _rules: None,
+            }
+        }
+        Mode::Iptables | Mode::Nftables => {
+            let layout = if mode == Mode::Iptables {
+                Layout::Iptables
+            } else {
+                Layout::Nftables
+            };
+            let (rules, _) = kubeproxy::program(&topology.node, layout, cluster)?;
+            Active {
+                _rules: Some(rules),
+                ..Active::default()
+            }
+        }
+    })
+}
+
+fn client_run(
+    topology: &Topology,
+    test: Test,
+    targets: Vec<SocketAddr>,
+    duration: Duration,
+    plan: &Plan,
+) -> Outcome {
+    let threads = plan.client_threads;
+    topology
+        .client
+        .netns
+        .enter(move || load::run(test, &targets, threads, duration, 5_000_000))
+}
+
+/// One transaction to each target must succeed within a few seconds (the agent may still be
+/// attaching to the interfaces, neighbours may be resolving).
+fn wait_reachable(topology: &Topology, targets: &[SocketAddr]) -> anyhow::Result<()> {
+    for &target in targets {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let outcome = topology.client.netns.enter(move || {
+                load::run(
+                    Test::NewConnections,
+                    &[target],
+                    1,
+                    Duration::from_millis(200),
+                    1,
+                )
+            });
+            if outcome.completed == 1 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{target} does not answer");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// The client namespace's (SYN retransmissions, retransmitted segments) so far.
+fn retransmissions(topology: &Topology) -> (u64, u64) {
+    topology.client.netns.enter(|| {
+        // thread-self: this thread's namespace, not the process's.
+        let read = |file: &str| std::fs::read_to_string(format!("/proc/thread-self/net/{file}"));
+        let counter = |text: &str, group: &str, name: &str| -> u64 {
+            let mut lines = text.lines().filter(|l| l.starts_with(group));
+            let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+                return 0;
+            };
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let netstat = read("netstat").unwrap_or_default();
+        let snmp = read("snmp").unwrap_or_default();
+        (
+            counter(&netstat, "TcpExt:", "TCPSynRetrans"),
+            counter(&snmp, "Tcp:", "RetransSegs"),
+        )
+    })
+}

@@ -1,0 +1,152 @@
+//! The benchmark runner behind `cargo xtask bench`: per-packet cost of the kernel programs
+//! (section 1), end to end against kube-proxy's layouts and the direct path (section 2), and
+//! the control plane (section 3). Writes REPORT.md and PNG charts into `--out`.
+//!
+//! Needs root (BPF, network namespaces). Everything it creates (namespaces, pins, rules, the
+//! agent, temporary manifests) sits behind a guard that removes it, on error and panic too.
+mod charts;
+mod cluster;
+mod control_plane;
+mod datapath;
+mod e2e;
+mod kubeproxy;
+mod load;
+mod report;
+mod stats;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    /// Where REPORT.md and the charts go.
+    #[arg(long)]
+    out: PathBuf,
+    /// The `twinstack` binary the end-to-end runs start.
+    #[arg(long)]
+    twinstack_bin: PathBuf,
+    #[arg(long)]
+    quick: bool,
+    #[arg(long)]
+    smoke: bool,
+}
+
+/// How much of everything to run.
+pub struct Plan {
+    pub profile: &'static str,
+    pub datapath_sizes: Vec<usize>,
+    pub datapath_reps: usize,
+    pub datapath_runs: usize,
+    pub miss_repeat: u32,
+    pub e2e_sizes: Vec<usize>,
+    pub e2e_reps: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub client_threads: usize,
+    pub server_workers: usize,
+    pub load_services: usize,
+    pub load_reps: usize,
+}
+
+impl Plan {
+    fn new(quick: bool, smoke: bool) -> Self {
+        let full = Self {
+            profile: "full",
+            datapath_sizes: vec![1, 1_000, 10_000, 100_000],
+            datapath_reps: 7,
+            datapath_runs: 2_000,
+            miss_repeat: 100_000,
+            e2e_sizes: vec![1, 1_000, 10_000],
+            e2e_reps: 5,
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(500),
+            client_threads: 4,
+            server_workers: 2,
+            load_services: 10_000,
+            load_reps: 3,
+        };
+        if smoke {
+            Self {
+                profile: "smoke",
+                datapath_sizes: vec![1, 100],
+                datapath_reps: 2,
+                datapath_runs: 100,
+                miss_repeat: 1_000,
+                e2e_sizes: vec![10],
+                e2e_reps: 1,
+                duration: Duration::from_millis(300),
+                warmup: Duration::from_millis(100),
+                load_services: 100,
+                load_reps: 1,
+                ..full
+            }
+        } else if quick {
+            Self {
+                profile: "quick",
+                datapath_reps: 5,
+                datapath_runs: 1_000,
+                miss_repeat: 50_000,
+                e2e_sizes: vec![1, 10_000],
+                e2e_reps: 3,
+                duration: Duration::from_secs(1),
+                warmup: Duration::from_millis(300),
+                load_reps: 2,
+                ..full
+            }
+        } else {
+            full
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    twinstack_lab::require_root();
+    // SAFETY: set before any thread starts; the lab reads it to start the agent.
+    unsafe { std::env::set_var("TWINSTACK_BIN", &cli.twinstack_bin) };
+    let plan = Plan::new(cli.quick, cli.smoke);
+    let started = Instant::now();
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    charts::register_font()?;
+
+    eprintln!("== 1. per-packet cost (BPF_PROG_TEST_RUN)");
+    let datapath = datapath::run(&plan)?;
+    eprintln!("== 2. end to end in network namespaces");
+    let e2e = e2e::run(&plan)?;
+    eprintln!("== 3. control plane: kube-proxy load times");
+    let loads = control_plane::kube_proxy_load_times(plan.load_services, plan.load_reps)?;
+    let twinstack = control_plane::twinstack_figures(&plan);
+
+    charts::per_packet(&datapath, &cli.out.join("per-packet.png"))?;
+    charts::rates(
+        &e2e,
+        load::Test::NewConnections,
+        &cli.out.join("new-connections.png"),
+    )?;
+    charts::rates(
+        &e2e,
+        load::Test::RequestResponse,
+        &cli.out.join("request-response.png"),
+    )?;
+    let report = report::write(
+        &plan,
+        &datapath,
+        &e2e,
+        &loads,
+        twinstack.as_ref(),
+        started.elapsed(),
+    );
+    let path = cli.out.join("REPORT.md");
+    std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "== done in {:.0?}: {}",
+        started.elapsed(),
+        cli.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! REPORT.md: the machine, the targets and whether they are met, then one table per section.
+use std::{fmt::Write as _, process::Command, time::Duration};
+
+use crate::{
+    Plan,
+    control_plane::{self, LoadTimes, TwinstackFigures},
+    datapath::{self, Case},
+    e2e::{self, Mode, TESTS},
+    load::Test,
+    stats::{self, number},
+};
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']))
+        })
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+fn family(v6: bool) -> &'static str {
+    if v6 { "IPv6" } else { "IPv4" }
+}
+
+pub fn write(
+    plan: &Plan,
+    datapath: &datapath::Results,
+    e2e: &e2e::Results,
+    loads: &LoadTimes,
+    twinstack: Option<&TwinstackFigures>,
+    elapsed: Duration,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Twinstack benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Written by `cargo xtask bench{}`; every figure is the median of several runs with \
+         its spread (min–max); every comparison is a ratio of medians measured in this run.\n",
+        match plan.profile {
+            "quick" => " --quick",
+            "smoke" => " --smoke",
+            _ => "",
+        }
+    );
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(
+        s,
+        "| date | {} |",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    let _ = writeln!(
+        s,
+        "| kernel | {} |",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let _ = writeln!(
+        s,
+        "| CPU | {} × {} |",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    let _ = writeln!(
+        s,
+        "| netfilter tools | {}; {} |",
+        command_line("iptables", &["--version"]),
+        command_line("nft", &["--version"])
+    );
+    let _ = writeln!(
+        s,
+        "| profile | {} ({} s in all) |\n",
+        plan.profile,
+        elapsed.as_secs()
+    );
+
+    targets(&mut s, datapath, e2e);
+    section1(&mut s, datapath);
+    section2(&mut s, plan, e2e);
+    let _ = writeln!(s, "## 3. Control plane\n");
+    s.push_str(&control_plane::section(loads, twinstack));
+    s
+}
+
+/// Cost at the largest size over cost at 1 Service.
+fn growth(row: &datapath::Row) -> f64 {
+    match (row.by_size.first(), row.by_size.last()) {
+        (Some(first), Some(last)) => stats::ratio(last, first),
+        _ => f64::NAN,
+    }
+}
+
+fn targets(s: &mut String, datapath: &datapath::Results, e2e: &e2e::Results) {
+    let _ = writeln!(s, "## Targets\n");
+    s.push_str("| target | IPv4 | IPv6 | verdict |\n|---|---:|---:|---|\n");
+    let largest = datapath.sizes.last().copied().unwrap_or(0);
+    for case in [Case::New, Case::Established, Case::ReverseNat, Case::Miss] {
+        let g: Vec<f64> = ["IPv4", "IPv6"]
+            .iter()
+            .map(|f| datapath.row(f, case).map_or(f64::NAN, growth))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| per packet, {}: cost at {} Services ≤ 1.10 × cost at 1 | {:.2}× | {:.2}× | {} |",
+            case.label(),
+            number(largest as f64, 0),
+            g[0],
+            g[1],
+            verdict(g.iter().all(|x| *x <= 1.10))
+        );
+    }
+    let Some(&largest) = e2e.sizes.last() else {
+        return;
+    };
+    let ratio = |mode: Mode, size: usize, v6: bool, test: Test| -> f64 {
+        match (
+            e2e.cell(mode, size, v6, test),
+            e2e.cell(Mode::Direct, size, v6, test),
+        ) {
+            (Some(a), Some(b)) => stats::ratio(&a.rate, &b.rate),
+            _ => f64::NAN,
+        }
+    };
+    let new = |v6| ratio(Mode::Twinstack, largest, v6, Test::NewConnections);
+    let _ = writeln!(
+        s,
+        "| new connections/s at {} Services ≥ 0.95 × direct | {:.2}× | {:.2}× | {} |",
+        number(largest as f64, 0),
+        new(false),
+        new(true),
+        verdict(new(false) >= 0.95 && new(true) >= 0.95)
+    );
+    for other in [Mode::Iptables, Mode::Nftables] {
+        // Worst case over the sizes: twinstack's rate over the layout's.
+        let worst = |v6: bool| {
+            e2e.sizes
+                .iter()
+                .map(|&size| {
+                    match (
+                        e2e.cell(Mode::Twinstack, size, v6, Test::NewConnections),
+                        e2e.cell(other, size, v6, Test::NewConnections),
+                    ) {
+                        (Some(a), Some(b)) => stats::ratio(&a.rate, &b.rate),
+                        _ => f64::NAN,
+                    }
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let _ = writeln!(
+            s,
+            "| new connections/s above kube-proxy {} at every size (lowest twinstack/{} ratio) | {:.2}× | {:.2}× | {} |",
+            other.name(),
+            other.name(),
+            worst(false),
+            worst(true),
+            verdict(worst(false) > 1.0 && worst(true) > 1.0)
+        );
+    }
+    let rr = |v6| ratio(Mode::Twinstack, largest, v6, Test::RequestResponse);
+    let _ = writeln!(
+        s,
+        "| requests/s on persistent connections at {} Services ≥ 0.97 × direct | {:.2}× | {:.2}× | {} |\n",
+        number(largest as f64, 0),
+        rr(false),
+        rr(true),
+        verdict(rr(false) >= 0.97 && rr(true) >= 0.97)
+    );
+}
+
+fn section1(s: &mut String, results: &datapath::Results) {
+    let _ = writeln!(s, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(
+        s,
+        "The real kernel object, its maps sized for the largest case and filled by the agent's \
+         own map writer (`Writer::upsert`): N TCP ClusterIP Services × 10 backends per family, \
+         every backend a distinct (address, port) in the pod CIDR, Services in the service CIDR \
+         (past 65,000 IPv6 Services the port differs, the /112 being full). Packets are \
+         Ethernet + IP + TCP with 64 bytes of payload, to Service 0.\n\n\
+         A translated packet is rewritten in place and `repeat` would re-run the program on \
+         the rewritten bytes (after one round a DNATed packet is addressed to a backend: a \
+         miss), so every translating case runs with `repeat = 1` on a fresh copy of the packet, \
+         and each figure is the median over {reps} rounds of the median of {runs} runs. **New \
+         flow**: each run uses a source (address, port) never used before, so conntrack misses \
+         and the program inserts two entries (forward and reverse); we chose fresh tuples over \
+         deleting the entry between runs because a delete is a syscall that also disturbs the \
+         LRU map's per-CPU free lists the insert uses; conntrack is sized (1M) so nothing is \
+         evicted. **Established**: ACKs of one flow opened once. **Reverse NAT**: the \
+         backend's reply through `to_pod`. **Miss**: a packet to a pod address, both with \
+         `repeat = 1` (comparable with the others) and with `repeat = {repeat}`; the difference \
+         is the fixed cost of one `repeat = 1` call (timer, skb set-up), included in every \
+         `repeat = 1` figure.\n",
+        reps = results.reps,
+        runs = number(results.runs as f64, 0),
+        repeat = number(f64::from(results.miss_repeat), 0),
+    );
+    s.push_str("| family | case |");
+    for size in &results.sizes {
+        let _ = write!(s, " {} Services (ns) |", number(*size as f64, 0));
+    }
+    s.push_str(" largest / 1 |\n|---|---|");
+    for _ in &results.sizes {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|\n");
+    for row in &results.rows {
+        let _ = write!(s, "| {} | {} |", row.family, row.case.label());
+        for summary in &row.by_size {
+            let _ = write!(s, " {} |", summary.show(1));
+        }
+        let _ = writeln!(s, " {:.2}× |", growth(row));
+    }
+    s.push_str("\nTime the map writer took to add the Services of each step (s):\n\n| family |");
+    for size in &results.sizes {
+        let _ = write!(s, " → {} |", number(*size as f64, 0));
+    }
+    s.push_str("\n|---|");
+    for _ in &results.sizes {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for (family, seconds) in &results.fill_seconds {
+        let _ = write!(s, "| {family} |");
+        for x in seconds {
+            let _ = write!(s, " {x:.2} |");
+        }
+        s.push('\n');
+    }
+    s.push_str("\n![per-packet cost](per-packet.png)\n\n");
+}
+
+fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
+    let _ = writeln!(s, "## 2. End to end in network namespaces\n");
+    let _ = writeln!(
+        s,
+        "Topology: a node namespace (forwarding, no default route), a client pod and two backend \
+         pods, each joined to the node by a veth. A multi-threaded Rust server (`{workers}` \
+         accepting threads per pod) answers 64-byte requests with 64 bytes. **New connections**: \
+         {threads} client threads each connect, send 64 bytes, read 64, and wait for the \
+         server's close (the server closes first, so TIME_WAIT stays on the server). \
+         **Requests/s**: {threads} persistent connections, one request in flight each. Every \
+         run lasts {duration:?} (bounded by count too); {reps} rounds per cell, the families \
+         and tests interleaved in each round, after a {warmup:?} warm-up. Latency is the \
+         whole transaction seen by the client (connect to close, or one request/response).\n\n\
+         Modes, one active at a time, on the same topology: **direct** (the client connects to \
+         the backend pods' addresses, alternating; no Service), **twinstack** (the real \
+         `twinstack run` on a generated manifest directory; it is stopped once the Services \
+         are programmed, as `SIGTERM` leaves the pinned datapath serving, so only the datapath \
+         is on the CPUs; `twinstack cleanup` removes it), **iptables** and **nftables** \
+         (kube-proxy's layouts generated by `kubeproxy.rs`, loaded with \
+         `iptables-restore`/`ip6tables-restore` (the nf_tables-backed iptables here) and `nft \
+         -f`, removed with `nft flush ruleset`). The N Services are dual-stack; N-1 have 10 \
+         endpoints nobody answers on, the target (last, so the iptables KUBE-SERVICES chain is \
+         walked to its end) has the two backend pods.\n",
+        workers = plan.server_workers,
+        threads = plan.client_threads,
+        duration = plan.duration,
+        reps = plan.e2e_reps,
+        warmup = plan.warmup,
+    );
+    for test in TESTS {
+        for v6 in [false, true] {
+            let _ = writeln!(s, "### {}, {}\n", test.label(), family(v6));
+            s.push_str("| mode |");
+            for size in &results.sizes {
+                let _ = write!(
+                    s,
+                    " {} Services | ratio to direct |",
+                    number(*size as f64, 0)
+                );
+            }
+            s.push_str("\n|---|");
+            for _ in &results.sizes {
+                s.push_str("---:|---:|");
+            }
+            s.push('\n');
+            for mode in Mode::ALL {
+                let _ = write!(s, "| {} |", mode.name());
+                for &size in &results.sizes {
+                    let cell = results.cell(mode, size, v6, test);
+                    let direct = results.cell(Mode::Direct, size, v6, test);
+                    match (cell, direct) {
+                        (Some(c), Some(d)) => {
+                            let _ = write!(
+                                s,
+                                " {} | {:.2}× |",
+                                c.rate.show(0),
+                                stats::ratio(&c.rate, &d.rate)
+                            );
+                        }
+                        _ => s.push_str(" – | – |"),
+                    }
+                }
+                s.push('\n');
+            }
+            s.push('\n');
+        }
+    }
+    let _ = writeln!(s, "### Latency, µs: p50 / p99 (medians over the rounds)\n");
+    s.push_str("| test | family | mode |");
+    for size in &results.sizes {
+        let _ = write!(s, " {} Services |", number(*size as f64, 0));
+    }
+    s.push_str("\n|---|---|---|");
+    for _ in &results.sizes {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for test in TESTS {
+        for v6 in [false, true] {
+            for mode in Mode::ALL {
+                let _ = write!(s, "| {} | {} | {} |", test.label(), family(v6), mode.name());
+                for &size in &results.sizes {
+                    match results.cell(mode, size, v6, test) {
+                        Some(c) => {
+                            let _ = write!(
+                                s,
+                                " {} / {} |",
+                                number(c.p50_us.median, 1),
+                                number(c.p99_us.median, 1)
+                            );
+                        }
+                        None => s.push_str(" – |"),
+                    }
+                }
+                s.push('\n');
+            }
+        }
+    }
+    let errors: u64 = results.cells.iter().map(|c| c.errors).sum();
+    let _ = writeln!(
+        s,
+        "\nFailed transactions over all runs: {errors}.\n\n\
+         ![new connections](new-connections.png)\n\n![requests](request-response.png)\n"
+    );
+    s.push_str(
+        "Client retransmissions while each mode was active (warm-up and checks included); \
+         a proxy that loses or mistranslates packets shows here first:\n\n\
+         | mode | Services | SYN retransmissions | retransmitted segments |\n|---|---:|---:|---:|\n",
+    );
+    for (mode, size, syn, segments) in &results.retransmitted {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {syn} | {segments} |",
+            mode.name(),
+            number(*size as f64, 0)
+        );
+    }
+    s.push('\n');
+    if !results.agent_ready.is_empty() {
+        s.push_str("Agent start to first full sync (healthz 200), informational, one run each: ");
+        let parts: Vec<String> = results
+            .agent_ready
+            .iter()
+            .map(|(size, secs)| format!("{} Services {secs:.1} s", number(*size as f64, 0)))
+            .collect();
+        let _ = writeln!(s, "{}.\n", parts.join(", "));
+    }
+}
