@@ -179,7 +179,9 @@ impl Syncer {
 
     /// Builds and programs every changed Service. Returns how many were rebuilt.
     pub fn sync(&mut self) -> usize {
+        let started = Instant::now();
         let updates = self.tracker.drain();
+        let built = started.elapsed();
         let count = updates.len();
         let served = self.served_families();
         for (name, built) in updates {
@@ -194,6 +196,12 @@ impl Syncer {
         }
         self.counters.services_synced += count as u64;
         self.counters.syncs += 1;
+        tracing::debug!(
+            services = count,
+            model_us = built.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "sync"
+        );
         count
     }
 

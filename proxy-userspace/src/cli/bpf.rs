@@ -23,6 +23,11 @@ enum BpfCommand {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// The maps themselves: shape, entries, kernel memory.
+    Map {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +68,15 @@ pub fn main(args: BpfArgs) -> anyhow::Result<()> {
             let rows = debug::conntrack(&PinLayout::new(&list.bpf_root))?;
             match list.output {
                 Output::Table => print!("{}", debug::conntrack_table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+        }
+        BpfCommand::Map {
+            command: ListCommand::List(list),
+        } => {
+            let rows = debug::maps(&PinLayout::new(&list.bpf_root))?;
+            match list.output {
+                Output::Table => print!("{}", debug::maps_table(&rows)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             }
         }

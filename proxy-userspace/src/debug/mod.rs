@@ -255,3 +255,113 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> Table {
     }
     table
 }
+
+#[derive(Debug, Serialize)]
+pub struct MapRow {
+    pub name: &'static str,
+    pub kind: String,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// Entries present (`None` for per-CPU arrays, which are always full).
+    pub entries: Option<usize>,
+    /// Kernel memory charged to the map (`memlock` in its fdinfo), in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn count<K: aya::Pod, V: aya::Pod>(pins: &PinLayout, name: &'static str) -> Option<usize> {
+    Some(
+        open_hash::<K, V>(pins, name)
+            .ok()?
+            .keys()
+            .filter(Result::is_ok)
+            .count(),
+    )
+}
+
+fn entries_of<A: KernelFamily>(pins: &PinLayout, name: &str) -> Option<Option<usize>> {
+    use proxy_common::ServiceValue;
+    Some(if name == A::SERVICES {
+        count::<A::ServiceKey, ServiceValue>(pins, A::SERVICES)
+    } else if name == A::BACKENDS {
+        count::<u32, A::Backend>(pins, A::BACKENDS)
+    } else if name == A::REVERSE_NAT {
+        count::<u32, A::ReverseNat>(pins, A::REVERSE_NAT)
+    } else if name == A::CONNTRACK {
+        count::<A::ConntrackKey, ConntrackValue>(pins, A::CONNTRACK)
+    } else {
+        return None;
+    })
+}
+
+/// Every pinned map: shape, fill and kernel memory (like `bpftool map show`).
+pub fn maps(pins: &PinLayout) -> Result<Vec<MapRow>, MapError> {
+    use proxy_common::map_names::*;
+    let mut rows = Vec::new();
+    for name in [
+        SERVICES_V4,
+        BACKENDS_V4,
+        REVERSE_NAT_V4,
+        CONNTRACK_V4,
+        SERVICES_V6,
+        BACKENDS_V6,
+        REVERSE_NAT_V6,
+        CONNTRACK_V6,
+        COUNTERS,
+    ] {
+        let info =
+            aya::maps::MapInfo::from_pin(pins.map(name)).map_err(|source| MapError::Kernel {
+                map: name,
+                operation: "open pin",
+                source,
+            })?;
+        let memory_bytes = info.fd().ok().and_then(|fd| {
+            use std::os::fd::AsFd as _;
+            memlock(fd.as_fd())
+        });
+        let entries = entries_of::<Ipv4Addr>(pins, name)
+            .or_else(|| entries_of::<Ipv6Addr>(pins, name))
+            .flatten();
+        rows.push(MapRow {
+            name,
+            kind: info
+                .map_type()
+                .map(|t| format!("{t:?}"))
+                .unwrap_or_else(|_| "unknown".into()),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            entries,
+            memory_bytes,
+        });
+    }
+    Ok(rows)
+}
+
+pub fn maps_table(rows: &[MapRow]) -> Table {
+    let mut table = Table::new(["NAME", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES", "MEMORY"]);
+    for row in rows {
+        table.row([
+            row.name.to_owned(),
+            row.kind.clone(),
+            row.key_size.to_string(),
+            row.value_size.to_string(),
+            row.max_entries.to_string(),
+            row.entries
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            row.memory_bytes
+                .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table
+}

@@ -171,7 +171,9 @@ impl<A: Address> LbMaps<A> for SharedMemoryMaps<A> {
             .put_service(frontend, slot, value)
     }
     fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
-        self.lock().expect("maps lock").delete_service(frontend, slot)
+        self.lock()
+            .expect("maps lock")
+            .delete_service(frontend, slot)
     }
     fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError> {
         self.lock().expect("maps lock").put_backend(id, backend)
@@ -180,7 +182,9 @@ impl<A: Address> LbMaps<A> for SharedMemoryMaps<A> {
         self.lock().expect("maps lock").delete_backend(id)
     }
     fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError> {
-        self.lock().expect("maps lock").put_reverse_nat(id, frontend)
+        self.lock()
+            .expect("maps lock")
+            .put_reverse_nat(id, frontend)
     }
     fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
         self.lock().expect("maps lock").delete_reverse_nat(id)
