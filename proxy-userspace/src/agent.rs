@@ -184,6 +184,7 @@ impl Syncer {
         let built = started.elapsed();
         let count = updates.len();
         let served = self.served_families();
+        let mut changes = Vec::with_capacity(count);
         for (name, built) in updates {
             let ports = match service_ports(&name, built) {
                 Ok(ports) => self.served_ports(&name, ports, &served),
@@ -192,8 +193,9 @@ impl Syncer {
                     Vec::new()
                 }
             };
-            report(self.dataplane.apply(&name, &ports));
+            changes.push((name, ports));
         }
+        report(self.dataplane.apply_all(&changes));
         self.counters.services_synced += count as u64;
         self.counters.syncs += 1;
         tracing::debug!(
@@ -265,13 +267,16 @@ fn service_ports(
 /// Builds and programs every changed Service in every family the dataplane has. Returns how
 /// many were rebuilt. (The agent goes through [`Syncer`], which also knows the node.)
 pub fn sync(tracker: &mut Tracker, dataplane: &mut Dataplane) -> usize {
-    let updates = tracker.drain();
-    let count = updates.len();
-    for (name, built) in updates {
-        let ports = service_ports(&name, built).unwrap_or_default();
-        report(dataplane.apply(&name, &ports));
-    }
-    count
+    let changes: Vec<_> = tracker
+        .drain()
+        .into_iter()
+        .map(|(name, built)| {
+            let ports = service_ports(&name, built).unwrap_or_default();
+            (name, ports)
+        })
+        .collect();
+    report(dataplane.apply_all(&changes));
+    changes.len()
 }
 
 /// Opens one proxier per family over the pinned maps, restoring what they hold.

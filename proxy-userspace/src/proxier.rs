@@ -52,32 +52,64 @@ impl<A: Address> Proxier<A> {
         ports: &[ServicePort],
         errors: &mut Vec<SyncError>,
     ) {
-        let desired: Vec<_> = ports.iter().flat_map(plan::frontends::<A>).collect();
-        let old = self.owned.remove(service).unwrap_or_default();
-        let error = |frontend: Option<&Frontend<A>>, error| SyncError {
-            service: Some(service.clone()),
-            family: A::FAMILY,
-            frontend: frontend.map(ToString::to_string),
-            error,
-        };
-        for (frontend, entry) in &desired {
-            self.owners.insert(*frontend, service.clone());
-            if let Err(e) = self.writer.upsert(frontend, entry) {
-                errors.push(error(Some(frontend), e));
+        self.apply_all(&[(service.clone(), ports.to_vec())], errors);
+    }
+
+    /// Programs many Services at once: every desired frontend is written (new ones in
+    /// batches), then the frontends they no longer have are removed, unless another Service
+    /// has claimed them in the meantime.
+    pub fn apply_all(
+        &mut self,
+        changes: &[(ServiceName, Vec<ServicePort>)],
+        errors: &mut Vec<SyncError>,
+    ) {
+        let mut upserts = Vec::new();
+        let mut owner_of = HashMap::new();
+        let mut removals = Vec::new();
+        for (service, ports) in changes {
+            let desired: Vec<_> = ports.iter().flat_map(plan::frontends::<A>).collect();
+            let old = self.owned.remove(service).unwrap_or_default();
+            let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
+            removals.extend(
+                old.into_iter()
+                    .filter(|(f, _)| !keep.contains(f))
+                    .map(|(f, _)| (f, service.clone())),
+            );
+            for (frontend, _) in &desired {
+                self.owners.insert(*frontend, service.clone());
+                owner_of.insert(*frontend, service.clone());
+            }
+            upserts.extend(desired.iter().cloned());
+            if !desired.is_empty() {
+                self.owned.insert(service.clone(), desired);
             }
         }
-        let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
-        for (frontend, _) in old.iter().filter(|(f, _)| !keep.contains(f)) {
-            if self.owners.get(frontend) != Some(service) {
+        // Two Services claiming one frontend (a conflict in the cluster): the last one wins.
+        let mut seen = HashSet::new();
+        upserts.reverse();
+        upserts.retain(|(f, _)| seen.insert(*f));
+        upserts.reverse();
+        for (frontend, error) in self.writer.upsert_many(&upserts) {
+            errors.push(SyncError {
+                service: owner_of.get(&frontend).cloned(),
+                family: A::FAMILY,
+                frontend: Some(frontend.to_string()),
+                error,
+            });
+        }
+        for (frontend, service) in removals {
+            if self.owners.get(&frontend) != Some(&service) {
                 continue; // Another Service claims it now.
             }
-            self.owners.remove(frontend);
-            if let Err(e) = self.writer.remove(frontend) {
-                errors.push(error(Some(frontend), e));
+            self.owners.remove(&frontend);
+            if let Err(error) = self.writer.remove(&frontend) {
+                errors.push(SyncError {
+                    service: Some(service),
+                    family: A::FAMILY,
+                    frontend: Some(frontend.to_string()),
+                    error,
+                });
             }
-        }
-        if !desired.is_empty() {
-            self.owned.insert(service.clone(), desired);
         }
     }
 
@@ -127,12 +159,16 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn apply(&mut self, service: &ServiceName, ports: &[ServicePort]) -> Vec<SyncError> {
+        self.apply_all(&[(service.clone(), ports.to_vec())])
+    }
+
+    pub fn apply_all(&mut self, changes: &[(ServiceName, Vec<ServicePort>)]) -> Vec<SyncError> {
         let mut errors = Vec::new();
         if let Some(p) = &mut self.v4 {
-            p.apply(service, ports, &mut errors);
+            p.apply_all(changes, &mut errors);
         }
         if let Some(p) = &mut self.v6 {
-            p.apply(service, ports, &mut errors);
+            p.apply_all(changes, &mut errors);
         }
         errors
     }

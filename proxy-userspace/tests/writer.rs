@@ -737,3 +737,77 @@ fn failed_trim_after_slot_0_keeps_the_backends_slot_0_names() {
     assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(4)])]));
     assert_eq!(maps.services.len(), 2, "{:?}", maps.services);
 }
+
+/// Forty new frontends, sharing some backends, as a cold start programs them.
+fn many_frontends() -> Vec<(Frontend<Ipv4Addr>, ServiceEntry<Ipv4Addr>)> {
+    (0..40u8)
+        .map(|i| (frontend4(100 + i, 80), pods4(&[i % 7 + 1, i % 5 + 10, 30 + i])))
+        .collect()
+}
+
+#[test]
+fn many_new_frontends_go_in_phases_backends_reverse_nat_slots_then_every_slot_0() {
+    let mut writer = empty_writer4();
+    let items = many_frontends();
+    let errors = writer.upsert_many(&items);
+    assert!(errors.is_empty(), "{errors:?}");
+    let maps = writer.maps();
+    assert!(maps.violations.is_empty(), "{:?}", maps.violations);
+    let served = served(maps);
+    for (frontend, entry) in &items {
+        assert_eq!(served.get(frontend), Some(&entry.backends), "{frontend}");
+    }
+    // Phase order across all frontends: no slot before the last backend, no slot 0 before
+    // the last backend slot.
+    let position = |pred: &dyn Fn(&Op<Ipv4Addr>) -> bool, last: bool| {
+        let mut hits = maps.ops.iter().enumerate().filter(|(_, op)| pred(op)).map(|(i, _)| i);
+        if last { hits.last() } else { hits.next() }.expect("some op")
+    };
+    let last_backend = position(&|op| matches!(op, Op::PutBackend(_)), true);
+    let last_rev_nat = position(&|op| matches!(op, Op::PutReverseNat(_)), true);
+    let first_slot = position(&|op| matches!(op, Op::PutService(_, s) if *s > 0), false);
+    let last_slot = position(&|op| matches!(op, Op::PutService(_, s) if *s > 0), true);
+    let first_head = position(&|op| matches!(op, Op::PutService(_, 0)), false);
+    assert!(last_backend < first_slot && last_rev_nat < first_slot && last_slot < first_head);
+    // Shared backends are written once.
+    let distinct: BTreeSet<_> = items.iter().flat_map(|(_, e)| e.backends.clone()).collect();
+    assert_eq!(writer.stats().backend_writes, distinct.len() as u64);
+
+    // The same again changes nothing; a restart reads back exactly this state.
+    let before = writer.stats();
+    assert!(writer.upsert_many(&items).is_empty());
+    assert_eq!(writer.stats(), before);
+    let mut restored = Writer::restore(pinned(writer.maps())).expect("restore");
+    let writes = restored.stats();
+    assert!(restored.reconcile(items.iter().map(|(f, e)| (f, e))).is_empty());
+    assert_eq!(restored.stats(), writes, "a restart rewrote entries");
+}
+
+#[test]
+fn a_failed_batch_falls_back_to_one_by_one_and_leaves_no_half_service() {
+    let mut maps = Maps4::default();
+    // Room for 40 slot-0 entries but not for every backend slot: the batch fails part way.
+    maps.service_capacity = Some(100);
+    let mut writer = Writer::restore(maps).expect("restore");
+    let items = many_frontends();
+    let errors = writer.upsert_many(&items);
+    let maps = writer.maps();
+    assert!(maps.violations.is_empty(), "{:?}", maps.violations);
+    // Whatever was written is whole, and every frontend not written is reported.
+    let served = served(maps);
+    for (frontend, entry) in &items {
+        match served.get(frontend) {
+            Some(backends) => assert_eq!(backends, &entry.backends, "{frontend}"),
+            None => assert!(errors.iter().any(|(f, _)| f == frontend), "{frontend} lost silently"),
+        }
+    }
+    assert!(!errors.is_empty() && served.len() < items.len());
+    // No backend is left without a slot naming it.
+    let named: BTreeSet<u32> = maps
+        .services
+        .iter()
+        .filter(|((_, slot), _)| *slot > 0)
+        .map(|(_, v)| v.backend_id)
+        .collect();
+    assert!(maps.backends.keys().all(|id| named.contains(id)), "leaked backends");
+}

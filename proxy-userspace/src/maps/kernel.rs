@@ -1,10 +1,15 @@
 //! [`LbMaps`] over the pinned kernel maps. The only code that writes kernel map state.
-use std::marker::PhantomData;
+use std::{
+    marker::PhantomData,
+    os::fd::{AsFd as _, OwnedFd},
+};
 
 use aya::maps::{HashMap, Map, MapData};
 use proxy_common::ServiceValue;
 
-use super::{LbMaps, MapError, ReverseNatEntry, ServiceSlot, codec::KernelFamily, pins::PinLayout};
+use super::{
+    LbMaps, MapError, ReverseNatEntry, ServiceSlot, batch, codec::KernelFamily, pins::PinLayout,
+};
 use crate::plan::{Backend, Frontend};
 
 /// Opens a pinned hash (or LRU hash) map with typed keys and values.
@@ -12,29 +17,87 @@ pub fn open_hash<K: aya::Pod, V: aya::Pod>(
     pins: &PinLayout,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, MapError> {
+    Ok(open_hash_with_fd(pins, name)?.0)
+}
+
+/// Like [`open_hash`], plus a second descriptor of the map for batch operations.
+fn open_hash_with_fd<K: aya::Pod, V: aya::Pod>(
+    pins: &PinLayout,
+    name: &'static str,
+) -> Result<(HashMap<MapData, K, V>, OwnedFd), MapError> {
     let kernel = |operation, source| MapError::Kernel {
         map: name,
         operation,
         source,
     };
     let data = MapData::from_pin(pins.map(name)).map_err(|source| kernel("open pin", source))?;
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| kernel("dup", aya::maps::MapError::from(aya::sys::SyscallError { call: "dup", io_error: e })))?;
     let map = Map::from_map_data(data).map_err(|source| kernel("open pin", source))?;
-    HashMap::try_from(map).map_err(|source| kernel("type check", source))
+    let hash = HashMap::try_from(map).map_err(|source| kernel("type check", source))?;
+    Ok((hash, fd))
+}
+
+/// One map: typed access for single entries, a raw descriptor for batches.
+struct Handle<K, V> {
+    map: HashMap<MapData, K, V>,
+    fd: OwnedFd,
+}
+
+impl<K: aya::Pod + bytemuck::Pod, V: aya::Pod + bytemuck::Pod> Handle<K, V> {
+    fn open(pins: &PinLayout, name: &'static str) -> Result<Self, MapError> {
+        let (map, fd) = open_hash_with_fd(pins, name)?;
+        Ok(Self { map, fd })
+    }
+
+    fn dump(&self, name: &'static str) -> Result<Vec<(K, V)>, MapError> {
+        batch::lookup_all(self.fd.as_fd()).map_err(|e| io_error(name, "dump", e))
+    }
+
+    fn put_batch(&self, name: &'static str, keys: &[K], values: &[V]) -> Result<(), MapError> {
+        batch::update(self.fd.as_fd(), keys, values).map_err(|(_, e)| {
+            match e.raw_os_error() {
+                Some(libc::E2BIG) | Some(libc::ENOMEM) | Some(libc::ENOSPC) => MapError::Full {
+                    map: name,
+                    capacity: 0,
+                },
+                _ => io_error(name, "batch update", e),
+            }
+        })
+    }
+
+    fn delete_batch(&self, name: &'static str, keys: &[K]) -> Result<(), MapError> {
+        batch::delete(self.fd.as_fd(), keys).map_err(|e| io_error(name, "batch delete", e))
+    }
+}
+
+fn io_error(map: &'static str, operation: &'static str, io_error: std::io::Error) -> MapError {
+    MapError::Kernel {
+        map,
+        operation,
+        source: aya::maps::MapError::from(aya::sys::SyscallError {
+            call: operation,
+            io_error,
+        }),
+    }
 }
 
 pub struct KernelMaps<A: KernelFamily> {
-    services: HashMap<MapData, A::ServiceKey, ServiceValue>,
-    backends: HashMap<MapData, u32, A::Backend>,
-    reverse_nat: HashMap<MapData, u32, A::ReverseNat>,
+    services: Handle<A::ServiceKey, ServiceValue>,
+    backends: Handle<u32, A::Backend>,
+    reverse_nat: Handle<u32, A::ReverseNat>,
     _family: PhantomData<A>,
 }
 
 impl<A: KernelFamily> KernelMaps<A> {
     pub fn open(pins: &PinLayout) -> Result<Self, MapError> {
         Ok(Self {
-            services: open_hash(pins, A::SERVICES)?,
-            backends: open_hash(pins, A::BACKENDS)?,
-            reverse_nat: open_hash(pins, A::REVERSE_NAT)?,
+            services: Handle::open(pins, A::SERVICES)?,
+            backends: Handle::open(pins, A::BACKENDS)?,
+            reverse_nat: Handle::open(pins, A::REVERSE_NAT)?,
             _family: PhantomData,
         })
     }
@@ -81,32 +144,9 @@ fn delete_result(
     }
 }
 
-fn dump<K: aya::Pod, V: aya::Pod>(
-    map: &'static str,
-    hash: &HashMap<MapData, K, V>,
-) -> Result<Vec<(K, V)>, MapError> {
-    let mut entries = Vec::new();
-    for entry in hash.iter() {
-        match entry {
-            Ok(kv) => entries.push(kv),
-            // Deleted between listing its key and reading it.
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
-            Err(source) => {
-                return Err(MapError::Kernel {
-                    map,
-                    operation: "dump",
-                    source,
-                });
-            }
-        }
-    }
-    Ok(entries)
-}
-
 impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
     fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
-        dump(A::SERVICES, &self.services)?
+        self.services.dump(A::SERVICES)?
             .into_iter()
             .map(|(key, value)| {
                 let (frontend, slot) =
@@ -121,7 +161,7 @@ impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
     }
 
     fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
-        dump(A::BACKENDS, &self.backends)?
+        self.backends.dump(A::BACKENDS)?
             .into_iter()
             .map(|(id, raw)| {
                 let backend = A::decode_backend(&raw).ok_or_else(|| MapError::Invalid {
@@ -135,7 +175,7 @@ impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
     }
 
     fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
-        Ok(dump(A::REVERSE_NAT, &self.reverse_nat)?
+        Ok(self.reverse_nat.dump(A::REVERSE_NAT)?
             .into_iter()
             .map(|(id, raw)| (id, A::decode_reverse_nat(&raw)))
             .collect())
@@ -148,6 +188,7 @@ impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
         value: &ServiceValue,
     ) -> Result<(), MapError> {
         self.services
+            .map
             .insert(A::encode_service_key(frontend, slot), value, 0)
             .map_err(|e| write_error(A::SERVICES, "update", e))
     }
@@ -155,27 +196,65 @@ impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
     fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
         delete_result(
             A::SERVICES,
-            self.services.remove(&A::encode_service_key(frontend, slot)),
+            self.services.map.remove(&A::encode_service_key(frontend, slot)),
         )
     }
 
     fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError> {
         self.backends
+            .map
             .insert(id, A::encode_backend(backend), 0)
             .map_err(|e| write_error(A::BACKENDS, "update", e))
     }
 
     fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
-        delete_result(A::BACKENDS, self.backends.remove(&id))
+        delete_result(A::BACKENDS, self.backends.map.remove(&id))
     }
 
     fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError> {
         self.reverse_nat
+            .map
             .insert(id, A::encode_reverse_nat(frontend.0, frontend.1), 0)
             .map_err(|e| write_error(A::REVERSE_NAT, "update", e))
     }
 
     fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
-        delete_result(A::REVERSE_NAT, self.reverse_nat.remove(&id))
+        delete_result(A::REVERSE_NAT, self.reverse_nat.map.remove(&id))
+    }
+
+    fn put_services(&mut self, entries: &[ServiceSlot<A>]) -> Result<(), MapError> {
+        let keys: Vec<_> = entries
+            .iter()
+            .map(|(f, slot, _)| A::encode_service_key(f, *slot))
+            .collect();
+        let values: Vec<_> = entries.iter().map(|(_, _, v)| *v).collect();
+        self.services.put_batch(A::SERVICES, &keys, &values)
+    }
+
+    fn delete_services(&mut self, keys: &[(Frontend<A>, u16)]) -> Result<(), MapError> {
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|(f, slot)| A::encode_service_key(f, *slot))
+            .collect();
+        self.services.delete_batch(A::SERVICES, &keys)
+    }
+
+    fn put_backends(&mut self, entries: &[(u32, Backend<A>)]) -> Result<(), MapError> {
+        let keys: Vec<u32> = entries.iter().map(|(id, _)| *id).collect();
+        let values: Vec<_> = entries.iter().map(|(_, b)| A::encode_backend(b)).collect();
+        self.backends.put_batch(A::BACKENDS, &keys, &values)
+    }
+
+    fn put_reverse_nats(&mut self, entries: &[ReverseNatEntry<A>]) -> Result<(), MapError> {
+        let keys: Vec<u32> = entries.iter().map(|(id, _)| *id).collect();
+        let values: Vec<_> = entries
+            .iter()
+            .map(|(_, (a, p))| A::encode_reverse_nat(*a, *p))
+            .collect();
+        self.reverse_nat.put_batch(A::REVERSE_NAT, &keys, &values)
+    }
+
+    fn delete_reverse_nats(&mut self, ids: &[u32]) -> Result<(), MapError> {
+        self.reverse_nat.delete_batch(A::REVERSE_NAT, ids)
     }
 }

@@ -1,6 +1,7 @@
 //! Map I/O. [`LbMaps`] is the one interface to a family's load-balancing maps; the kernel
 //! implementation ([`kernel`]) and the in-memory twin ([`memory`]) both sit behind it, so the
 //! [`writer`]'s ordering is tested without root.
+pub mod batch;
 pub mod codec;
 pub mod kernel;
 pub mod memory;
@@ -38,7 +39,7 @@ pub type ServiceSlot<A> = (Frontend<A>, u16, ServiceValue);
 pub type ReverseNatEntry<A> = (u32, (A, u16));
 
 /// One family's service, backend and reverse-NAT maps.
-pub trait LbMaps<A> {
+pub trait LbMaps<A: Copy> {
     fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError>;
     fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError>;
     fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError>;
@@ -54,11 +55,36 @@ pub trait LbMaps<A> {
     fn delete_backend(&mut self, id: u32) -> Result<(), MapError>;
     fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError>;
     fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError>;
+
+    // Many entries at once, in order. The kernel maps do each in one syscall; the defaults
+    // go one by one. On error some entries may have been written.
+    fn put_services(&mut self, entries: &[ServiceSlot<A>]) -> Result<(), MapError> {
+        entries
+            .iter()
+            .try_for_each(|(f, slot, value)| self.put_service(f, *slot, value))
+    }
+    fn delete_services(&mut self, keys: &[(Frontend<A>, u16)]) -> Result<(), MapError> {
+        keys.iter()
+            .try_for_each(|(f, slot)| self.delete_service(f, *slot))
+    }
+    fn put_backends(&mut self, entries: &[(u32, Backend<A>)]) -> Result<(), MapError> {
+        entries
+            .iter()
+            .try_for_each(|(id, backend)| self.put_backend(*id, backend))
+    }
+    fn put_reverse_nats(&mut self, entries: &[ReverseNatEntry<A>]) -> Result<(), MapError> {
+        entries
+            .iter()
+            .try_for_each(|(id, frontend)| self.put_reverse_nat(*id, *frontend))
+    }
+    fn delete_reverse_nats(&mut self, ids: &[u32]) -> Result<(), MapError> {
+        ids.iter().try_for_each(|id| self.delete_reverse_nat(*id))
+    }
 }
 
 macro_rules! forward_lb_maps {
     ($($target:ty),*) => {$(
-impl<A, T: LbMaps<A> + ?Sized> LbMaps<A> for $target {
+impl<A: Copy, T: LbMaps<A> + ?Sized> LbMaps<A> for $target {
     fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
         (**self).dump_services()
     }
@@ -90,6 +116,21 @@ impl<A, T: LbMaps<A> + ?Sized> LbMaps<A> for $target {
     }
     fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
         (**self).delete_reverse_nat(id)
+    }
+    fn put_services(&mut self, entries: &[ServiceSlot<A>]) -> Result<(), MapError> {
+        (**self).put_services(entries)
+    }
+    fn delete_services(&mut self, keys: &[(Frontend<A>, u16)]) -> Result<(), MapError> {
+        (**self).delete_services(keys)
+    }
+    fn put_backends(&mut self, entries: &[(u32, Backend<A>)]) -> Result<(), MapError> {
+        (**self).put_backends(entries)
+    }
+    fn put_reverse_nats(&mut self, entries: &[ReverseNatEntry<A>]) -> Result<(), MapError> {
+        (**self).put_reverse_nats(entries)
+    }
+    fn delete_reverse_nats(&mut self, ids: &[u32]) -> Result<(), MapError> {
+        (**self).delete_reverse_nats(ids)
     }
 }
     )*};

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proxy_common::ServiceValue;
 
-use super::{LbMaps, MapError};
+use super::{LbMaps, MapError, ReverseNatEntry};
 use crate::{
     family::Address,
     model::Protocol,
@@ -124,6 +124,8 @@ pub struct Writer<A, M> {
 }
 
 const MAX_BACKENDS: usize = u16::MAX as usize;
+/// Fewer new frontends than this are written one by one.
+const BATCH_MIN: usize = 16;
 
 impl<A: Address, M: LbMaps<A>> Writer<A, M> {
     /// Takes over `maps`, learning what they already hold.
@@ -297,6 +299,182 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             errors.push((None, e));
         }
         errors
+    }
+
+    /// Writes many frontends. New frontends go in batches, phase by phase across all of them
+    /// (backends, reverse NAT, slots, then every slot 0), so a cold start of thousands of
+    /// Services costs a handful of syscalls and each Service still appears whole. Changes to
+    /// existing frontends, and any batch that fails, go one by one through [`Self::upsert`].
+    /// Returns the frontends that could not be written.
+    pub fn upsert_many(
+        &mut self,
+        items: &[(Frontend<A>, ServiceEntry<A>)],
+    ) -> Vec<(Frontend<A>, WriteError)> {
+        let (fresh, rest): (Vec<_>, Vec<_>) = items.iter().partition(|(f, e)| {
+            !self.frontends.contains_key(f)
+                && e.backends.len() <= MAX_BACKENDS
+                && e.backends.iter().all(|b| {
+                    // A state change of a shared backend takes the careful path.
+                    self.backends.get(&b.key()).is_none_or(|r| r.state == b.state)
+                })
+        });
+        let mut one_by_one = rest;
+        if fresh.len() >= BATCH_MIN {
+            if let Err(error) = self.insert_batch(&fresh) {
+                tracing::debug!(%error, frontends = fresh.len(), "batch failed; writing one by one");
+                one_by_one.extend(fresh);
+            }
+        } else {
+            one_by_one.extend(fresh);
+        }
+        one_by_one
+            .into_iter()
+            .filter_map(|(f, e)| self.upsert(f, e).err().map(|error| (*f, error)))
+            .collect()
+    }
+
+    /// Writes new frontends in four batches. On error nothing of them is visible and the
+    /// writer's state is as before.
+    fn insert_batch(&mut self, fresh: &[&(Frontend<A>, ServiceEntry<A>)]) -> Result<(), WriteError> {
+        let t0 = std::time::Instant::now();
+        // 1. Backends.
+        let mut created = Vec::new();
+        let mut new_backends = Vec::new();
+        let mut ids_per_frontend = Vec::with_capacity(fresh.len());
+        for (_, entry) in fresh {
+            let mut ids = Vec::with_capacity(entry.backends.len());
+            for backend in &entry.backends {
+                if let Some(record) = self.backends.get_mut(&backend.key()) {
+                    record.refs += 1;
+                    ids.push(record.id);
+                    continue;
+                }
+                let Some(id) = self.backend_ids.allocate() else {
+                    self.undo_batch(&ids_per_frontend, &ids, &created, &[], &[]);
+                    return Err(WriteError::IdsExhausted { what: "backend" });
+                };
+                self.backend_keys.insert(id, backend.key());
+                self.backends.insert(
+                    backend.key(),
+                    BackendRecord {
+                        id,
+                        state: backend.state,
+                        refs: 1,
+                    },
+                );
+                created.push(id);
+                new_backends.push((id, *backend));
+                ids.push(id);
+            }
+            ids_per_frontend.push(ids);
+        }
+        let t1 = t0.elapsed();
+        if let Err(e) = self.maps.put_backends(&new_backends) {
+            self.undo_batch(&ids_per_frontend, &[], &created, &[], &[]);
+            return Err(e.into());
+        }
+        let t2 = t0.elapsed();
+        // 2. Reverse NAT.
+        let mut reverse_nat = Vec::with_capacity(fresh.len());
+        for (frontend, _) in fresh {
+            let Some(id) = self.rev_nat_ids.allocate() else {
+                self.undo_batch(&ids_per_frontend, &[], &created, &reverse_nat, &[]);
+                return Err(WriteError::IdsExhausted { what: "reverse NAT" });
+            };
+            reverse_nat.push((id, (frontend.address, frontend.port)));
+        }
+        if let Err(e) = self.maps.put_reverse_nats(&reverse_nat) {
+            self.undo_batch(&ids_per_frontend, &[], &created, &reverse_nat, &[]);
+            return Err(e.into());
+        }
+        // 3. Backend slots of every frontend, then 4. every slot 0.
+        let mut slots = Vec::new();
+        let mut heads = Vec::with_capacity(fresh.len());
+        for (((frontend, entry), ids), (rev_nat_id, _)) in
+            fresh.iter().zip(&ids_per_frontend).zip(&reverse_nat)
+        {
+            for (index, id) in ids.iter().enumerate() {
+                let value = ServiceValue {
+                    backend_id: *id,
+                    rev_nat_id: *rev_nat_id,
+                    ..ServiceValue::default()
+                };
+                slots.push((*frontend, index as u16 + 1, value));
+            }
+            let head = ServiceValue {
+                backend_id: 0,
+                rev_nat_id: *rev_nat_id,
+                count: ids.len() as u16,
+                flags: entry.flags,
+                affinity_timeout: 0,
+            };
+            heads.push((*frontend, 0, head));
+        }
+        let t3 = t0.elapsed();
+        for batch in [&slots, &heads] {
+            if let Err(e) = self.maps.put_services(batch) {
+                let written: Vec<_> = heads
+                    .iter()
+                    .chain(&slots)
+                    .map(|(f, slot, _)| (*f, *slot))
+                    .collect();
+                self.undo_batch(&ids_per_frontend, &[], &created, &reverse_nat, &written);
+                return Err(e.into());
+            }
+        }
+        tracing::debug!(?t1, ?t2, ?t3, t4 = ?t0.elapsed(), backends = new_backends.len(), slots = slots.len(), "batch timing");
+        self.stats.backend_writes += new_backends.len() as u64;
+        self.stats.reverse_nat_writes += reverse_nat.len() as u64;
+        self.stats.service_writes += (slots.len() + heads.len()) as u64;
+        self.stats.frontends_written += fresh.len() as u64;
+        for (((frontend, entry), ids), (rev_nat_id, _)) in
+            fresh.iter().zip(ids_per_frontend).zip(&reverse_nat)
+        {
+            self.frontends.insert(
+                *frontend,
+                Programmed {
+                    rev_nat_id: *rev_nat_id,
+                    backend_ids: ids,
+                    flags: entry.flags,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Undoes a failed [`Self::insert_batch`]: service entries first (slot 0 at the head of
+    /// `written`), then reverse NAT, then the backends it created; references and IDs go
+    /// back. Best effort on the kernel side: this runs after a map error.
+    fn undo_batch(
+        &mut self,
+        ids_per_frontend: &[Vec<u32>],
+        partial: &[u32],
+        created: &[u32],
+        reverse_nat: &[ReverseNatEntry<A>],
+        written: &[(Frontend<A>, u16)],
+    ) {
+        let _ = self.maps.delete_services(written);
+        let rev_ids: Vec<u32> = reverse_nat.iter().map(|(id, _)| *id).collect();
+        let _ = self.maps.delete_reverse_nats(&rev_ids);
+        for id in rev_ids {
+            self.rev_nat_ids.release(id);
+        }
+        for id in ids_per_frontend.iter().flatten().chain(partial) {
+            if let Some(record) = self
+                .backend_keys
+                .get(id)
+                .and_then(|key| self.backends.get_mut(key))
+            {
+                record.refs = record.refs.saturating_sub(1);
+            }
+        }
+        for id in created {
+            let _ = self.maps.delete_backend(*id);
+            if let Some(key) = self.backend_keys.remove(id) {
+                self.backends.remove(&key);
+            }
+            self.backend_ids.release(*id);
+        }
     }
 
     /// Writes one frontend. Returns whether anything changed.
