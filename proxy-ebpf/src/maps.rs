@@ -17,18 +17,14 @@ pub static SERVICES_V6: HashMap<ServiceKeyV6, ServiceValue> =
     HashMap::pinned(capacity::SERVICES, 0);
 
 #[map(name = "lb4_backends")]
-pub static BACKENDS_V4: HashMap<u32, BackendV4> =
-    HashMap::pinned(capacity::BACKENDS, 0);
+pub static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(capacity::BACKENDS, 0);
 #[map(name = "lb6_backends")]
-pub static BACKENDS_V6: HashMap<u32, BackendV6> =
-    HashMap::pinned(capacity::BACKENDS, 0);
+pub static BACKENDS_V6: HashMap<u32, BackendV6> = HashMap::pinned(capacity::BACKENDS, 0);
 
 #[map(name = "lb4_reverse_nat")]
-pub static REVERSE_NAT_V4: HashMap<u32, ReverseNatV4> =
-    HashMap::pinned(capacity::REVERSE_NAT, 0);
+pub static REVERSE_NAT_V4: HashMap<u32, ReverseNatV4> = HashMap::pinned(capacity::REVERSE_NAT, 0);
 #[map(name = "lb6_reverse_nat")]
-pub static REVERSE_NAT_V6: HashMap<u32, ReverseNatV6> =
-    HashMap::pinned(capacity::REVERSE_NAT, 0);
+pub static REVERSE_NAT_V6: HashMap<u32, ReverseNatV6> = HashMap::pinned(capacity::REVERSE_NAT, 0);
 
 #[map(name = "ct4")]
 pub static CONNTRACK_V4: LruHashMap<ConntrackKeyV4, ConntrackValue> =

@@ -126,12 +126,12 @@ impl Syncer {
                 }
                 match kind {
                     Kind::Service => self.tracker.replace_services(services),
-                    Kind::EndpointSlice => self.tracker.replace_slices(slices),
+                    Kind::EndpointSlice => self.tracker.replace_slice_entries(slices),
                     Kind::Node => self.set_node(nodes.iter().find(|n| self.is_ours(n))),
                 }
             }
             SourceEvent::Apply(Object::Service(s)) => self.tracker.upsert_service(s),
-            SourceEvent::Apply(Object::EndpointSlice(s)) => self.tracker.upsert_slice(s),
+            SourceEvent::Apply(Object::EndpointSlice(s)) => self.tracker.upsert_slice_entry(s),
             SourceEvent::Apply(Object::Node(n)) => {
                 if self.is_ours(&n) {
                     self.set_node(Some(&n));
@@ -142,11 +142,7 @@ impl Syncer {
                     self.tracker.delete_service(&name);
                 }
             }
-            SourceEvent::Delete(Object::EndpointSlice(s)) => {
-                if let Some(name) = object_name(&s.metadata) {
-                    self.tracker.delete_slice(&name);
-                }
-            }
+            SourceEvent::Delete(Object::EndpointSlice(s)) => self.tracker.delete_slice(&s.name),
             SourceEvent::Delete(Object::Node(n)) => {
                 if self.is_ours(&n) {
                     self.set_node(None);
@@ -396,6 +392,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // Maps first, then the programs that read them; healthy once both are in place.
     report_interfaces(&mut datapath);
     health.synced();
+    // The first lists and sync are the agent's biggest transient allocations; hand the freed
+    // memory back instead of keeping it as allocator slack for the agent's lifetime.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     tracing::info!(
         services = rebuilt,
         families = ?syncer.served_families(),

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::model::{self, Built, ServiceError, ServiceName};
+use crate::model::{self, Built, ServiceError, ServiceName, SliceEntry, SliceRecord};
 
 /// `namespace/name` of an EndpointSlice.
 type SliceName = ServiceName;
@@ -13,7 +13,7 @@ type SliceName = ServiceName;
 #[derive(Default)]
 pub struct Tracker {
     services: HashMap<ServiceName, Service>,
-    slices: HashMap<SliceName, EndpointSlice>,
+    slices: HashMap<SliceName, SliceEntry>,
     slices_of: HashMap<ServiceName, BTreeSet<SliceName>>,
     dirty: BTreeSet<ServiceName>,
 }
@@ -30,24 +30,9 @@ pub fn object_name(
     })
 }
 
-fn owner(slice: &EndpointSlice) -> Option<ServiceName> {
-    let service = slice
-        .metadata
-        .labels
-        .as_ref()?
-        .get(model::SERVICE_NAME_LABEL)?;
-    Some(ServiceName {
-        namespace: slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: service.clone(),
-    })
-}
-
 impl Tracker {
     pub fn upsert_service(&mut self, service: Service) {
+        let service = model::slim_service(service);
         let Some(name) = object_name(&service.metadata) else {
             return;
         };
@@ -65,15 +50,20 @@ impl Tracker {
     }
 
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        let Some(name) = object_name(&slice.metadata) else {
-            return;
-        };
-        if self.slices.get(&name) == Some(&slice) {
+        if let Some(entry) = SliceEntry::from_slice(&slice) {
+            self.upsert_slice_entry(entry);
+        }
+    }
+
+    /// Adds or replaces a slice already parsed (what the sources deliver).
+    pub fn upsert_slice_entry(&mut self, entry: SliceEntry) {
+        if self.slices.get(&entry.name) == Some(&entry) {
             return;
         }
-        let new_owner = owner(&slice);
-        if let Some(old) = self.slices.insert(name.clone(), slice) {
-            self.unlink(&name, owner(&old));
+        let name = entry.name.clone();
+        let new_owner = entry.service.clone();
+        if let Some(old) = self.slices.insert(name.clone(), entry) {
+            self.unlink(&name, old.service);
         }
         if let Some(service) = new_owner {
             self.slices_of
@@ -86,7 +76,7 @@ impl Tracker {
 
     pub fn delete_slice(&mut self, name: &SliceName) {
         if let Some(old) = self.slices.remove(name) {
-            self.unlink(name, owner(&old));
+            self.unlink(name, old.service);
         }
     }
 
@@ -128,10 +118,12 @@ impl Tracker {
 
     /// Replaces the EndpointSlices with a complete list.
     pub fn replace_slices(&mut self, slices: Vec<EndpointSlice>) {
-        let names: BTreeSet<_> = slices
-            .iter()
-            .filter_map(|s| object_name(&s.metadata))
-            .collect();
+        self.replace_slice_entries(slices.iter().filter_map(SliceEntry::from_slice).collect());
+    }
+
+    /// Replaces the EndpointSlices with a complete list of parsed slices.
+    pub fn replace_slice_entries(&mut self, slices: Vec<SliceEntry>) {
+        let names: BTreeSet<_> = slices.iter().map(|s| s.name.clone()).collect();
         let gone: Vec<_> = self
             .slices
             .keys()
@@ -141,7 +133,7 @@ impl Tracker {
         for name in gone {
             self.delete_slice(&name);
         }
-        slices.into_iter().for_each(|s| self.upsert_slice(s));
+        slices.into_iter().for_each(|s| self.upsert_slice_entry(s));
     }
 
     /// Marks every Service changed (a full resync rebuilds all of them).
@@ -163,14 +155,14 @@ impl Tracker {
             .into_iter()
             .map(|name| {
                 let built = self.services.get(&name).map(|service| {
-                    let slices: Vec<&EndpointSlice> = self
+                    let slices: Vec<&SliceRecord> = self
                         .slices_of
                         .get(&name)
                         .into_iter()
                         .flatten()
-                        .filter_map(|s| self.slices.get(s))
+                        .filter_map(|s| self.slices.get(s).map(|e| &e.record))
                         .collect();
-                    model::service_ports(service, &slices)
+                    model::service_ports_from_records(service, &slices)
                 });
                 (name, built)
             })

@@ -741,7 +741,12 @@ fn failed_trim_after_slot_0_keeps_the_backends_slot_0_names() {
 /// Forty new frontends, sharing some backends, as a cold start programs them.
 fn many_frontends() -> Vec<(Frontend<Ipv4Addr>, ServiceEntry<Ipv4Addr>)> {
     (0..40u8)
-        .map(|i| (frontend4(100 + i, 80), pods4(&[i % 7 + 1, i % 5 + 10, 30 + i])))
+        .map(|i| {
+            (
+                frontend4(100 + i, 80),
+                pods4(&[i % 7 + 1, i % 5 + 10, 30 + i]),
+            )
+        })
         .collect()
 }
 
@@ -760,7 +765,12 @@ fn many_new_frontends_go_in_phases_backends_reverse_nat_slots_then_every_slot_0(
     // Phase order across all frontends: no slot before the last backend, no slot 0 before
     // the last backend slot.
     let position = |pred: &dyn Fn(&Op<Ipv4Addr>) -> bool, last: bool| {
-        let mut hits = maps.ops.iter().enumerate().filter(|(_, op)| pred(op)).map(|(i, _)| i);
+        let mut hits = maps
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| pred(op))
+            .map(|(i, _)| i);
         if last { hits.last() } else { hits.next() }.expect("some op")
     };
     let last_backend = position(&|op| matches!(op, Op::PutBackend(_)), true);
@@ -779,15 +789,21 @@ fn many_new_frontends_go_in_phases_backends_reverse_nat_slots_then_every_slot_0(
     assert_eq!(writer.stats(), before);
     let mut restored = Writer::restore(pinned(writer.maps())).expect("restore");
     let writes = restored.stats();
-    assert!(restored.reconcile(items.iter().map(|(f, e)| (f, e))).is_empty());
+    assert!(
+        restored
+            .reconcile(items.iter().map(|(f, e)| (f, e)))
+            .is_empty()
+    );
     assert_eq!(restored.stats(), writes, "a restart rewrote entries");
 }
 
 #[test]
 fn a_failed_batch_falls_back_to_one_by_one_and_leaves_no_half_service() {
-    let mut maps = Maps4::default();
     // Room for 40 slot-0 entries but not for every backend slot: the batch fails part way.
-    maps.service_capacity = Some(100);
+    let maps = Maps4 {
+        service_capacity: Some(100),
+        ..Maps4::default()
+    };
     let mut writer = Writer::restore(maps).expect("restore");
     let items = many_frontends();
     let errors = writer.upsert_many(&items);
@@ -798,7 +814,10 @@ fn a_failed_batch_falls_back_to_one_by_one_and_leaves_no_half_service() {
     for (frontend, entry) in &items {
         match served.get(frontend) {
             Some(backends) => assert_eq!(backends, &entry.backends, "{frontend}"),
-            None => assert!(errors.iter().any(|(f, _)| f == frontend), "{frontend} lost silently"),
+            None => assert!(
+                errors.iter().any(|(f, _)| f == frontend),
+                "{frontend} lost silently"
+            ),
         }
     }
     assert!(!errors.is_empty() && served.len() < items.len());
@@ -809,5 +828,8 @@ fn a_failed_batch_falls_back_to_one_by_one_and_leaves_no_half_service() {
         .filter(|((_, slot), _)| *slot > 0)
         .map(|(_, v)| v.backend_id)
         .collect();
-    assert!(maps.backends.keys().all(|id| named.contains(id)), "leaked backends");
+    assert!(
+        maps.backends.keys().all(|id| named.contains(id)),
+        "leaked backends"
+    );
 }

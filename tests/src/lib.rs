@@ -5,6 +5,8 @@
 //! Safety rails: every namespace is created by us with a unique name; the "node" has no
 //! default route, so a mistake cannot send test traffic off the machine; every wait is bounded.
 pub mod agent;
+pub mod apiserver;
+pub mod controlplane;
 pub mod manifests;
 pub mod netns;
 pub mod servers;

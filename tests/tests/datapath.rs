@@ -61,13 +61,13 @@ impl Fixture {
         (result.return_value, out)
     }
 
-    fn from_pod(&mut self, packet: &[u8]) -> Vec<u8> {
+    fn ingress(&mut self, packet: &[u8]) -> Vec<u8> {
         let (verdict, out) = self.run(program_names::FROM_POD, packet);
         assert_eq!(verdict, NEXT, "from_pod must hand every packet on");
         out
     }
 
-    fn to_pod(&mut self, packet: &[u8]) -> Vec<u8> {
+    fn egress(&mut self, packet: &[u8]) -> Vec<u8> {
         let (verdict, out) = self.run(program_names::TO_POD, packet);
         assert_eq!(verdict, NEXT, "to_pod must hand every packet on");
         out
@@ -225,7 +225,7 @@ fn round_trip<A: Address>(
     };
 
     let request = build((client, 40000), (vip, 80));
-    let out = fx.from_pod(&request);
+    let out = fx.ingress(&request);
     assert_eq!(
         inspect(&out),
         Seen {
@@ -238,7 +238,7 @@ fn round_trip<A: Address>(
     assert_eq!(out.len(), request.len());
 
     let reply = build((backend, 8080), (client, 40000));
-    let out = fx.to_pod(&reply);
+    let out = fx.egress(&reply);
     assert_eq!(
         inspect(&out),
         Seen {
@@ -320,7 +320,7 @@ fn ipv6_extension_headers_are_skipped() {
         (vip.into(), 80),
         "test packet is well formed"
     );
-    let out = fx.from_pod(&request);
+    let out = fx.ingress(&request);
     assert_eq!(out.len(), request.len());
     assert_eq!(
         inspect(&out),
@@ -359,13 +359,13 @@ fn non_service_packets_pass_untouched() {
     ];
     for packet in packets {
         assert_eq!(
-            fx.from_pod(&packet),
+            fx.ingress(&packet),
             packet,
             "from_pod changed {:?}",
             inspect(&packet)
         );
         assert_eq!(
-            fx.to_pod(&packet),
+            fx.egress(&packet),
             packet,
             "to_pod changed {:?}",
             inspect(&packet)
@@ -375,7 +375,7 @@ fn non_service_packets_pass_untouched() {
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
     arp.extend_from_slice(&[0u8; 28]);
-    assert_eq!(fx.from_pod(&arp), arp);
+    assert_eq!(fx.ingress(&arp), arp);
 }
 
 #[test]
@@ -421,7 +421,7 @@ fn udp_ipv4_without_checksum_keeps_it_zero() {
     );
     let mut packet = udp((CLIENT4.into(), 40000), (VIP4.into(), 53));
     packet[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
-    let out = fx.from_pod(&packet);
+    let out = fx.ingress(&packet);
     assert_eq!(
         &out[14 + 20 + 6..14 + 20 + 8],
         &[0, 0],
@@ -444,14 +444,14 @@ fn flows_stick_to_one_backend_and_spread_over_all() {
     );
     let mut chosen = std::collections::BTreeSet::new();
     for port in 0..64u16 {
-        let first = inspect(&fx.from_pod(&tcp(
+        let first = inspect(&fx.ingress(&tcp(
             (CLIENT4.into(), 30000 + port),
             (VIP4.into(), 80),
             true,
         )));
         // Every later packet of the flow goes to the same backend.
         for _ in 0..4 {
-            let again = inspect(&fx.from_pod(&tcp(
+            let again = inspect(&fx.ingress(&tcp(
                 (CLIENT4.into(), 30000 + port),
                 (VIP4.into(), 80),
                 false,
@@ -475,7 +475,7 @@ fn a_flow_whose_backend_went_away_is_moved_and_a_deleted_service_stops_translati
     );
     fx.v4.upsert(&frontend, &both).unwrap();
     let packet = udp((CLIENT4.into(), 40000), (VIP4.into(), 80));
-    let first = inspect(&fx.from_pod(&packet)).destination.0;
+    let first = inspect(&fx.ingress(&packet)).destination.0;
     let survivor = if first == IpAddr::from(BACKEND4_A) {
         BACKEND4_B
     } else {
@@ -485,14 +485,14 @@ fn a_flow_whose_backend_went_away_is_moved_and_a_deleted_service_stops_translati
     let (_, one) = service(VIP4, 80, Protocol::Udp, &[(survivor, 8080)]);
     fx.v4.upsert(&frontend, &one).unwrap();
     assert_eq!(
-        inspect(&fx.from_pod(&packet)).destination,
+        inspect(&fx.ingress(&packet)).destination,
         (survivor.into(), 8080),
         "the same 5-tuple must follow the remaining backend"
     );
 
     fx.v4.remove(&frontend).unwrap();
     assert_eq!(
-        fx.from_pod(&packet),
+        fx.ingress(&packet),
         packet,
         "a deleted service is not translated"
     );
@@ -509,7 +509,7 @@ fn a_tcp_connection_keeps_its_backend_after_the_backend_leaves_the_service() {
     );
     fx.v4.upsert(&frontend, &both).unwrap();
     let client = (IpAddr::from(CLIENT4), 40000);
-    let first = inspect(&fx.from_pod(&tcp(client, (VIP4.into(), 80), true))).destination;
+    let first = inspect(&fx.ingress(&tcp(client, (VIP4.into(), 80), true))).destination;
     let other = if first.0 == IpAddr::from(BACKEND4_A) {
         BACKEND4_B
     } else {
@@ -520,13 +520,13 @@ fn a_tcp_connection_keeps_its_backend_after_the_backend_leaves_the_service() {
     let (_, one) = service(VIP4, 80, Protocol::Tcp, &[(other, 8080)]);
     fx.v4.upsert(&frontend, &one).unwrap();
     assert_eq!(
-        inspect(&fx.from_pod(&tcp(client, (VIP4.into(), 80), false))).destination,
+        inspect(&fx.ingress(&tcp(client, (VIP4.into(), 80), false))).destination,
         first,
         "an established TCP connection stays on its backend, like a netfilter NAT binding"
     );
     // A new connection goes to the remaining backend.
     assert_eq!(
-        inspect(&fx.from_pod(&tcp((CLIENT4.into(), 40001), (VIP4.into(), 80), true))).destination,
+        inspect(&fx.ingress(&tcp((CLIENT4.into(), 40001), (VIP4.into(), 80), true))).destination,
         (other.into(), 8080)
     );
 }

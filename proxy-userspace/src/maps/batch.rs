@@ -103,7 +103,11 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &mut token_in as *mut u64 as u64 },
+            in_batch: if first {
+                0
+            } else {
+                &mut token_in as *mut u64 as u64
+            },
             out_batch: &mut token_out as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -112,7 +116,12 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
             ..BatchAttr::default()
         };
         let (done, error) = call(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        entries.extend(keys[..done].iter().copied().zip(values[..done].iter().copied()));
+        entries.extend(
+            keys[..done]
+                .iter()
+                .copied()
+                .zip(values[..done].iter().copied()),
+        );
         match error {
             None => {}
             // The end of the map.

@@ -31,11 +31,15 @@ fn open_hash_with_fd<K: aya::Pod, V: aya::Pod>(
         source,
     };
     let data = MapData::from_pin(pins.map(name)).map_err(|source| kernel("open pin", source))?;
-    let fd = data
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| kernel("dup", aya::maps::MapError::from(aya::sys::SyscallError { call: "dup", io_error: e })))?;
+    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+        kernel(
+            "dup",
+            aya::maps::MapError::from(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        )
+    })?;
     let map = Map::from_map_data(data).map_err(|source| kernel("open pin", source))?;
     let hash = HashMap::try_from(map).map_err(|source| kernel("type check", source))?;
     Ok((hash, fd))
@@ -58,14 +62,12 @@ impl<K: aya::Pod + bytemuck::Pod, V: aya::Pod + bytemuck::Pod> Handle<K, V> {
     }
 
     fn put_batch(&self, name: &'static str, keys: &[K], values: &[V]) -> Result<(), MapError> {
-        batch::update(self.fd.as_fd(), keys, values).map_err(|(_, e)| {
-            match e.raw_os_error() {
-                Some(libc::E2BIG) | Some(libc::ENOMEM) | Some(libc::ENOSPC) => MapError::Full {
-                    map: name,
-                    capacity: 0,
-                },
-                _ => io_error(name, "batch update", e),
-            }
+        batch::update(self.fd.as_fd(), keys, values).map_err(|(_, e)| match e.raw_os_error() {
+            Some(libc::E2BIG) | Some(libc::ENOMEM) | Some(libc::ENOSPC) => MapError::Full {
+                map: name,
+                capacity: 0,
+            },
+            _ => io_error(name, "batch update", e),
         })
     }
 
@@ -146,7 +148,8 @@ fn delete_result(
 
 impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
     fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
-        self.services.dump(A::SERVICES)?
+        self.services
+            .dump(A::SERVICES)?
             .into_iter()
             .map(|(key, value)| {
                 let (frontend, slot) =
@@ -161,7 +164,8 @@ impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
     }
 
     fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
-        self.backends.dump(A::BACKENDS)?
+        self.backends
+            .dump(A::BACKENDS)?
             .into_iter()
             .map(|(id, raw)| {
                 let backend = A::decode_backend(&raw).ok_or_else(|| MapError::Invalid {
@@ -175,7 +179,9 @@ impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
     }
 
     fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
-        Ok(self.reverse_nat.dump(A::REVERSE_NAT)?
+        Ok(self
+            .reverse_nat
+            .dump(A::REVERSE_NAT)?
             .into_iter()
             .map(|(id, raw)| (id, A::decode_reverse_nat(&raw)))
             .collect())
@@ -196,7 +202,9 @@ impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
     fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
         delete_result(
             A::SERVICES,
-            self.services.map.remove(&A::encode_service_key(frontend, slot)),
+            self.services
+                .map
+                .remove(&A::encode_service_key(frontend, slot)),
         )
     }
 

@@ -315,7 +315,9 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                 && e.backends.len() <= MAX_BACKENDS
                 && e.backends.iter().all(|b| {
                     // A state change of a shared backend takes the careful path.
-                    self.backends.get(&b.key()).is_none_or(|r| r.state == b.state)
+                    self.backends
+                        .get(&b.key())
+                        .is_none_or(|r| r.state == b.state)
                 })
         });
         let mut one_by_one = rest;
@@ -335,8 +337,11 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
 
     /// Writes new frontends in four batches. On error nothing of them is visible and the
     /// writer's state is as before.
-    fn insert_batch(&mut self, fresh: &[&(Frontend<A>, ServiceEntry<A>)]) -> Result<(), WriteError> {
-        let t0 = std::time::Instant::now();
+    fn insert_batch(
+        &mut self,
+        fresh: &[&(Frontend<A>, ServiceEntry<A>)],
+    ) -> Result<(), WriteError> {
+        let started = std::time::Instant::now();
         // 1. Backends.
         let mut created = Vec::new();
         let mut new_backends = Vec::new();
@@ -368,18 +373,20 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             }
             ids_per_frontend.push(ids);
         }
-        let t1 = t0.elapsed();
+        let prepared = started.elapsed();
         if let Err(e) = self.maps.put_backends(&new_backends) {
             self.undo_batch(&ids_per_frontend, &[], &created, &[], &[]);
             return Err(e.into());
         }
-        let t2 = t0.elapsed();
+        let backends_written = started.elapsed();
         // 2. Reverse NAT.
         let mut reverse_nat = Vec::with_capacity(fresh.len());
         for (frontend, _) in fresh {
             let Some(id) = self.rev_nat_ids.allocate() else {
                 self.undo_batch(&ids_per_frontend, &[], &created, &reverse_nat, &[]);
-                return Err(WriteError::IdsExhausted { what: "reverse NAT" });
+                return Err(WriteError::IdsExhausted {
+                    what: "reverse NAT",
+                });
             };
             reverse_nat.push((id, (frontend.address, frontend.port)));
         }
@@ -410,7 +417,6 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             };
             heads.push((*frontend, 0, head));
         }
-        let t3 = t0.elapsed();
         for batch in [&slots, &heads] {
             if let Err(e) = self.maps.put_services(batch) {
                 let written: Vec<_> = heads
@@ -422,7 +428,14 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                 return Err(e.into());
             }
         }
-        tracing::debug!(?t1, ?t2, ?t3, t4 = ?t0.elapsed(), backends = new_backends.len(), slots = slots.len(), "batch timing");
+        tracing::debug!(
+            frontends = fresh.len(),
+            backends = new_backends.len(),
+            prepare = ?prepared,
+            backends_written = ?backends_written,
+            total = ?started.elapsed(),
+            "new frontends written in batches"
+        );
         self.stats.backend_writes += new_backends.len() as u64;
         self.stats.reverse_nat_writes += reverse_nat.len() as u64;
         self.stats.service_writes += (slots.len() + heads.len()) as u64;

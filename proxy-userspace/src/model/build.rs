@@ -7,7 +7,7 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::{Conditions, Endpoint, Protocol, ServiceName, ServicePort, ServicePortName};
+use super::{Endpoint, Protocol, ServiceName, ServicePort, ServicePortName, SliceRecord};
 use crate::family::Family;
 
 /// Why a Service is skipped as a whole.
@@ -72,6 +72,32 @@ pub fn service_name(service: &Service) -> Result<ServiceName, ServiceError> {
 
 /// Builds the service ports of `service` from the EndpointSlices that belong to it.
 pub fn service_ports(service: &Service, slices: &[&EndpointSlice]) -> Result<Built, ServiceError> {
+    let records: Vec<SliceRecord> = slices.iter().map(|s| SliceRecord::from_slice(s)).collect();
+    let records: Vec<&SliceRecord> = records.iter().collect();
+    service_ports_from_records(service, &records)
+}
+
+/// A Service as the tracker keeps it: the spec and the identity, without status,
+/// annotations or managed fields (which can be most of an object's size).
+pub fn slim_service(service: Service) -> Service {
+    let metadata = service.metadata;
+    Service {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            labels: metadata.labels,
+            ..Default::default()
+        },
+        spec: service.spec,
+        status: None,
+    }
+}
+
+/// [`service_ports`] over slices already parsed into records (what the tracker keeps).
+pub fn service_ports_from_records(
+    service: &Service,
+    slices: &[&SliceRecord],
+) -> Result<Built, ServiceError> {
     let name = service_name(service)?;
     let labels = service.metadata.labels.as_ref();
     if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
@@ -191,66 +217,39 @@ fn cluster_ips(
 fn endpoints(
     port_name: &str,
     protocol: Protocol,
-    slices: &[&EndpointSlice],
+    slices: &[&SliceRecord],
     warnings: &mut Vec<String>,
 ) -> Vec<Endpoint> {
     let mut unique = BTreeMap::new();
     for slice in slices {
-        let Some(family) = Family::from_kubernetes_name(&slice.address_type) else {
-            continue; // FQDN slices name no addresses we could translate to.
-        };
-        let slice_name = slice.metadata.name.as_deref().unwrap_or("<unnamed>");
-        let Some(target) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
-        }) else {
+        if slice.family.is_none() {
+            continue;
+        }
+        warnings.extend(slice.invalid.iter().cloned());
+        let Some(target) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port_name && p.protocol == Some(protocol))
+        else {
             continue;
         };
-        let Some(target_port) = target
-            .port
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
-        else {
+        let Some(target_port) = target.port else {
             warnings.push(format!(
-                "EndpointSlice {slice_name}: port {port_name:?} has no valid number"
+                "EndpointSlice {}: port {port_name:?} has no valid number",
+                slice.name
             ));
             continue;
         };
         for endpoint in &slice.endpoints {
-            // Like kube-proxy, the first address is the endpoint's address.
-            let Some(raw) = endpoint.addresses.first() else {
-                continue;
-            };
-            let address = match raw.parse::<IpAddr>() {
-                Ok(a) if Family::of(&a) == family => a,
-                _ => {
-                    warnings.push(format!(
-                        "EndpointSlice {slice_name}: endpoint address {raw:?} is not an {family} address"
-                    ));
-                    continue;
-                }
-            };
-            let c = endpoint.conditions.as_ref();
-            let conditions = Conditions {
-                ready: c.and_then(|c| c.ready).unwrap_or(true),
-                serving: c.and_then(|c| c.serving.or(c.ready)).unwrap_or(true),
-                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
-            };
-            let zone_hints = endpoint
-                .hints
-                .as_ref()
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|zones| zones.iter().map(|z| z.name.clone()).collect())
-                .unwrap_or_default();
             unique
-                .entry((address, target_port))
+                .entry((endpoint.address, target_port))
                 .or_insert_with(|| Endpoint {
-                    address,
+                    address: endpoint.address,
                     port: target_port,
-                    conditions,
+                    conditions: endpoint.conditions,
                     node_name: endpoint.node_name.clone(),
                     zone: endpoint.zone.clone(),
-                    zone_hints,
+                    zone_hints: endpoint.zone_hints.clone(),
                 });
         }
     }

@@ -1,13 +1,15 @@
 //! The service model: what Kubernetes asks for, per service port, in words of the problem
 //! (cluster IPs, endpoints and their conditions), independent of maps and families.
 mod build;
+mod slice;
 
-use std::{fmt, net::IpAddr};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 pub use build::{
     Built, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, ServiceError,
-    service_name, service_ports,
+    service_name, service_ports, service_ports_from_records, slim_service,
 };
+pub use slice::{SliceEndpoint, SliceEntry, SlicePort, SliceRecord};
 
 /// `namespace/name` of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,10 +105,10 @@ pub struct Endpoint {
     /// The port traffic is sent to (the EndpointSlice port matching the service port's name).
     pub port: u16,
     pub conditions: Conditions,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
     /// `hints.forZones[].name`.
-    pub zone_hints: Vec<String>,
+    pub zone_hints: Vec<Arc<str>>,
 }
 
 /// EndpointSlice conditions, with Kubernetes' defaults applied (`ready`/`serving` unset mean

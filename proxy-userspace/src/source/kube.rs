@@ -63,7 +63,7 @@ pub async fn watch(client: Client, node_name: String, sender: mpsc::Sender<Sourc
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(&labels),
         ),
-        Object::Service,
+        |s| Some(Object::service(s)),
         sender.clone(),
     );
     let slices = forward(
@@ -72,7 +72,7 @@ pub async fn watch(client: Client, node_name: String, sender: mpsc::Sender<Sourc
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&labels),
         ),
-        Object::EndpointSlice,
+        Object::endpoint_slice,
         sender.clone(),
     );
     let node = forward(
@@ -81,7 +81,7 @@ pub async fn watch(client: Client, node_name: String, sender: mpsc::Sender<Sourc
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         ),
-        Object::Node,
+        |n| Some(Object::Node(n)),
         sender,
     );
     tokio::join!(services, slices, node);
@@ -90,7 +90,7 @@ pub async fn watch(client: Client, node_name: String, sender: mpsc::Sender<Sourc
 async fn forward<K, S>(
     kind: Kind,
     stream: S,
-    wrap: fn(K) -> Object,
+    wrap: fn(K) -> Option<Object>,
     sender: mpsc::Sender<SourceEvent>,
 ) where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
@@ -104,15 +104,16 @@ async fn forward<K, S>(
                 None
             }
             Ok(watcher::Event::InitApply(object)) => {
-                listing.get_or_insert_with(Vec::new).push(wrap(object));
+                // Converted (slimmed, parsed) as it arrives: the list is buffered compact.
+                listing.get_or_insert_with(Vec::new).extend(wrap(object));
                 None
             }
             Ok(watcher::Event::InitDone) => Some(SourceEvent::Replace(
                 kind,
                 listing.take().unwrap_or_default(),
             )),
-            Ok(watcher::Event::Apply(object)) => Some(SourceEvent::Apply(wrap(object))),
-            Ok(watcher::Event::Delete(object)) => Some(SourceEvent::Delete(wrap(object))),
+            Ok(watcher::Event::Apply(object)) => wrap(object).map(SourceEvent::Apply),
+            Ok(watcher::Event::Delete(object)) => wrap(object).map(SourceEvent::Delete),
             Err(error) => {
                 // The watcher relists after its backoff; until then we serve what we have.
                 tracing::warn!(?kind, %error, "watch failed; serving the last known state");

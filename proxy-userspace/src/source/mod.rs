@@ -5,6 +5,8 @@ pub mod manifests;
 
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 
+use crate::model::{SliceEntry, slim_service};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Service,
@@ -18,9 +20,22 @@ pub enum Kind {
     reason = "objects move one at a time through a channel; boxing buys nothing"
 )]
 pub enum Object {
+    /// Slimmed on arrival ([`slim_service`]).
     Service(Service),
-    EndpointSlice(EndpointSlice),
+    /// Parsed on arrival: a fraction of the API object's size.
+    EndpointSlice(SliceEntry),
     Node(Node),
+}
+
+impl Object {
+    pub fn service(service: Service) -> Self {
+        Object::Service(slim_service(service))
+    }
+
+    /// `None` for a slice without a name (which the API server never sends).
+    pub fn endpoint_slice(slice: EndpointSlice) -> Option<Self> {
+        SliceEntry::from_slice(&slice).map(Object::EndpointSlice)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -53,11 +68,14 @@ impl Snapshot {
             self.errors.into_iter().map(SourceEvent::Invalid).collect();
         events.push(SourceEvent::Replace(
             Kind::Service,
-            self.services.into_iter().map(Object::Service).collect(),
+            self.services.into_iter().map(Object::service).collect(),
         ));
         events.push(SourceEvent::Replace(
             Kind::EndpointSlice,
-            self.slices.into_iter().map(Object::EndpointSlice).collect(),
+            self.slices
+                .into_iter()
+                .filter_map(Object::endpoint_slice)
+                .collect(),
         ));
         events.push(SourceEvent::Replace(
             Kind::Node,
