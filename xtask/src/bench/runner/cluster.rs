@@ -64,10 +64,15 @@ impl Cluster {
             .map(|i| {
                 let target = i + 1 == count;
                 let first = i * FILLER_ENDPOINTS;
+                // The target keeps the first address at every size: a client's TCP sequence
+                // numbers and timestamps derive from the address it connects to, and the
+                // backends' TIME_WAIT from the previous size would refuse SYNs whose numbers
+                // came from another address.
+                let address = if target { 0 } else { i + 1 };
                 Service {
                     name: format!("svc-{i:05}"),
-                    v4: Ipv4Addr::from(vip4 + i as u32),
-                    v6: Ipv6Addr::from(vip6 + i as u128),
+                    v4: Ipv4Addr::from(vip4 + address as u32),
+                    v6: Ipv6Addr::from(vip6 + address as u128),
                     target_port: if target {
                         BACKEND_PORT
                     } else {

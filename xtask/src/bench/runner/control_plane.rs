@@ -8,6 +8,7 @@ use twinstack_lab::netns::Netns;
 
 use crate::{
     cluster::Cluster,
+    e2e::LoadSample,
     kubeproxy::{self, Layout},
     stats::{Summary, number},
 };
@@ -37,9 +38,14 @@ pub struct LoadTimes {
     pub rows: Vec<(Layout, Summary, Summary)>,
 }
 
-/// Loads each layout of `services` Services `reps` times into a fresh, empty namespace (the
-/// rules are removed between loads), as kube-proxy's first full sync does.
-pub fn kube_proxy_load_times(services: usize, reps: usize) -> anyhow::Result<LoadTimes> {
+/// Loads each layout of `services` Services into a fresh, empty namespace (the rules are
+/// removed between loads), as kube-proxy's first full sync does, until there are `reps` loads
+/// counting the `earlier` ones the end-to-end runs made of the same size.
+pub fn kube_proxy_load_times(
+    services: usize,
+    reps: usize,
+    earlier: &[LoadSample],
+) -> anyhow::Result<LoadTimes> {
     let netns = Netns::create(&twinstack_lab::unique("tsb-load"));
     let cluster = Cluster::new(
         services,
@@ -48,8 +54,12 @@ pub fn kube_proxy_load_times(services: usize, reps: usize) -> anyhow::Result<Loa
     );
     let mut rows = Vec::new();
     for layout in [Layout::Iptables, Layout::Nftables] {
-        let (mut v4, mut v6) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
+        let (mut v4, mut v6): (Vec<f64>, Vec<f64>) = earlier
+            .iter()
+            .filter(|s| s.layout == layout && s.services == services)
+            .map(|s| (s.times.v4.as_secs_f64(), s.times.v6.as_secs_f64()))
+            .unzip();
+        while v4.len() < reps {
             let (rules, times) = kubeproxy::program(&netns, layout, &cluster)?;
             eprintln!(
                 "  {} load of {services} Services: IPv4 {:.2} s, IPv6 {:.2} s",

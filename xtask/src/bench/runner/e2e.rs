@@ -15,7 +15,7 @@ use twinstack_lab::{
 use crate::{
     Plan,
     cluster::{BACKEND_PORT, CLUSTER_CIDR_V4, CLUSTER_CIDR_V6, Cluster, ManifestDir, SERVICE_PORT},
-    kubeproxy::{self, Layout, Rules},
+    kubeproxy::{self, Layout, LoadTimes, Rules},
     load::{self, Outcome, Server, Test},
     stats::Summary,
 };
@@ -65,6 +65,14 @@ pub struct Cell {
     pub errors: u64,
 }
 
+/// One load of a kube-proxy layout.
+#[derive(Clone, Copy)]
+pub struct LoadSample {
+    pub layout: Layout,
+    pub services: usize,
+    pub times: LoadTimes,
+}
+
 pub struct Results {
     pub sizes: Vec<usize>,
     pub cells: Vec<Cell>,
@@ -73,6 +81,8 @@ pub struct Results {
     /// The client's SYN retransmissions and retransmitted segments while each mode was
     /// active: a lost or mistranslated packet shows here before it shows in a rate.
     pub retransmitted: Vec<(Mode, usize, u64, u64)>,
+    /// How long programming each kube-proxy layout took (section 3 reuses these).
+    pub loads: Vec<LoadSample>,
 }
 
 impl Results {
@@ -105,6 +115,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
     let mut cells = Vec::new();
     let mut agent_ready = Vec::new();
     let mut retransmitted = Vec::new();
+    let mut loads = Vec::new();
     for &size in &plan.e2e_sizes {
         let cluster = Cluster::new(size, &target_v4, &target_v6);
         for mode in Mode::ALL {
@@ -126,7 +137,10 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
                 .sysctl("net.ipv4.ip_local_port_range", &format!("{low} {high}"));
             let started = Instant::now();
             let before = retransmissions(&topology);
-            let mut active = activate(mode, &topology, &cluster)?;
+            let (mut active, load) = activate(mode, &topology, &cluster)?;
+            if let Some(load) = load {
+                loads.push(load);
+            }
             if mode == Mode::Twinstack {
                 agent_ready.push((size, started.elapsed().as_secs_f64()));
             }
@@ -225,6 +239,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
         cells,
         agent_ready,
         retransmitted,
+        loads,
     })
 }
 
@@ -232,8 +247,9 @@ fn activate<'a>(
     mode: Mode,
     topology: &'a Topology,
     cluster: &Cluster,
-) -> anyhow::Result<Active<'a>> {
-    Ok(match mode {
+) -> anyhow::Result<(Active<'a>, Option<LoadSample>)> {
+    let mut sample = None;
+    let active = match mode {
         Mode::Direct => Active::default(),
         Mode::Twinstack => {
             let manifests = cluster.write_manifests()?;
@@ -258,13 +274,19 @@ fn activate<'a>(
             } else {
                 Layout::Nftables
             };
-            let (rules, _) = kubeproxy::program(&topology.node, layout, cluster)?;
+            let (rules, times) = kubeproxy::program(&topology.node, layout, cluster)?;
+            sample = Some(LoadSample {
+                layout,
+                services: cluster.services.len(),
+                times,
+            });
             Active {
                 _rules: Some(rules),
                 ..Active::default()
             }
         }
-    })
+    };
+    Ok((active, sample))
 }
 
 fn client_run(

@@ -488,13 +488,13 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("-A KUBE-SERVICES"))
             .collect();
-        assert!(services[2].contains("10.96.0.12/32"), "{services:?}");
+        assert!(services[2].contains("10.96.0.10/32"), "{services:?}");
         assert!(services[3].contains("KUBE-NODEPORTS"));
         assert!(rules.contains("--probability 0.1000000000"));
         assert!(rules.contains("--probability 0.5000000000"));
         assert!(rules.contains("-j DNAT --to-destination 10.244.2.2:8080"));
         let script = nftables_script(&cluster, false);
         assert!(script.contains("numgen random mod 10 vmap"));
-        assert!(script.contains("10.96.0.12 . tcp . 80 : goto service-"));
+        assert!(script.contains("10.96.0.10 . tcp . 80 : goto service-"));
     }
 }
