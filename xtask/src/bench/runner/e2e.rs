@@ -83,6 +83,9 @@ pub struct Results {
     pub retransmitted: Vec<(Mode, usize, u64, u64)>,
     /// How long programming each kube-proxy layout took (section 3 reuses these).
     pub loads: Vec<LoadSample>,
+    /// The share of the CPUs that other processes (not the bench, not packet processing)
+    /// used while each mode was measured: the figures of a mode with a high share are noise.
+    pub other_load: Vec<(Mode, usize, f64)>,
 }
 
 impl Results {
@@ -116,6 +119,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
     let mut agent_ready = Vec::new();
     let mut retransmitted = Vec::new();
     let mut loads = Vec::new();
+    let mut other_load = Vec::new();
     for &size in &plan.e2e_sizes {
         let cluster = Cluster::new(size, &target_v4, &target_v6);
         for mode in Mode::ALL {
@@ -181,6 +185,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
                 plan,
             );
             let mut outcomes: Vec<((bool, Test), Vec<Outcome>)> = Vec::new();
+            let cpu_before = CpuSample::now();
             for _ in 0..plan.e2e_reps {
                 for v6 in [false, true] {
                     for test in TESTS {
@@ -224,8 +229,14 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
                 );
                 cells.push(cell);
             }
+            let others = cpu_before.others_share();
             let after = retransmissions(&topology);
             retransmitted.push((mode, size, after.0 - before.0, after.1 - before.1));
+            other_load.push((mode, size, others));
+            eprintln!(
+                "    other processes used {:.1}% of the CPUs",
+                others * 100.0
+            );
             drop(active);
             ensure!(
                 kubeproxy::ruleset(&topology.node).trim().is_empty(),
@@ -240,6 +251,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
         agent_ready,
         retransmitted,
         loads,
+        other_load,
     })
 }
 
@@ -354,4 +366,58 @@ fn retransmissions(topology: &Topology) -> (u64, u64) {
             counter(&snmp, "Tcp:", "RetransSegs"),
         )
     })
+}
+
+/// CPU time every other process has used so far (pid → ticks).
+struct CpuSample {
+    at: Instant,
+    ticks: std::collections::HashMap<u32, u64>,
+}
+
+impl CpuSample {
+    fn now() -> Self {
+        let own = std::process::id();
+        let mut ticks = std::collections::HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == own {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // After the command name (which may hold spaces): state, then numbers; utime and
+            // stime are the 14th and 15th fields of the line.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+            if let (Some(user), Some(system)) = (field(14), field(15)) {
+                ticks.insert(pid, user + system);
+            }
+        }
+        Self {
+            at: Instant::now(),
+            ticks,
+        }
+    }
+
+    /// The share of all CPUs that other processes (those alive at the end) used since `self`.
+    fn others_share(&self) -> f64 {
+        let now = Self::now();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let used: u64 = now
+            .ticks
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(self.ticks.get(pid).copied().unwrap_or(0)))
+            .sum();
+        used as f64 / hz / (now.at - self.at).as_secs_f64() / cpus
+    }
 }

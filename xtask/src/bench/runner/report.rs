@@ -137,6 +137,14 @@ fn targets(s: &mut String, datapath: &datapath::Results, e2e: &e2e::Results) {
             _ => f64::NAN,
         }
     };
+    if largest < 10_000 {
+        let _ = writeln!(
+            s,
+            "| (the end-to-end targets are set at 10,000 Services; this profile stops at {}, \
+             so the verdicts below are indicative only: run the full bench) | | | |",
+            number(largest as f64, 0)
+        );
+    }
     let new = |v6| ratio(Mode::Twinstack, largest, v6, Test::NewConnections);
     let _ = writeln!(
         s,
@@ -173,14 +181,6 @@ fn targets(s: &mut String, datapath: &datapath::Results, e2e: &e2e::Results) {
         );
     }
     let rr = |v6| ratio(Mode::Twinstack, largest, v6, Test::RequestResponse);
-    if largest < 10_000 {
-        let _ = writeln!(
-            s,
-            "| (the end-to-end targets are set at 10,000 Services; this profile stops at {}, \
-             so its verdicts below are indicative only: run the full bench) | | | |",
-            number(largest as f64, 0)
-        );
-    }
     let _ = writeln!(
         s,
         "| requests/s on persistent connections at {} Services ≥ 0.97 × direct | {:.2}× | {:.2}× | {} |\n",
@@ -358,14 +358,22 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
          ![new connections](new-connections.png)\n\n![requests](request-response.png)\n"
     );
     s.push_str(
-        "Client retransmissions while each mode was active (warm-up and checks included); \
-         a proxy that loses or mistranslates packets shows here first:\n\n\
-         | mode | Services | SYN retransmissions | retransmitted segments |\n|---|---:|---:|---:|\n",
+        "Per mode: the client's retransmissions while it was active (warm-up and checks \
+         included; a proxy that loses or mistranslates packets shows here first), and the \
+         share of the CPUs that other processes used while it was measured (anything above a \
+         few percent makes that mode's figures noise: re-run on a quiet machine):\n\n\
+         | mode | Services | SYN retransmissions | retransmitted segments | other processes' CPU |\n\
+         |---|---:|---:|---:|---:|\n",
     );
     for (mode, size, syn, segments) in &results.retransmitted {
+        let other = results
+            .other_load
+            .iter()
+            .find(|(m, n, _)| m == mode && n == size)
+            .map_or(f64::NAN, |(_, _, share)| share * 100.0);
         let _ = writeln!(
             s,
-            "| {} | {} | {syn} | {segments} |",
+            "| {} | {} | {syn} | {segments} | {other:.1}% |",
             mode.name(),
             number(*size as f64, 0)
         );
