@@ -25,6 +25,9 @@ use crate::{
     tracker::{Tracker, object_name},
 };
 
+/// Services built and written together within one sync.
+const SYNC_CHUNK: usize = 1024;
+
 /// How often pod interfaces are looked for.
 const INTERFACE_POLL: Duration = Duration::from_millis(250);
 
@@ -176,28 +179,29 @@ impl Syncer {
     /// Builds and programs every changed Service. Returns how many were rebuilt.
     pub fn sync(&mut self) -> usize {
         let started = Instant::now();
-        let updates = self.tracker.drain();
-        let built = started.elapsed();
-        let count = updates.len();
+        let changed = self.tracker.take_changed();
+        let count = changed.len();
         let served = self.served_families();
-        let mut changes = Vec::with_capacity(count);
-        for (name, built) in updates {
-            let ports = match service_ports(&name, built) {
-                Ok(ports) => self.served_ports(&name, ports, &served),
-                Err(()) => {
-                    self.counters.invalid += 1;
-                    Vec::new()
-                }
-            };
-            changes.push((name, ports));
+        // In chunks: a cold start of thousands of Services never holds all their plans at once.
+        for chunk in changed.chunks(SYNC_CHUNK) {
+            let mut changes = Vec::with_capacity(chunk.len());
+            for name in chunk {
+                let ports = match service_ports(name, self.tracker.build(name)) {
+                    Ok(ports) => self.served_ports(name, ports, &served),
+                    Err(()) => {
+                        self.counters.invalid += 1;
+                        Vec::new()
+                    }
+                };
+                changes.push((name.clone(), ports));
+            }
+            report(self.dataplane.apply_all(&changes));
         }
-        report(self.dataplane.apply_all(&changes));
         self.counters.services_synced += count as u64;
         self.counters.syncs += 1;
         tracing::debug!(
             services = count,
-            model_us = built.as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64,
+            elapsed_us = started.elapsed().as_micros() as u64,
             "sync"
         );
         count

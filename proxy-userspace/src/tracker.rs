@@ -12,7 +12,8 @@ type SliceName = ServiceName;
 
 #[derive(Default)]
 pub struct Tracker {
-    services: HashMap<ServiceName, Service>,
+    /// Boxed: a Service is large and the table holds thousands.
+    services: HashMap<ServiceName, Box<Service>>,
     slices: HashMap<SliceName, SliceEntry>,
     slices_of: HashMap<ServiceName, BTreeSet<SliceName>>,
     dirty: BTreeSet<ServiceName>,
@@ -24,10 +25,7 @@ pub type ServiceUpdate = (ServiceName, Option<Result<Built, ServiceError>>);
 pub fn object_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<ServiceName> {
-    Some(ServiceName {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        name: meta.name.clone()?,
-    })
+    Some(ServiceName::new(meta.namespace.as_deref(), meta.name.as_deref()?))
 }
 
 impl Tracker {
@@ -36,10 +34,10 @@ impl Tracker {
         let Some(name) = object_name(&service.metadata) else {
             return;
         };
-        if self.services.get(&name) == Some(&service) {
+        if self.services.get(&name).map(|s| &**s) == Some(&service) {
             return;
         }
-        self.services.insert(name.clone(), service);
+        self.services.insert(name.clone(), Box::new(service));
         self.dirty.insert(name);
     }
 
@@ -149,21 +147,31 @@ impl Tracker {
         self.services.len()
     }
 
+    /// The Services changed since the last call, clearing the change set.
+    pub fn take_changed(&mut self) -> Vec<ServiceName> {
+        std::mem::take(&mut self.dirty).into_iter().collect()
+    }
+
+    /// Builds the model of one Service from what is known now (`None`: it is gone).
+    pub fn build(&self, name: &ServiceName) -> Option<Result<Built, ServiceError>> {
+        self.services.get(name).map(|service| {
+            let slices: Vec<&SliceRecord> = self
+                .slices_of
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| self.slices.get(s).map(|e| &e.record))
+                .collect();
+            model::service_ports_from_records(service, &slices)
+        })
+    }
+
     /// Builds the model of every changed Service and clears the change set.
     pub fn drain(&mut self) -> Vec<ServiceUpdate> {
-        std::mem::take(&mut self.dirty)
+        self.take_changed()
             .into_iter()
             .map(|name| {
-                let built = self.services.get(&name).map(|service| {
-                    let slices: Vec<&SliceRecord> = self
-                        .slices_of
-                        .get(&name)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|s| self.slices.get(s).map(|e| &e.record))
-                        .collect();
-                    model::service_ports_from_records(service, &slices)
-                });
+                let built = self.build(&name);
                 (name, built)
             })
             .collect()

@@ -95,8 +95,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         min_sync_period: args.min_sync_period,
         sync_period: args.sync_period,
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: syncs are sequential anyway, and one allocator arena keeps the agent small.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(agent::run(config))

@@ -56,18 +56,14 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 pub fn service_name(service: &Service) -> Result<ServiceName, ServiceError> {
-    Ok(ServiceName {
-        namespace: service
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: service
+    Ok(ServiceName::new(
+        service.metadata.namespace.as_deref(),
+        service
             .metadata
             .name
-            .clone()
+            .as_deref()
             .ok_or(ServiceError::MissingName)?,
-    })
+    ))
 }
 
 /// Builds the service ports of `service` from the EndpointSlices that belong to it.

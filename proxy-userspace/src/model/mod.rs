@@ -3,7 +3,12 @@
 mod build;
 mod slice;
 
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{
+    collections::HashSet,
+    fmt,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
 
 pub use build::{
     Built, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, ServiceError,
@@ -11,11 +16,35 @@ pub use build::{
 };
 pub use slice::{SliceEndpoint, SliceEntry, SlicePort, SliceRecord};
 
-/// `namespace/name` of a Service.
+/// `namespace/name` of a Service (or of an EndpointSlice). Shared strings: the same name is
+/// held by the tracker, the plan and the proxier's ownership records, so a clone is cheap.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl ServiceName {
+    /// `None` namespace means `default`, as in the API.
+    pub fn new(namespace: Option<&str>, name: &str) -> Self {
+        Self {
+            namespace: intern(namespace.unwrap_or("default")),
+            name: Arc::from(name),
+        }
+    }
+}
+
+/// Names that repeat (namespaces; node and zone names across endpoints) are stored once.
+pub(crate) fn intern(name: &str) -> Arc<str> {
+    static NAMES: Mutex<Option<HashSet<Arc<str>>>> = Mutex::new(None);
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let names = names.get_or_insert_with(HashSet::new);
+    if let Some(name) = names.get(name) {
+        return name.clone();
+    }
+    let name: Arc<str> = Arc::from(name);
+    names.insert(name.clone());
+    name
 }
 
 impl fmt::Display for ServiceName {

@@ -5,7 +5,7 @@ use std::{net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{Conditions, Protocol, SERVICE_NAME_LABEL, ServiceName};
+use super::{Conditions, Protocol, SERVICE_NAME_LABEL, ServiceName, intern};
 use crate::family::Family;
 
 /// A slice port: the name matches a service port's name; the number is the target.
@@ -51,25 +51,15 @@ pub struct SliceEntry {
 impl SliceEntry {
     /// `None` for a slice without a name.
     pub fn from_slice(slice: &EndpointSlice) -> Option<Self> {
-        let namespace = slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let namespace = slice.metadata.namespace.as_deref();
         let service = slice
             .metadata
             .labels
             .as_ref()
             .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .map(|name| ServiceName {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            });
+            .map(|name| ServiceName::new(namespace, name));
         Some(Self {
-            name: ServiceName {
-                namespace,
-                name: slice.metadata.name.clone()?,
-            },
+            name: ServiceName::new(namespace, slice.metadata.name.as_deref()?),
             service,
             record: SliceRecord::from_slice(slice),
         })
@@ -94,7 +84,7 @@ impl SliceRecord {
             })
             .collect();
         let mut invalid = Vec::new();
-        let mut endpoints = Vec::new();
+        let mut endpoints = Vec::with_capacity(slice.endpoints.len());
         if let Some(family) = family {
             for endpoint in &slice.endpoints {
                 // Like kube-proxy, the first address is the endpoint's address.
@@ -118,17 +108,18 @@ impl SliceRecord {
                         serving: c.and_then(|c| c.serving.or(c.ready)).unwrap_or(true),
                         terminating: c.and_then(|c| c.terminating).unwrap_or(false),
                     },
-                    node_name: endpoint.node_name.as_deref().map(Arc::from),
-                    zone: endpoint.zone.as_deref().map(Arc::from),
+                    node_name: endpoint.node_name.as_deref().map(intern),
+                    zone: endpoint.zone.as_deref().map(intern),
                     zone_hints: endpoint
                         .hints
                         .as_ref()
                         .and_then(|h| h.for_zones.as_ref())
-                        .map(|zones| zones.iter().map(|z| Arc::from(z.name.as_str())).collect())
+                        .map(|zones| zones.iter().map(|z| intern(&z.name)).collect())
                         .unwrap_or_default(),
                 });
             }
         }
+        endpoints.shrink_to_fit();
         Self {
             name,
             family,
