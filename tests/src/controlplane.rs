@@ -206,12 +206,6 @@ pub fn measure(config: &ControlPlaneConfig) -> ControlPlaneFigures {
     }
     let cold_start = launched.elapsed();
     let log = agent.log();
-    for line in log
-        .lines()
-        .filter(|l| l.contains("sync") || l.contains("batch"))
-    {
-        eprintln!("{line}");
-    }
     let pid = agent.pid().expect("agent running");
     let probe = ServiceProbe::open(&agent);
     assert_eq!(
