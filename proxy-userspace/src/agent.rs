@@ -47,6 +47,7 @@ pub struct AgentConfig {
     pub pod_interfaces: InterfacePatterns,
     pub bpf_root: PathBuf,
     pub healthz_bind_address: SocketAddr,
+    pub metrics_bind_address: SocketAddr,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
 }
@@ -231,6 +232,14 @@ impl Syncer {
         ports
     }
 
+    /// What the metrics report.
+    pub fn figures(&self) -> crate::metrics::AgentFigures {
+        crate::metrics::AgentFigures {
+            counters: self.counters,
+            families: self.dataplane.figures(),
+        }
+    }
+
     /// The periodic full pass: re-read the kernel maps and repair any drift.
     pub fn repair(&mut self) {
         self.counters.repairs += 1;
@@ -351,6 +360,29 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     });
 
+    let figures = std::sync::Arc::new(std::sync::Mutex::new(syncer.figures()));
+    let metrics = crate::metrics::bind(
+        config.metrics_bind_address,
+        crate::metrics::registry(&pins, figures.clone()),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "--metrics-bind-address {}: cannot listen",
+            config.metrics_bind_address
+        )
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = metrics.await {
+            tracing::error!(%e, "metrics server stopped");
+        }
+    });
+    let publish = |syncer: &Syncer| {
+        if let Ok(mut f) = figures.lock() {
+            *f = syncer.figures();
+        }
+    };
+
     let mut events = start_source(&config).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
@@ -396,6 +428,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // Maps first, then the programs that read them; healthy once both are in place.
     report_interfaces(&mut datapath);
     health.synced();
+    publish(&syncer);
     // The first lists and sync are the agent's biggest transient allocations; hand the freed
     // memory back instead of keeping it as allocator slack for the agent's lifetime.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -433,6 +466,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 let rebuilt = syncer.sync();
                 last_sync = Instant::now();
                 health.synced();
+                publish(&syncer);
                 tracing::debug!(
                     services = rebuilt,
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -443,6 +477,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 let started = Instant::now();
                 syncer.repair();
                 health.synced();
+                publish(&syncer);
                 tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "maps re-read and repaired");
             }
             _ = interfaces.tick() => report_interfaces(&mut datapath),

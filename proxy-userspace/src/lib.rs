@@ -8,6 +8,7 @@ pub mod family;
 pub mod health;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod plan;

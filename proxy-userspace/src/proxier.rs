@@ -149,6 +149,14 @@ impl<A: Address> Proxier<A> {
     pub fn frontend_count(&self) -> usize {
         self.writer.frontend_count()
     }
+
+    pub fn figures(&self) -> crate::metrics::FamilyFigures {
+        crate::metrics::FamilyFigures {
+            writes: self.writer.stats(),
+            frontends: self.writer.frontend_count(),
+            backends: self.writer.backend_count(),
+        }
+    }
 }
 
 /// The dispatcher: hands every change to the proxier of each family this node serves.
@@ -193,6 +201,17 @@ impl Dataplane {
             p.repair(&mut errors);
         }
         errors
+    }
+
+    pub fn figures(&self) -> Vec<(Family, crate::metrics::FamilyFigures)> {
+        let mut figures = Vec::new();
+        if let Some(p) = &self.v4 {
+            figures.push((Family::V4, p.figures()));
+        }
+        if let Some(p) = &self.v6 {
+            figures.push((Family::V6, p.figures()));
+        }
+        figures
     }
 
     pub fn families(&self) -> Vec<Family> {

@@ -25,7 +25,10 @@ pub type ServiceUpdate = (ServiceName, Option<Result<Built, ServiceError>>);
 pub fn object_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<ServiceName> {
-    Some(ServiceName::new(meta.namespace.as_deref(), meta.name.as_deref()?))
+    Some(ServiceName::new(
+        meta.namespace.as_deref(),
+        meta.name.as_deref()?,
+    ))
 }
 
 impl Tracker {

@@ -11,6 +11,7 @@ use std::{
 use crate::{netns::Netns, topology::POD_INTERFACES, twinstack_binary, unique};
 
 pub const HEALTHZ_PORT: u16 = 10256;
+pub const METRICS_PORT: u16 = 10249;
 
 pub struct Agent {
     child: Option<Child>,
@@ -109,21 +110,42 @@ impl Agent {
 
     /// GET /healthz from inside the node namespace: the status code, or None if unreachable.
     pub fn healthz(&self) -> Option<u16> {
-        let path = self.node_path.clone();
+        self.get(HEALTHZ_PORT, "/healthz").map(|(status, _)| status)
+    }
+
+    /// GET /metrics from inside the node namespace: the Prometheus text.
+    pub fn metrics(&self) -> String {
+        self.get(METRICS_PORT, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// The value of one metric line (name with its labels, e.g. `twinstack_frontends{family="IPv4"}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// One HTTP GET on the node's loopback: (status, body).
+    fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        let node = self.node_path.clone();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         std::thread::spawn(move || {
-            crate::netns::join(&path);
+            crate::netns::join(&node);
             let mut stream = TcpStream::connect_timeout(
-                &([127, 0, 0, 1], HEALTHZ_PORT).into(),
+                &([127, 0, 0, 1], port).into(),
                 Duration::from_millis(500),
             )
             .ok()?;
             stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-            stream
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .ok()?;
+            stream.write_all(request.as_bytes()).ok()?;
             let mut response = String::new();
             let _ = stream.read_to_string(&mut response);
-            response.split_whitespace().nth(1)?.parse().ok()
+            let status = response.split_whitespace().nth(1)?.parse().ok()?;
+            let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+            Some((status, body))
         })
         .join()
         .ok()

@@ -473,6 +473,25 @@ fn the_agent_serves_from_the_api_server_and_rides_out_an_outage() {
     assert_eq!(backends_answering(&topology, http6, false), both);
     assert_eq!(backends_answering(&topology, echo6, true), both);
 
+    // A malformed Service beside the good one is counted (and logged by name), nothing else.
+    let mut bad = service("bad", &["10.96.0.30"], &[("web", "TCP", 80)]);
+    bad["spec"]["ipFamilies"] = json!(["IPv6"]);
+    api.apply(bad).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.metric("twinstack_invalid_objects_total") < Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "not counted:\n{}",
+            agent.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        agent.log().contains("default/bad"),
+        "the bad Service is named in the log"
+    );
+    assert_eq!(backends_answering(&topology, http4, false), both);
+
     // Kill the API server: traffic keeps flowing.
     api.stop();
     std::thread::sleep(Duration::from_secs(1));

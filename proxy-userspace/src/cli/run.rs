@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Address of the /healthz server.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
     healthz_bind_address: SocketAddr,
+    /// Address of the /metrics server (Prometheus).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    metrics_bind_address: SocketAddr,
     /// Shortest time between two syncs of changes (0: sync at once).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
     min_sync_period: Duration,
@@ -92,6 +95,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         pod_interfaces: args.pod_interfaces,
         bpf_root: args.bpf_root,
         healthz_bind_address: args.healthz_bind_address,
+        metrics_bind_address: args.metrics_bind_address,
         min_sync_period: args.min_sync_period,
         sync_period: args.sync_period,
     };

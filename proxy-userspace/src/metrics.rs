@@ -1,0 +1,229 @@
+//! `GET /metrics` (Prometheus text format) on `--metrics-bind-address`: what the agent did
+//! (syncs, invalid objects skipped, map writes per family) and what the datapath did (packets
+//! per outcome, summed over CPUs from the per-CPU `counters` map at scrape time).
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{Router, http::header, routing::get};
+use aya::maps::{Map, MapData, PerCpuArray};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use proxy_common::{counter, map_names};
+
+use crate::{
+    agent::SyncCounters, family::Family, maps::pins::PinLayout, maps::writer::WriterStats,
+};
+
+/// One family's writer figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FamilyFigures {
+    pub writes: WriterStats,
+    pub frontends: usize,
+    pub backends: usize,
+}
+
+/// The agent's figures, refreshed after every sync.
+#[derive(Clone, Debug, Default)]
+pub struct AgentFigures {
+    pub counters: SyncCounters,
+    pub families: Vec<(Family, FamilyFigures)>,
+}
+
+struct AgentCollector {
+    figures: Arc<Mutex<AgentFigures>>,
+    packets: Option<Mutex<PerCpuArray<MapData, u64>>>,
+}
+
+impl std::fmt::Debug for AgentCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCollector").finish_non_exhaustive()
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&[(&str, &str)], u64)],
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(0u64);
+    let mut family = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    for (labels, value) in values {
+        let labels: Vec<(&str, &str)> = labels.to_vec();
+        ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&[(&str, &str)], i64)],
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(0i64);
+    let mut family = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    for (labels, value) in values {
+        let labels: Vec<(&str, &str)> = labels.to_vec();
+        ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let figures = self.figures.lock().map(|f| f.clone()).unwrap_or_default();
+        let c = figures.counters;
+        counter(
+            &mut encoder,
+            "twinstack_syncs",
+            "Syncs of changed Services.",
+            &[(&[], c.syncs)],
+        )?;
+        counter(
+            &mut encoder,
+            "twinstack_services_synced",
+            "Services rebuilt by syncs.",
+            &[(&[], c.services_synced)],
+        )?;
+        counter(
+            &mut encoder,
+            "twinstack_invalid_objects",
+            "Objects or Services skipped as invalid (each is logged by name).",
+            &[(&[], c.invalid)],
+        )?;
+        counter(
+            &mut encoder,
+            "twinstack_repairs",
+            "Periodic passes re-reading the maps and repairing drift.",
+            &[(&[], c.repairs)],
+        )?;
+        let names: Vec<&str> = figures
+            .families
+            .iter()
+            .map(|(f, _)| f.kubernetes_name())
+            .collect();
+        let labels: Vec<[(&str, &str); 1]> = names.iter().map(|n| [("family", *n)]).collect();
+        let per_family = |pick: &dyn Fn(&FamilyFigures) -> u64| -> Vec<(&[(&str, &str)], u64)> {
+            figures
+                .families
+                .iter()
+                .zip(&labels)
+                .map(|((_, f), l)| (&l[..], pick(f)))
+                .collect()
+        };
+        counter(
+            &mut encoder,
+            "twinstack_service_map_writes",
+            "Service map entries written (slot 0 and backend slots).",
+            &per_family(&|f| f.writes.service_writes),
+        )?;
+        counter(
+            &mut encoder,
+            "twinstack_backend_map_writes",
+            "Backend map entries written.",
+            &per_family(&|f| f.writes.backend_writes),
+        )?;
+        counter(
+            &mut encoder,
+            "twinstack_frontends_written",
+            "Frontends (re)written.",
+            &per_family(&|f| f.writes.frontends_written),
+        )?;
+        let gauges = |pick: &dyn Fn(&FamilyFigures) -> usize| -> Vec<(&[(&str, &str)], i64)> {
+            figures
+                .families
+                .iter()
+                .zip(&labels)
+                .map(|((_, f), l)| (&l[..], pick(f) as i64))
+                .collect()
+        };
+        gauge(
+            &mut encoder,
+            "twinstack_frontends",
+            "Frontends programmed.",
+            &gauges(&|f| f.frontends),
+        )?;
+        gauge(
+            &mut encoder,
+            "twinstack_backends",
+            "Backends programmed.",
+            &gauges(&|f| f.backends),
+        )?;
+
+        if let Some(packets) = &self.packets
+            && let Ok(packets) = packets.lock()
+        {
+            let values: Vec<(String, u64)> = (0..counter::COUNT)
+                .map(|i| {
+                    let sum = packets
+                        .get(&i, 0)
+                        .map(|per_cpu| per_cpu.iter().sum())
+                        .unwrap_or(0);
+                    (counter::NAMES[i as usize].to_owned(), sum)
+                })
+                .collect();
+            let outcome_labels: Vec<[(&str, &str); 1]> = values
+                .iter()
+                .map(|(n, _)| [("outcome", n.as_str())])
+                .collect();
+            let rows: Vec<(&[(&str, &str)], u64)> = outcome_labels
+                .iter()
+                .zip(&values)
+                .map(|(l, (_, v))| (&l[..], *v))
+                .collect();
+            counter(
+                &mut encoder,
+                "twinstack_datapath_packets",
+                "Packets seen by the datapath, by outcome.",
+                &rows,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The registry, with the datapath counters read from the pins under `pins`.
+pub fn registry(pins: &PinLayout, figures: Arc<Mutex<AgentFigures>>) -> Registry {
+    let packets = MapData::from_pin(pins.map(map_names::COUNTERS))
+        .ok()
+        .and_then(|data| Map::from_map_data(data).ok())
+        .and_then(|map| PerCpuArray::try_from(map).ok())
+        .map(Mutex::new);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(AgentCollector { figures, packets }));
+    registry
+}
+
+/// Binds `address` and returns the server task.
+pub async fn bind(
+    address: SocketAddr,
+    registry: Registry,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let registry = Arc::new(registry);
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    Ok(async move { axum::serve(listener, app).await })
+}
