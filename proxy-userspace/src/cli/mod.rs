@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: watch Services and EndpointSlices and program the datapath.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Detach the programs and remove every pin under --bpf-root.
     Cleanup(cleanup::CleanupArgs),
     /// Inspect the pinned maps (works without the agent running).
@@ -39,7 +39,7 @@ pub fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => run::main(*args),
         Command::Cleanup(args) => cleanup::main(args),
         Command::Bpf(args) => bpf::main(args),
     }
