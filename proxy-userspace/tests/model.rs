@@ -9,11 +9,11 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use proxy_common::{ServiceValue, service_flags};
+use proxy_common::service_flags;
 use proxy_userspace::{
     agent,
     family::Address,
-    maps::{LbMaps, MapError, ReverseNatEntry, ServiceSlot, memory::MemoryMaps},
+    maps::memory::{MemoryMaps, SharedMemoryMaps},
     model::{
         self, Built, Conditions, Endpoint, Protocol, SERVICE_NAME_LABEL, ServiceError, ServiceName,
         ServicePort, ServicePortName,
@@ -663,51 +663,6 @@ fn invalid_services_are_rejected_with_the_error_naming_their_fault() {
     }
 }
 
-/// `LbMaps` over a shared `MemoryMaps`, so a test can look into maps a `Proxier` owns.
-struct SharedMaps<A>(Arc<Mutex<MemoryMaps<A>>>);
-
-impl<A> SharedMaps<A> {
-    fn new() -> (Self, Arc<Mutex<MemoryMaps<A>>>) {
-        let maps = Arc::new(Mutex::new(MemoryMaps::default()));
-        (Self(maps.clone()), maps)
-    }
-}
-
-impl<A: Address> LbMaps<A> for SharedMaps<A> {
-    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
-        self.0.lock().unwrap().dump_services()
-    }
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
-        self.0.lock().unwrap().dump_backends()
-    }
-    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
-        self.0.lock().unwrap().dump_reverse_nat()
-    }
-    fn put_service(
-        &mut self,
-        f: &Frontend<A>,
-        slot: u16,
-        v: &ServiceValue,
-    ) -> Result<(), MapError> {
-        self.0.lock().unwrap().put_service(f, slot, v)
-    }
-    fn delete_service(&mut self, f: &Frontend<A>, slot: u16) -> Result<(), MapError> {
-        self.0.lock().unwrap().delete_service(f, slot)
-    }
-    fn put_backend(&mut self, id: u32, b: &Backend<A>) -> Result<(), MapError> {
-        self.0.lock().unwrap().put_backend(id, b)
-    }
-    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
-        self.0.lock().unwrap().delete_backend(id)
-    }
-    fn put_reverse_nat(&mut self, id: u32, f: (A, u16)) -> Result<(), MapError> {
-        self.0.lock().unwrap().put_reverse_nat(id, f)
-    }
-    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
-        self.0.lock().unwrap().delete_reverse_nat(id)
-    }
-}
-
 /// What a packet would see: every visible frontend (slot 0) with the backends its slots name.
 fn served<A: Address>(maps: &MemoryMaps<A>) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
     maps.services
@@ -743,8 +698,10 @@ fn bad_service_beside_a_good_one_does_not_stop_it_being_programmed() {
         Err(ServiceError::InvalidClusterIp(_))
     ));
 
-    let (maps4, memory4) = SharedMaps::<Ipv4Addr>::new();
-    let (maps6, memory6) = SharedMaps::<Ipv6Addr>::new();
+    let memory4: SharedMemoryMaps<Ipv4Addr> = Arc::new(Mutex::new(MemoryMaps::default()));
+    let maps4 = memory4.clone();
+    let memory6: SharedMemoryMaps<Ipv6Addr> = Arc::new(Mutex::new(MemoryMaps::default()));
+    let maps6 = memory6.clone();
     let mut dataplane = Dataplane {
         v4: Some(Proxier::new(Box::new(maps4)).expect("empty IPv4 maps")),
         v6: Some(Proxier::new(Box::new(maps6)).expect("empty IPv6 maps")),

@@ -8,13 +8,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use proxy_common::ServiceValue;
 use proxy_userspace::{
     agent,
     family::Address,
-    maps::{
-        LbMaps, MapError, ReverseNatEntry, ServiceSlot, memory::MemoryMaps, writer::WriterStats,
-    },
+    maps::{memory::MemoryMaps, writer::WriterStats},
     model::{Built, Protocol, SERVICE_NAME_LABEL, ServiceName},
     plan::{Backend, Frontend},
     proxier::{Dataplane, Proxier},
@@ -41,44 +38,6 @@ fn name(namespace: &str, name: &str) -> ServiceName {
     }
 }
 
-/// `LbMaps` over a shared `MemoryMaps`, so a test can look into maps a `Proxier` owns.
-struct SharedMaps<A>(Arc<Mutex<MemoryMaps<A>>>);
-
-impl<A: Address> LbMaps<A> for SharedMaps<A> {
-    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
-        self.0.lock().unwrap().dump_services()
-    }
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
-        self.0.lock().unwrap().dump_backends()
-    }
-    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
-        self.0.lock().unwrap().dump_reverse_nat()
-    }
-    fn put_service(
-        &mut self,
-        f: &Frontend<A>,
-        slot: u16,
-        v: &ServiceValue,
-    ) -> Result<(), MapError> {
-        self.0.lock().unwrap().put_service(f, slot, v)
-    }
-    fn delete_service(&mut self, f: &Frontend<A>, slot: u16) -> Result<(), MapError> {
-        self.0.lock().unwrap().delete_service(f, slot)
-    }
-    fn put_backend(&mut self, id: u32, b: &Backend<A>) -> Result<(), MapError> {
-        self.0.lock().unwrap().put_backend(id, b)
-    }
-    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
-        self.0.lock().unwrap().delete_backend(id)
-    }
-    fn put_reverse_nat(&mut self, id: u32, f: (A, u16)) -> Result<(), MapError> {
-        self.0.lock().unwrap().put_reverse_nat(id, f)
-    }
-    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
-        self.0.lock().unwrap().delete_reverse_nat(id)
-    }
-}
-
 type Shared<A> = Arc<Mutex<MemoryMaps<A>>>;
 
 /// A dual-stack dataplane over empty in-memory maps, and handles to look into them.
@@ -86,8 +45,8 @@ fn dataplane() -> (Dataplane, Shared<Ipv4Addr>, Shared<Ipv6Addr>) {
     let memory4: Shared<Ipv4Addr> = Arc::default();
     let memory6: Shared<Ipv6Addr> = Arc::default();
     let dataplane = Dataplane {
-        v4: Some(Proxier::new(Box::new(SharedMaps(memory4.clone()))).expect("IPv4 maps")),
-        v6: Some(Proxier::new(Box::new(SharedMaps(memory6.clone()))).expect("IPv6 maps")),
+        v4: Some(Proxier::new(Box::new(memory4.clone())).expect("IPv4 maps")),
+        v6: Some(Proxier::new(Box::new(memory6.clone())).expect("IPv6 maps")),
     };
     (dataplane, memory4, memory6)
 }
