@@ -265,7 +265,9 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
          **Requests/s**: {threads} persistent connections, one request in flight each. Every \
          run lasts {duration:?} (bounded by count too); {reps} rounds per cell, the families \
          and tests interleaved in each round, after a {warmup:?} warm-up. Latency is the \
-         whole transaction seen by the client (connect to close, or one request/response).\n\n\
+         whole transaction seen by the client (connect to close, or one request/response). \
+         The client's threads are pinned to the first CPU and the servers' to the last, so \
+         the scheduler does not move them about between rounds.\n\n\
          Modes, one active at a time, on the same topology: **direct** (the client connects to \
          the backend pods' addresses, alternating; no Service), **twinstack** (the real \
          `twinstack run` on a generated manifest directory; it is stopped once the Services \
