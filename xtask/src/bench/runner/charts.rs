@@ -135,7 +135,7 @@ pub fn rates(results: &e2e::Results, test: Test, path: &Path) -> anyhow::Result<
             .x_label_formatter(&move |x| {
                 let i = x.floor() as usize;
                 if (x - x.floor() - 0.5).abs() < 0.01 && i < sizes.len() {
-                    format!("{} Services", crate::stats::number(sizes[i] as f64, 0))
+                    crate::stats::services(sizes[i])
                 } else {
                     String::new()
                 }

@@ -220,7 +220,7 @@ fn section1(s: &mut String, results: &datapath::Results) {
     );
     s.push_str("| family | case |");
     for size in &results.sizes {
-        let _ = write!(s, " {} Services (ns) |", number(*size as f64, 0));
+        let _ = write!(s, " {} (ns) |", stats::services(*size));
     }
     s.push_str(" largest / 1 |\n|---|---|");
     for _ in &results.sizes {
@@ -289,11 +289,7 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
             let _ = writeln!(s, "### {}, {}\n", test.label(), family(v6));
             s.push_str("| mode |");
             for size in &results.sizes {
-                let _ = write!(
-                    s,
-                    " {} Services | ratio to direct |",
-                    number(*size as f64, 0)
-                );
+                let _ = write!(s, " {} | ratio to direct |", stats::services(*size));
             }
             s.push_str("\n|---|");
             for _ in &results.sizes {
@@ -325,7 +321,7 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
     let _ = writeln!(s, "### Latency, µs: p50 / p99 (medians over the rounds)\n");
     s.push_str("| test | family | mode |");
     for size in &results.sizes {
-        let _ = write!(s, " {} Services |", number(*size as f64, 0));
+        let _ = write!(s, " {} |", stats::services(*size));
     }
     s.push_str("\n|---|---|---|");
     for _ in &results.sizes {
@@ -386,7 +382,7 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
         let parts: Vec<String> = results
             .agent_ready
             .iter()
-            .map(|(size, secs)| format!("{} Services {secs:.1} s", number(*size as f64, 0)))
+            .map(|(size, secs)| format!("{} {secs:.1} s", stats::services(*size)))
             .collect();
         let _ = writeln!(s, "{}.\n", parts.join(", "));
     }

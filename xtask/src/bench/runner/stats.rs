@@ -76,6 +76,15 @@ pub fn number(value: f64, decimals: usize) -> String {
     }
 }
 
+/// "1 Service", "1,000 Services".
+pub fn services(count: usize) -> String {
+    if count == 1 {
+        "1 Service".to_owned()
+    } else {
+        format!("{} Services", number(count as f64, 0))
+    }
+}
+
 /// A ratio of medians, "0.97×".
 pub fn ratio(numerator: &Summary, denominator: &Summary) -> f64 {
     if denominator.median == 0.0 {
