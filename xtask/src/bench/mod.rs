@@ -26,6 +26,30 @@ pub fn run(quick: bool, smoke: bool) -> anyhow::Result<()> {
     } else {
         root().join("bench/results")
     };
+    if smoke {
+        // The runner is behind a feature the workspace's lint and test runs leave off.
+        exec(cargo().args([
+            "clippy",
+            "--package",
+            "xtask",
+            "--features",
+            "bench",
+            "--all-targets",
+            "--no-deps",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        exec(cargo().args([
+            "test",
+            "--package",
+            "xtask",
+            "--features",
+            "bench",
+            "--bin",
+            "bench-runner",
+        ]))?;
+    }
     let mut command = cargo();
     command.args([
         "run",
