@@ -236,6 +236,7 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> Table {
         "SOURCE",
         "DESTINATION",
         "BACKEND",
+        "ID",
         "REVNAT",
         "IDLE",
         "FLAGS",

@@ -15,6 +15,7 @@ impl Table {
     }
 
     pub fn row<const N: usize>(&mut self, cells: [String; N]) {
+        assert_eq!(N, self.header.len(), "a row has one cell per column");
         self.rows.push(cells.into());
     }
 }
@@ -31,12 +32,29 @@ impl fmt::Display for Table {
             let last = row.len().saturating_sub(1);
             for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
                 if i == last {
-                    writeln!(f, "{cell}")?;
+                    write!(f, "{cell}")?;
                 } else {
                     write!(f, "{cell:<width$}   ")?;
                 }
             }
+            writeln!(f)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_and_every_row_ends_its_line() {
+        let mut table = Table::new(["A", "LONGER", "LAST"]);
+        table.row(["xyz".into(), "1".into(), String::new()]);
+        table.row(["q".into(), "22".into(), "end".into()]);
+        assert_eq!(
+            table.to_string(),
+            "A     LONGER   LAST\nxyz   1        \nq     22       end\n"
+        );
     }
 }
