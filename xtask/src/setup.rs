@@ -79,7 +79,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     .context("installing bpf-linker (0.11+ needs LLVM 23, which rustc here does not ship)")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     output("id", &["-u"]).trim() == "0"
 }
 

@@ -30,12 +30,7 @@ pub fn run_lints() -> anyhow::Result<()> {
 
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
-    if std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() != "0")
-        .unwrap_or(true)
-    {
+    if !setup::is_root() {
         bail!("the test suite includes BPF and network-namespace tests: run it as root");
     }
     let binary = crate::build(false)?;

@@ -358,15 +358,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                     self.undo_batch(&ids_per_frontend, &ids, &created, &[], &[]);
                     return Err(WriteError::IdsExhausted { what: "backend" });
                 };
-                self.backend_keys.insert(id, backend.key());
-                self.backends.insert(
-                    backend.key(),
-                    BackendRecord {
-                        id,
-                        state: backend.state,
-                        refs: 1,
-                    },
-                );
+                self.record_backend(id, backend);
                 created.push(id);
                 new_backends.push((id, *backend));
                 ids.push(id);
@@ -713,6 +705,12 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             return Err(e.into());
         }
         self.stats.backend_writes += 1;
+        self.record_backend(id, backend);
+        Ok(id)
+    }
+
+    /// Remembers a new backend, referenced once.
+    fn record_backend(&mut self, id: u32, backend: &Backend<A>) {
         self.backend_keys.insert(id, backend.key());
         self.backends.insert(
             backend.key(),
@@ -722,7 +720,6 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                 refs: 1,
             },
         );
-        Ok(id)
     }
 
     fn release_backends(&mut self, ids: &[u32]) {

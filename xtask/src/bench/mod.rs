@@ -9,12 +9,7 @@ use crate::{cargo, exec, root, setup};
 
 pub fn run(quick: bool, smoke: bool) -> anyhow::Result<()> {
     setup::run()?;
-    if std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() != "0")
-        .unwrap_or(true)
-    {
+    if !setup::is_root() {
         bail!("the bench loads BPF programs and builds network namespaces: run it as root");
     }
     // The smoke run (part of `cargo xtask test`) shares the test build; real numbers come from
