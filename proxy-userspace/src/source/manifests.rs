@@ -21,6 +21,20 @@ const RESCAN: Duration = Duration::from_secs(2);
 /// Reads every manifest in `dir`. Unreadable files and malformed objects are reported in
 /// `errors` and skipped; everything else is returned.
 pub fn read_dir(dir: &Path) -> Result<Snapshot, std::io::Error> {
+    let mut snapshot = Snapshot::default();
+    for file in manifest_files(dir)? {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => parse_into(&file.display().to_string(), &text, &mut snapshot),
+            Err(e) => snapshot
+                .errors
+                .push(format!("{}: cannot read: {e}", file.display())),
+        }
+    }
+    Ok(snapshot)
+}
+
+/// The manifest files of `dir`, sorted (hidden files and other extensions left out).
+fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -36,16 +50,7 @@ pub fn read_dir(dir: &Path) -> Result<Snapshot, std::io::Error> {
         })
         .collect();
     files.sort();
-    let mut snapshot = Snapshot::default();
-    for file in files {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => parse_into(&file.display().to_string(), &text, &mut snapshot),
-            Err(e) => snapshot
-                .errors
-                .push(format!("{}: cannot read: {e}", file.display())),
-        }
-    }
-    Ok(snapshot)
+    Ok(files)
 }
 
 /// Parses one file's text (YAML, possibly several documents, or JSON) into `snapshot`.
@@ -124,46 +129,55 @@ pub async fn watch(dir: PathBuf, sender: mpsc::Sender<SourceEvent>) -> Result<()
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
 
-    let mut last: Option<String> = None;
+    // What the directory looked like at the last read: a rescan that finds the same names,
+    // sizes and modification times reads nothing (10,000 Services are ~30 MB of YAML).
+    let mut last: Option<Vec<(PathBuf, u64, std::time::SystemTime)>> = None;
+    let mut woken = true;
     loop {
-        let read = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || read_dir(&dir)
-        })
-        .await;
-        let snapshot = match read {
-            Ok(Ok(s)) => Some(s),
-            // An unreadable directory is not an empty one: keep serving what we have.
-            Ok(Err(e)) => {
-                tracing::warn!(dir = %dir.display(), %e, "cannot list the manifest directory");
-                None
-            }
-            Err(e) => {
-                tracing::error!(%e, "manifest reader failed");
-                None
-            }
-        };
-        // Only send what changed: a rescan of an untouched directory is silent.
-        if let Some(snapshot) = snapshot {
-            tracing::debug!(
-                services = snapshot.services.len(),
-                slices = snapshot.slices.len(),
-                "manifest directory read"
-            );
-            let fingerprint = format!("{snapshot:?}");
-            if last.as_ref() != Some(&fingerprint) {
-                last = Some(fingerprint);
-                for event in snapshot.into_events() {
-                    if sender.send(event).await.is_err() {
-                        return Ok(());
+        let listing = manifest_files(&dir).ok().map(|files| {
+            files
+                .into_iter()
+                .filter_map(|path| {
+                    let meta = std::fs::metadata(&path).ok()?;
+                    Some((path, meta.len(), meta.modified().ok()?))
+                })
+                .collect::<Vec<_>>()
+        });
+        if woken || listing.is_none() || listing != last {
+            let read = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || read_dir(&dir)
+            })
+            .await;
+            match read {
+                Ok(Ok(snapshot)) => {
+                    last = listing;
+                    tracing::debug!(
+                        services = snapshot.services.len(),
+                        slices = snapshot.slices.len(),
+                        "manifest directory read"
+                    );
+                    // Unchanged objects cost nothing downstream: the tracker ignores them.
+                    for event in snapshot.into_events() {
+                        if sender.send(event).await.is_err() {
+                            return Ok(());
+                        }
                     }
                 }
+                // An unreadable directory is not an empty one: keep serving what we have.
+                Ok(Err(e)) => {
+                    tracing::warn!(dir = %dir.display(), %e, "cannot list the manifest directory")
+                }
+                Err(e) => tracing::error!(%e, "manifest reader failed"),
             }
         }
-        tokio::select! {
-            _ = wake_rx.recv() => tokio::time::sleep(SETTLE).await,
-            _ = tokio::time::sleep(RESCAN) => {}
-        }
+        woken = tokio::select! {
+            _ = wake_rx.recv() => {
+                tokio::time::sleep(SETTLE).await;
+                true
+            }
+            _ = tokio::time::sleep(RESCAN) => false,
+        };
         while wake_rx.try_recv().is_ok() {}
     }
 }
