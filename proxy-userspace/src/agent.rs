@@ -404,14 +404,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let listed = started.elapsed();
     let rebuilt = syncer.sync();
-    let mut repair_errors = Vec::new();
-    if let Some(p) = &mut syncer.dataplane.v4 {
-        p.reconcile(&mut repair_errors);
-    }
-    if let Some(p) = &mut syncer.dataplane.v6 {
-        p.reconcile(&mut repair_errors);
-    }
-    report(repair_errors);
+    // Whatever an earlier agent left that no Service owns now goes.
+    report(syncer.dataplane.reconcile());
 
     let report_interfaces = |datapath: &mut Datapath| {
         let r = datapath.sync_interfaces(&config.pod_interfaces);

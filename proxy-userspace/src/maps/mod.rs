@@ -82,17 +82,21 @@ pub trait LbMaps<A: Copy> {
     }
 }
 
+/// Implements [`LbMaps`] for a wrapper by forwarding every call to what `$inner` reaches.
 macro_rules! forward_lb_maps {
-    ($($target:ty),*) => {$(
-impl<A: Copy, T: LbMaps<A> + ?Sized> LbMaps<A> for $target {
+    ([$($generics:tt)*] $target:ty, |$this:ident| $inner:expr) => {
+impl<$($generics)*> LbMaps<A> for $target {
     fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
-        (**self).dump_services()
+        let $this = self;
+        $inner.dump_services()
     }
     fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
-        (**self).dump_backends()
+        let $this = self;
+        $inner.dump_backends()
     }
     fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
-        (**self).dump_reverse_nat()
+        let $this = self;
+        $inner.dump_reverse_nat()
     }
     fn put_service(
         &mut self,
@@ -100,41 +104,58 @@ impl<A: Copy, T: LbMaps<A> + ?Sized> LbMaps<A> for $target {
         slot: u16,
         value: &ServiceValue,
     ) -> Result<(), MapError> {
-        (**self).put_service(frontend, slot, value)
+        let $this = self;
+        $inner.put_service(frontend, slot, value)
     }
     fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
-        (**self).delete_service(frontend, slot)
+        let $this = self;
+        $inner.delete_service(frontend, slot)
     }
     fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError> {
-        (**self).put_backend(id, backend)
+        let $this = self;
+        $inner.put_backend(id, backend)
     }
     fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
-        (**self).delete_backend(id)
+        let $this = self;
+        $inner.delete_backend(id)
     }
     fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError> {
-        (**self).put_reverse_nat(id, frontend)
+        let $this = self;
+        $inner.put_reverse_nat(id, frontend)
     }
     fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
-        (**self).delete_reverse_nat(id)
+        let $this = self;
+        $inner.delete_reverse_nat(id)
     }
     fn put_services(&mut self, entries: &[ServiceSlot<A>]) -> Result<(), MapError> {
-        (**self).put_services(entries)
+        let $this = self;
+        $inner.put_services(entries)
     }
     fn delete_services(&mut self, keys: &[(Frontend<A>, u16)]) -> Result<(), MapError> {
-        (**self).delete_services(keys)
+        let $this = self;
+        $inner.delete_services(keys)
     }
     fn put_backends(&mut self, entries: &[(u32, Backend<A>)]) -> Result<(), MapError> {
-        (**self).put_backends(entries)
+        let $this = self;
+        $inner.put_backends(entries)
     }
     fn put_reverse_nats(&mut self, entries: &[ReverseNatEntry<A>]) -> Result<(), MapError> {
-        (**self).put_reverse_nats(entries)
+        let $this = self;
+        $inner.put_reverse_nats(entries)
     }
     fn delete_reverse_nats(&mut self, ids: &[u32]) -> Result<(), MapError> {
-        (**self).delete_reverse_nats(ids)
+        let $this = self;
+        $inner.delete_reverse_nats(ids)
     }
 }
-    )*};
+    };
 }
 
-// A boxed twin or kernel maps, and a borrowed one (the writer re-reads state through it).
-forward_lb_maps!(Box<T>, &mut T);
+// A boxed twin or kernel maps, a borrowed one (the writer re-reads state through it), and a
+// twin shared between the writer that owns it and a test that inspects it.
+forward_lb_maps!([A: Copy, T: LbMaps<A> + ?Sized] Box<T>, |this| **this);
+forward_lb_maps!([A: Copy, T: LbMaps<A> + ?Sized] &mut T, |this| **this);
+forward_lb_maps!(
+    [A: crate::family::Address] memory::SharedMemoryMaps<A>,
+    |this| this.lock().expect("maps lock")
+);
