@@ -1,5 +1,5 @@
 //! Builds the kernel programs (`proxy-ebpf`, nightly, bpfel) and leaves the object in OUT_DIR,
-//! where `src/bpf_object.rs` embeds it. `AYA_BUILD_SKIP=1` skips the build (for `cargo check`
+//! where `src/loader.rs` embeds it (`BPF_OBJECT`). `AYA_BUILD_SKIP=1` skips the build (for `cargo check`
 //! and clippy without bpf-linker); the agent then refuses to load with a clear error.
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proxy-ebpf");

@@ -1,17 +1,30 @@
-//! Everything that crosses the kernel boundary: map names, keys, values and constants.
+//! Everything that crosses the kernel boundary, declared once: map keys and values, map and
+//! program names, each family's binding ([`family`]), the map list ([`maps::MAPS`]), the
+//! program table ([`programs::PROGRAMS`]), the datapath counters ([`counter::Counter`]) and the
+//! load-time configuration ([`config::DatapathConfig`]).
 //!
 //! Layout rules: `#[repr(C)]`, explicit padding, sizes asserted at compile time. Addresses and
 //! ports are kept in network byte order exactly as they appear in packets; the agent converts at
-//! one boundary (`proxy_userspace::maps::codec`).
+//! one boundary (`proxy_userspace::maps::codec`), through the constructors here.
 #![no_std]
 
+pub mod config;
+pub mod counter;
+pub mod family;
+pub mod maps;
+pub mod programs;
+
 use bytemuck::{Pod, Zeroable};
+
+pub use family::{LbFamily, RawAddress, V4, V6};
 
 /// Bumped whenever a map's key, value or meaning changes. Pins live under
 /// `<bpf-root>/v<LAYOUT_VERSION>/` so a new agent never misreads an old map.
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Map names (also the pin file names). At most 15 bytes: the kernel's object name limit.
+/// Each is declared here once; [`maps::MAPS`] lists them with their shapes and the loader
+/// checks the object holds every one.
 pub mod map_names {
     pub const SERVICES_V4: &str = "lb4_services";
     pub const SERVICES_V6: &str = "lb6_services";
@@ -22,14 +35,6 @@ pub mod map_names {
     pub const CONNTRACK_V4: &str = "ct4";
     pub const CONNTRACK_V6: &str = "ct6";
     pub const COUNTERS: &str = "counters";
-}
-
-/// Program names (the entry points in the object file).
-pub mod program_names {
-    /// TC ingress on a pod interface: packets leaving a pod (service DNAT).
-    pub const FROM_POD: &str = "from_pod";
-    /// TC egress on a pod interface: packets going to a pod (reverse NAT).
-    pub const TO_POD: &str = "to_pod";
 }
 
 /// Default capacities; the agent may override them at load time.
@@ -47,16 +52,31 @@ pub mod protocol {
     pub const SCTP: u8 = 132;
 }
 
-/// Service scope in [`ServiceKeyV4::scope`] / [`ServiceKeyV6::scope`].
+/// Service scope in [`ServiceKey::scope`] (Cilium's `LB_LOOKUP_SCOPE_*`). Every frontend has
+/// an external entry; one whose external traffic policy differs from its internal one also has
+/// an internal entry ([`service_flags::TWO_SCOPES`]), which traffic from inside the cluster uses.
 pub mod scope {
-    /// The entry used for every client (and for external clients once policies land).
     pub const EXTERNAL: u8 = 0;
+    pub const INTERNAL: u8 = 1;
 }
 
-/// Bits of [`ServiceValue::flags`] (slot 0 only).
+/// Bits of [`ServiceValue::flags`] (slot 0 only). Only the codec (`maps::codec`) and the
+/// kernel programs read these; the rest of the agent speaks in typed kinds and policies.
 pub mod service_flags {
     /// The frontend is a cluster IP.
     pub const CLUSTER_IP: u16 = 1 << 0;
+    /// The frontend is a NodePort on one of the node's NodePort addresses.
+    pub const NODE_PORT: u16 = 1 << 1;
+    /// The frontend is one of `spec.externalIPs`.
+    pub const EXTERNAL_IP: u16 = 1 << 2;
+    /// The frontend is a LoadBalancer ingress IP.
+    pub const LOAD_BALANCER: u16 = 1 << 3;
+    /// This entry's backends are this node's endpoints only (a `Local` traffic policy): with
+    /// none, traffic is dropped rather than rejected, as kube-proxy does.
+    pub const LOCAL: u16 = 1 << 4;
+    /// The external entry has an internal twin (scope [`super::scope::INTERNAL`]) for traffic
+    /// from inside the cluster.
+    pub const TWO_SCOPES: u16 = 1 << 5;
 }
 
 /// [`Backend`] states.
@@ -65,7 +85,7 @@ pub mod backend_state {
     pub const TERMINATING: u8 = 1;
 }
 
-/// [`ConntrackKeyV4::direction`] / [`ConntrackKeyV6::direction`].
+/// [`ConntrackKey::direction`].
 pub mod direction {
     /// Client → service, as the client sent it (before DNAT).
     pub const FORWARD: u8 = 0;
@@ -80,57 +100,45 @@ pub mod ct_flags {
     pub const SEEN_RST: u8 = 1 << 2;
 }
 
-/// Index of each counter in the per-CPU `counters` array.
-pub mod counter {
-    /// A packet that is not service traffic (or not parseable) passed untouched.
-    pub const PASS: u32 = 0;
-    /// A new flow was load-balanced to a backend.
-    pub const DNAT_NEW: u32 = 1;
-    /// A packet of a known flow was translated to its backend.
-    pub const DNAT_ESTABLISHED: u32 = 2;
-    /// A reply was translated back to the service address.
-    pub const REVERSE_NAT: u32 = 3;
-    /// A packet to a service with no usable backend.
-    pub const NO_BACKEND: u32 = 4;
-    /// A known flow's backend had gone and a new one was picked.
-    pub const REPICK: u32 = 5;
-    /// A rewrite helper failed; the packet passed untouched.
-    pub const REWRITE_ERROR: u32 = 6;
-    pub const COUNT: u32 = 7;
-    pub const NAMES: [&str; COUNT as usize] = [
-        "pass",
-        "dnat_new",
-        "dnat_established",
-        "reverse_nat",
-        "no_backend",
-        "repick",
-        "rewrite_error",
-    ];
-}
-
 /// Key of the services maps. Slot 0 is the service entry; slots `1..=count` name backends.
+/// `A` is the raw address (`[u8; 4]` or `[u8; 16]`, see [`RawAddress`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct ServiceKeyV4 {
-    pub address: [u8; 4],
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey<A> {
+    pub address: A,
     /// Network byte order.
     pub port: u16,
     pub slot: u16,
     pub protocol: u8,
+    /// [`scope`].
     pub scope: u8,
     pub _pad: [u8; 2],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct ServiceKeyV6 {
-    pub address: [u8; 16],
-    /// Network byte order.
-    pub port: u16,
-    pub slot: u16,
-    pub protocol: u8,
-    pub scope: u8,
-    pub _pad: [u8; 2],
+impl<A: RawAddress> ServiceKey<A> {
+    /// `port` in host order (as in the API); stored in network order.
+    pub fn new(address: A::Ip, port: u16, protocol: u8, scope: u8, slot: u16) -> Self {
+        Self::raw(A::from_ip(address), port.to_be(), protocol, scope, slot)
+    }
+
+    /// From packet bytes: `port` already in network order.
+    #[inline(always)]
+    pub fn raw(address: A, port: u16, protocol: u8, scope: u8, slot: u16) -> Self {
+        Self {
+            address,
+            port,
+            slot,
+            protocol,
+            scope,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The same frontend and scope, another slot.
+    #[inline(always)]
+    pub fn with_slot(&self, slot: u16) -> Self {
+        Self { slot, ..*self }
+    }
 }
 
 /// Value of the services maps (both families).
@@ -149,10 +157,23 @@ pub struct ServiceValue {
     pub affinity_timeout: u32,
 }
 
+impl ServiceValue {
+    /// A backend slot's value.
+    pub const fn slot(backend_id: u32, rev_nat_id: u32) -> Self {
+        Self {
+            backend_id,
+            rev_nat_id,
+            count: 0,
+            flags: 0,
+            affinity_timeout: 0,
+        }
+    }
+}
+
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct BackendV4 {
-    pub address: [u8; 4],
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend<A> {
+    pub address: A,
     /// Network byte order.
     pub port: u16,
     pub protocol: u8,
@@ -162,44 +183,47 @@ pub struct BackendV4 {
     pub _pad: [u8; 3],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct BackendV6 {
-    pub address: [u8; 16],
-    /// Network byte order.
-    pub port: u16,
-    pub protocol: u8,
-    /// [`backend_state`].
-    pub state: u8,
-    pub zone: u8,
-    pub _pad: [u8; 3],
+impl<A: RawAddress> Backend<A> {
+    /// `port` in host order.
+    pub fn new(address: A::Ip, port: u16, protocol: u8, state: u8) -> Self {
+        Self {
+            address: A::from_ip(address),
+            port: port.to_be(),
+            protocol,
+            state,
+            zone: 0,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// Reverse NAT: what a reply's source is rewritten to (the frontend).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct ReverseNatV4 {
-    pub address: [u8; 4],
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReverseNat<A> {
+    pub address: A,
     /// Network byte order.
     pub port: u16,
     pub _pad: [u8; 2],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct ReverseNatV6 {
-    pub address: [u8; 16],
-    /// Network byte order.
-    pub port: u16,
-    pub _pad: [u8; 2],
+impl<A: RawAddress> ReverseNat<A> {
+    /// `port` in host order.
+    pub fn new(address: A::Ip, port: u16) -> Self {
+        Self {
+            address: A::from_ip(address),
+            port: port.to_be(),
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// Conntrack key: the 5-tuple as seen on the wire, plus the direction.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct ConntrackKeyV4 {
-    pub source: [u8; 4],
-    pub destination: [u8; 4],
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConntrackKey<A> {
+    pub source: A,
+    pub destination: A,
     /// Network byte order.
     pub source_port: u16,
     /// Network byte order.
@@ -210,20 +234,30 @@ pub struct ConntrackKeyV4 {
     pub _pad: [u8; 2],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct ConntrackKeyV6 {
-    pub source: [u8; 16],
-    pub destination: [u8; 16],
-    /// Network byte order.
-    pub source_port: u16,
-    /// Network byte order.
-    pub destination_port: u16,
-    pub protocol: u8,
-    /// [`direction`].
-    pub direction: u8,
-    pub _pad: [u8; 2],
+impl<A: Copy> ConntrackKey<A> {
+    /// From packet fields: (address, port) pairs with ports in network order.
+    #[inline(always)]
+    pub fn raw(source: (A, u16), destination: (A, u16), protocol: u8, direction: u8) -> Self {
+        Self {
+            source: source.0,
+            destination: destination.0,
+            source_port: source.1,
+            destination_port: destination.1,
+            protocol,
+            direction,
+            _pad: [0; 2],
+        }
+    }
 }
+
+pub type ServiceKeyV4 = ServiceKey<[u8; 4]>;
+pub type ServiceKeyV6 = ServiceKey<[u8; 16]>;
+pub type BackendV4 = Backend<[u8; 4]>;
+pub type BackendV6 = Backend<[u8; 16]>;
+pub type ReverseNatV4 = ReverseNat<[u8; 4]>;
+pub type ReverseNatV6 = ReverseNat<[u8; 16]>;
+pub type ConntrackKeyV4 = ConntrackKey<[u8; 4]>;
+pub type ConntrackKeyV6 = ConntrackKey<[u8; 16]>;
 
 /// Conntrack value (both families and directions).
 ///
@@ -248,44 +282,54 @@ pub struct ConntrackValue {
     pub _pad: [u8; 5],
 }
 
-macro_rules! assert_size {
-    ($($t:ty => $n:expr),* $(,)?) => {
-        $(const _: () = assert!(core::mem::size_of::<$t>() == $n);)*
+/// Asserts each type's size, and for the generic ones that the size is the sum of the fields'
+/// (no implicit padding), which is what makes the manual `Pod` impls below sound.
+macro_rules! assert_layout {
+    ($($t:ty => $n:expr $(, fields: $($f:ty),+)?;)*) => {
+        $(
+            const _: () = assert!(core::mem::size_of::<$t>() == $n);
+            $(const _: () = assert!(0 $(+ core::mem::size_of::<$f>())+ == $n);)?
+        )*
     };
 }
 
-assert_size! {
-    ServiceKeyV4 => 12,
-    ServiceKeyV6 => 24,
-    ServiceValue => 16,
-    BackendV4 => 12,
-    BackendV6 => 24,
-    ReverseNatV4 => 8,
-    ReverseNatV6 => 20,
-    ConntrackKeyV4 => 16,
-    ConntrackKeyV6 => 40,
-    ConntrackValue => 40,
+assert_layout! {
+    ServiceKeyV4 => 12, fields: [u8; 4], u16, u16, u8, u8, [u8; 2];
+    ServiceKeyV6 => 24, fields: [u8; 16], u16, u16, u8, u8, [u8; 2];
+    ServiceValue => 16;
+    BackendV4 => 12, fields: [u8; 4], u16, u8, u8, u8, [u8; 3];
+    BackendV6 => 24, fields: [u8; 16], u16, u8, u8, u8, [u8; 3];
+    ReverseNatV4 => 8, fields: [u8; 4], u16, [u8; 2];
+    ReverseNatV6 => 20, fields: [u8; 16], u16, [u8; 2];
+    ConntrackKeyV4 => 16, fields: [u8; 4], [u8; 4], u16, u16, u8, u8, [u8; 2];
+    ConntrackKeyV6 => 40, fields: [u8; 16], [u8; 16], u16, u16, u8, u8, [u8; 2];
+    ConntrackValue => 40;
+    config::DatapathConfig => 28;
 }
+
+/// `Pod` for the generic key and value types. [`RawAddress`] is sealed: it holds for
+/// `[u8; 4]` and `[u8; 16]` only, the two layouts `assert_layout!` checks.
+macro_rules! pod {
+    ($($t:ident),* $(,)?) => {
+        $(
+            // SAFETY: repr(C), every field is Pod, and `assert_layout!` proves there is no
+            // implicit padding at either address type; any bit pattern is valid.
+            unsafe impl<A: RawAddress> Zeroable for $t<A> {}
+            unsafe impl<A: RawAddress> Pod for $t<A> {}
+            #[cfg(feature = "user")]
+            unsafe impl<A: RawAddress> aya::Pod for $t<A> {}
+        )*
+    };
+}
+
+pod!(ServiceKey, Backend, ReverseNat, ConntrackKey);
 
 #[cfg(feature = "user")]
 mod user {
     use super::*;
 
-    macro_rules! aya_pod {
-        ($($t:ty),*) => { $(unsafe impl aya::Pod for $t {})* };
-    }
-
-    // SAFETY: every type is repr(C), padding is explicit, and bytemuck::Pod is derived.
-    aya_pod!(
-        ServiceKeyV4,
-        ServiceKeyV6,
-        ServiceValue,
-        BackendV4,
-        BackendV6,
-        ReverseNatV4,
-        ReverseNatV6,
-        ConntrackKeyV4,
-        ConntrackKeyV6,
-        ConntrackValue
-    );
+    // SAFETY: repr(C), padding explicit, and bytemuck::Pod holds.
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for ConntrackValue {}
+    unsafe impl aya::Pod for config::DatapathConfig {}
 }

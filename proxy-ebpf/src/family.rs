@@ -1,168 +1,126 @@
-//! One trait, two families: the service, conntrack and NAT logic is written once and
-//! instantiated for IPv4 and IPv6 with their own maps and header layouts.
-use aya_ebpf::maps::{HashMap, LruHashMap};
+//! One trait, two families: lookup, conntrack and NAT are written once and instantiated for
+//! IPv4 and IPv6. The binding (address type, map names) is `proxy_common::LbFamily`; this adds
+//! what only the kernel side has: the map statics and the family's header layout.
+use aya_ebpf::{
+    helpers::bpf_csum_diff,
+    maps::{HashMap, LruHashMap},
+};
 use proxy_common::{
-    BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ConntrackValue, ReverseNatV4,
-    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, scope,
+    Backend, ConntrackKey, ConntrackValue, LbFamily, ReverseNat, ServiceKey, ServiceValue, V4, V6,
 };
 
-use crate::{maps, nat, parse::Packet};
+use crate::{
+    ctx::{FieldSize, L4Change, PacketCtx},
+    maps,
+};
 
-pub trait Family {
-    type Addr: Copy + 'static;
-    type ServiceKey: 'static;
-    type Backend: Copy + 'static;
-    type ReverseNat: Copy + 'static;
-    type ConntrackKey: 'static;
+type Addr<F> = <F as LbFamily>::Addr;
 
-    fn services() -> &'static HashMap<Self::ServiceKey, ServiceValue>;
-    fn backends() -> &'static HashMap<u32, Self::Backend>;
-    fn reverse_nat() -> &'static HashMap<u32, Self::ReverseNat>;
-    fn conntrack() -> &'static LruHashMap<Self::ConntrackKey, ConntrackValue>;
+pub(crate) trait Family: LbFamily {
+    fn services() -> &'static HashMap<ServiceKey<Addr<Self>>, ServiceValue>;
+    fn backends() -> &'static HashMap<u32, Backend<Addr<Self>>>;
+    fn reverse_nat() -> &'static HashMap<u32, ReverseNat<Addr<Self>>>;
+    fn conntrack() -> &'static LruHashMap<ConntrackKey<Addr<Self>>, ConntrackValue>;
 
-    fn service_key(address: Self::Addr, port: u16, protocol: u8, slot: u16) -> Self::ServiceKey;
-    fn conntrack_key(
-        source: Self::Addr,
-        destination: Self::Addr,
-        source_port: u16,
-        destination_port: u16,
-        protocol: u8,
-        direction: u8,
-    ) -> Self::ConntrackKey;
-    fn backend_address(backend: &Self::Backend) -> (Self::Addr, u16);
-    /// The address as kept in a conntrack entry, and back.
-    fn to_conntrack(address: Self::Addr) -> [u8; 16];
-    fn from_conntrack(address: &[u8; 16]) -> Self::Addr;
-    fn reverse_nat_address(entry: &Self::ReverseNat) -> (Self::Addr, u16);
+    /// Offsets of the source and destination addresses in the IP header.
+    const SOURCE_OFFSET: usize;
+    const DESTINATION_OFFSET: usize;
 
-    /// Rewrites the source (`destination == false`) or destination address and port, fixing
-    /// every checksum that covers them.
-    fn rewrite(
-        ctx: &aya_ebpf::programs::TcContext,
-        packet: &Packet<Self::Addr>,
-        destination: bool,
-        address: Self::Addr,
-        port: u16,
+    /// Writes `new` over the address at `at` (which held `old`) and fixes every checksum that
+    /// covers it: the IPv4 header's, and the L4 one at `l4_check` (the pseudo header).
+    fn rewrite_address<C: PacketCtx>(
+        ctx: &C,
+        l3_offset: usize,
+        at: usize,
+        old: Addr<Self>,
+        new: Addr<Self>,
+        l4_check: Option<(usize, L4Change)>,
     ) -> Result<(), i64>;
 }
 
-pub enum V4 {}
-pub enum V6 {}
+const IPV4_CHECK_OFFSET: usize = 10;
 
-macro_rules! family {
-    ($family:ty, $addr:ty, $skey:ident, $backend:ident, $revnat:ident, $ctkey:ident,
-     $services:path, $backends:path, $reverse_nat:path, $conntrack:path, $rewrite:path) => {
-        impl Family for $family {
-            type Addr = $addr;
-            type ServiceKey = $skey;
-            type Backend = $backend;
-            type ReverseNat = $revnat;
-            type ConntrackKey = $ctkey;
-
-            #[inline(always)]
-            fn services() -> &'static HashMap<$skey, ServiceValue> {
-                &$services
-            }
-            #[inline(always)]
-            fn backends() -> &'static HashMap<u32, $backend> {
-                &$backends
-            }
-            #[inline(always)]
-            fn reverse_nat() -> &'static HashMap<u32, $revnat> {
-                &$reverse_nat
-            }
-            #[inline(always)]
-            fn conntrack() -> &'static LruHashMap<$ctkey, ConntrackValue> {
-                &$conntrack
-            }
-            #[inline(always)]
-            fn service_key(address: $addr, port: u16, protocol: u8, slot: u16) -> $skey {
-                $skey {
-                    address,
-                    port,
-                    slot,
-                    protocol,
-                    scope: scope::EXTERNAL,
-                    _pad: [0; 2],
-                }
-            }
-            #[inline(always)]
-            fn conntrack_key(
-                source: $addr,
-                destination: $addr,
-                source_port: u16,
-                destination_port: u16,
-                protocol: u8,
-                direction: u8,
-            ) -> $ctkey {
-                $ctkey {
-                    source,
-                    destination,
-                    source_port,
-                    destination_port,
-                    protocol,
-                    direction,
-                    _pad: [0; 2],
-                }
-            }
-            #[inline(always)]
-            fn backend_address(backend: &$backend) -> ($addr, u16) {
-                (backend.address, backend.port)
-            }
-            #[inline(always)]
-            fn to_conntrack(address: $addr) -> [u8; 16] {
-                let mut out = [0u8; 16];
-                out[..address.len()].copy_from_slice(&address);
-                out
-            }
-            #[inline(always)]
-            fn from_conntrack(address: &[u8; 16]) -> $addr {
-                let mut out = <$addr>::default();
-                let n = out.len();
-                out.copy_from_slice(&address[..n]);
-                out
-            }
-            #[inline(always)]
-            fn reverse_nat_address(entry: &$revnat) -> ($addr, u16) {
-                (entry.address, entry.port)
-            }
-            #[inline(always)]
-            fn rewrite(
-                ctx: &aya_ebpf::programs::TcContext,
-                packet: &Packet<$addr>,
-                destination: bool,
-                address: $addr,
-                port: u16,
-            ) -> Result<(), i64> {
-                $rewrite(ctx, packet, destination, address, port)
-            }
+macro_rules! maps_of {
+    ($services:path, $backends:path, $reverse_nat:path, $conntrack:path) => {
+        #[inline(always)]
+        fn services() -> &'static HashMap<ServiceKey<Addr<Self>>, ServiceValue> {
+            &$services
+        }
+        #[inline(always)]
+        fn backends() -> &'static HashMap<u32, Backend<Addr<Self>>> {
+            &$backends
+        }
+        #[inline(always)]
+        fn reverse_nat() -> &'static HashMap<u32, ReverseNat<Addr<Self>>> {
+            &$reverse_nat
+        }
+        #[inline(always)]
+        fn conntrack() -> &'static LruHashMap<ConntrackKey<Addr<Self>>, ConntrackValue> {
+            &$conntrack
         }
     };
 }
 
-family!(
-    V4,
-    [u8; 4],
-    ServiceKeyV4,
-    BackendV4,
-    ReverseNatV4,
-    ConntrackKeyV4,
-    maps::SERVICES_V4,
-    maps::BACKENDS_V4,
-    maps::REVERSE_NAT_V4,
-    maps::CONNTRACK_V4,
-    nat::rewrite_v4
-);
-family!(
-    V6,
-    [u8; 16],
-    ServiceKeyV6,
-    BackendV6,
-    ReverseNatV6,
-    ConntrackKeyV6,
-    maps::SERVICES_V6,
-    maps::BACKENDS_V6,
-    maps::REVERSE_NAT_V6,
-    maps::CONNTRACK_V6,
-    nat::rewrite_v6
-);
+impl Family for V4 {
+    maps_of!(
+        maps::SERVICES_V4,
+        maps::BACKENDS_V4,
+        maps::REVERSE_NAT_V4,
+        maps::CONNTRACK_V4
+    );
+
+    const SOURCE_OFFSET: usize = 12;
+    const DESTINATION_OFFSET: usize = 16;
+
+    #[inline(always)]
+    fn rewrite_address<C: PacketCtx>(
+        ctx: &C,
+        l3_offset: usize,
+        at: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+        l4_check: Option<(usize, L4Change)>,
+    ) -> Result<(), i64> {
+        let (from, to) = (u32::from_ne_bytes(old), u32::from_ne_bytes(new));
+        if let Some((check, change)) = l4_check {
+            ctx.l4_csum_replace(check, from, to, FieldSize::Four, change)?;
+        }
+        ctx.l3_csum_replace(l3_offset + IPV4_CHECK_OFFSET, from, to, FieldSize::Four)?;
+        ctx.store(at, &new)
+    }
+}
+
+impl Family for V6 {
+    maps_of!(
+        maps::SERVICES_V6,
+        maps::BACKENDS_V6,
+        maps::REVERSE_NAT_V6,
+        maps::CONNTRACK_V6
+    );
+
+    const SOURCE_OFFSET: usize = 8;
+    const DESTINATION_OFFSET: usize = 24;
+
+    #[inline(always)]
+    fn rewrite_address<C: PacketCtx>(
+        ctx: &C,
+        _l3_offset: usize,
+        at: usize,
+        mut old: [u8; 16],
+        mut new: [u8; 16],
+        l4_check: Option<(usize, L4Change)>,
+    ) -> Result<(), i64> {
+        // IPv6 has no header checksum; the L4 one covers the address through the pseudo header.
+        if let Some((check, change)) = l4_check {
+            // SAFETY: both buffers are 16 bytes on our stack.
+            let diff = unsafe {
+                bpf_csum_diff(old.as_mut_ptr().cast(), 16, new.as_mut_ptr().cast(), 16, 0)
+            };
+            if diff < 0 {
+                return Err(diff);
+            }
+            ctx.l4_csum_add(check, diff as u32, change)?;
+        }
+        ctx.store(at, &new)
+    }
+}

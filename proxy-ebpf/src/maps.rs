@@ -1,4 +1,6 @@
-//! The maps, one set per family, pinned by name under the agent's `--bpf-root`.
+//! The maps, one set per family, pinned by name under the agent's `--bpf-root`. The names are
+//! literals (the `map` macro needs them); `proxy_common::maps::MAPS` declares the same list
+//! with shapes, and the loader refuses an object that does not hold every one of them.
 //!
 //! The load-balancing hashes are preallocated: inserts take no allocation, which halves the
 //! cost of programming thousands of Services, for a fixed kernel-memory footprint.
@@ -8,32 +10,34 @@ use aya_ebpf::{
 };
 use proxy_common::{
     BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ConntrackValue, ReverseNatV4,
-    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, capacity, counter,
+    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, capacity, counter::Counter,
 };
 
 #[map(name = "lb4_services")]
-pub static SERVICES_V4: HashMap<ServiceKeyV4, ServiceValue> =
+pub(crate) static SERVICES_V4: HashMap<ServiceKeyV4, ServiceValue> =
     HashMap::pinned(capacity::SERVICES, 0);
 #[map(name = "lb6_services")]
-pub static SERVICES_V6: HashMap<ServiceKeyV6, ServiceValue> =
+pub(crate) static SERVICES_V6: HashMap<ServiceKeyV6, ServiceValue> =
     HashMap::pinned(capacity::SERVICES, 0);
 
 #[map(name = "lb4_backends")]
-pub static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(capacity::BACKENDS, 0);
+pub(crate) static BACKENDS_V4: HashMap<u32, BackendV4> = HashMap::pinned(capacity::BACKENDS, 0);
 #[map(name = "lb6_backends")]
-pub static BACKENDS_V6: HashMap<u32, BackendV6> = HashMap::pinned(capacity::BACKENDS, 0);
+pub(crate) static BACKENDS_V6: HashMap<u32, BackendV6> = HashMap::pinned(capacity::BACKENDS, 0);
 
 #[map(name = "lb4_reverse_nat")]
-pub static REVERSE_NAT_V4: HashMap<u32, ReverseNatV4> = HashMap::pinned(capacity::REVERSE_NAT, 0);
+pub(crate) static REVERSE_NAT_V4: HashMap<u32, ReverseNatV4> =
+    HashMap::pinned(capacity::REVERSE_NAT, 0);
 #[map(name = "lb6_reverse_nat")]
-pub static REVERSE_NAT_V6: HashMap<u32, ReverseNatV6> = HashMap::pinned(capacity::REVERSE_NAT, 0);
+pub(crate) static REVERSE_NAT_V6: HashMap<u32, ReverseNatV6> =
+    HashMap::pinned(capacity::REVERSE_NAT, 0);
 
 #[map(name = "ct4")]
-pub static CONNTRACK_V4: LruHashMap<ConntrackKeyV4, ConntrackValue> =
+pub(crate) static CONNTRACK_V4: LruHashMap<ConntrackKeyV4, ConntrackValue> =
     LruHashMap::pinned(capacity::CONNTRACK, 0);
 #[map(name = "ct6")]
-pub static CONNTRACK_V6: LruHashMap<ConntrackKeyV6, ConntrackValue> =
+pub(crate) static CONNTRACK_V6: LruHashMap<ConntrackKeyV6, ConntrackValue> =
     LruHashMap::pinned(capacity::CONNTRACK, 0);
 
 #[map(name = "counters")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

@@ -1,9 +1,11 @@
-//! Per-CPU packet outcome counters (`twinstack bpf counters`, metrics).
+//! Per-CPU packet outcome counters (`/metrics`, the datapath tests).
+use proxy_common::counter::Counter;
+
 use crate::maps::COUNTERS;
 
 #[inline(always)]
-pub fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+pub(crate) fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
     }

@@ -1,7 +1,8 @@
 //! Packet parsing: Ethernet, IPv4 or IPv6 (extension headers skipped), then the L4 ports.
 //! Anything we cannot parse, or that has no ports (a non-first fragment), is `None`: not ours.
-use aya_ebpf::programs::TcContext;
 use proxy_common::protocol;
+
+use crate::ctx::PacketCtx;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -19,7 +20,7 @@ const MAX_IPV6_EXTENSIONS: usize = 8;
 const TCP_FLAGS_OFFSET: usize = 13;
 
 /// A parsed service-candidate packet of one family. `A` is the address (`[u8; 4]`/`[u8; 16]`).
-pub struct Packet<A> {
+pub(crate) struct Packet<A> {
     pub l3_offset: usize,
     pub l4_offset: usize,
     pub source: A,
@@ -33,13 +34,25 @@ pub struct Packet<A> {
     pub tcp_flags: u8,
 }
 
-pub enum Parsed {
+impl<A: Copy> Packet<A> {
+    #[inline(always)]
+    pub(crate) fn source(&self) -> (A, u16) {
+        (self.source, self.source_port)
+    }
+
+    #[inline(always)]
+    pub(crate) fn destination(&self) -> (A, u16) {
+        (self.destination, self.destination_port)
+    }
+}
+
+pub(crate) enum Parsed {
     V4(Packet<[u8; 4]>),
     V6(Packet<[u8; 16]>),
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Parsed> {
+pub(crate) fn parse<C: PacketCtx>(ctx: &C) -> Option<Parsed> {
     let ether_type = u16::from_be(ctx.load::<u16>(12).ok()?);
     match ether_type {
         ETH_P_IP => parse_v4(ctx, ETH_HLEN).map(Parsed::V4),
@@ -49,7 +62,7 @@ pub fn parse(ctx: &TcContext) -> Option<Parsed> {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, l3: usize) -> Option<Packet<[u8; 4]>> {
+fn parse_v4<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 4]>> {
     let header: [u8; 20] = ctx.load(l3).ok()?;
     if header[0] >> 4 != 4 {
         return None;
@@ -79,7 +92,7 @@ fn parse_v4(ctx: &TcContext, l3: usize) -> Option<Packet<[u8; 4]>> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext, l3: usize) -> Option<Packet<[u8; 16]>> {
+fn parse_v6<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 16]>> {
     let header: [u8; IPV6_HLEN] = ctx.load(l3).ok()?;
     if header[0] >> 4 != 6 {
         return None;
@@ -137,7 +150,7 @@ fn parse_v6(ctx: &TcContext, l3: usize) -> Option<Packet<[u8; 16]>> {
 /// Reads the ports (and TCP flags). Loading the whole fixed L4 header proves the packet is not
 /// truncated, so a later checksum rewrite cannot fail halfway.
 #[inline(always)]
-fn ports(ctx: &TcContext, l4: usize, protocol: u8) -> Option<(u16, u16, u8)> {
+fn ports<C: PacketCtx>(ctx: &C, l4: usize, protocol: u8) -> Option<(u16, u16, u8)> {
     match protocol {
         protocol::TCP => {
             let header: [u8; 20] = ctx.load(l4).ok()?;

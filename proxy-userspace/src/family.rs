@@ -1,5 +1,6 @@
-//! IP families. Sync logic is written once over [`Address`] and instantiated per family; the
-//! only `match` on a family is in the dispatcher that owns one proxier of each.
+//! IP families. Sync logic is written once over [`Address`] and instantiated per family; which
+//! families are served, and so which proxier a change reaches, is decided in one place: the
+//! dispatcher (`proxier::MetaProxier`).
 use std::{
     fmt,
     hash::Hash,

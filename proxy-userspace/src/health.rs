@@ -1,5 +1,6 @@
 //! `GET /healthz`: 200 once the first full sync is programmed (and since), 503 before; the
-//! body says when the maps were last updated, like kube-proxy's.
+//! body says when the maps were last updated, like kube-proxy's. A leaf: the agent tells it
+//! when a sync is done.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -23,10 +24,6 @@ struct Body {
 impl Health {
     pub fn synced(&self) {
         *self.last_sync.lock().expect("health lock") = Some(SystemTime::now());
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.last_sync.lock().expect("health lock").is_some()
     }
 
     fn report(&self) -> (StatusCode, Json<Body>) {

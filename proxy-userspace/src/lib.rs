@@ -14,4 +14,5 @@ pub mod node;
 pub mod plan;
 pub mod proxier;
 pub mod source;
+pub mod sync;
 pub mod tracker;

@@ -1,6 +1,9 @@
-//! Loads the kernel programs, pins their maps, and attaches them (TCX links, pinned) to the pod
-//! interfaces. Pinned links keep the datapath running while the agent restarts; a new agent
-//! swaps its programs into the same links atomically, so no packet goes untranslated.
+//! Loads the kernel programs of the program table (`proxy_common::programs::PROGRAMS`), checks
+//! the object's maps against the map list, pins them, and attaches each program where the
+//! table says (TCX links on the pod interfaces, pinned). Pinned links keep the datapath running
+//! while the agent restarts; a new agent swaps its programs into the same links atomically, so
+//! no packet goes untranslated. Load-time configuration reaches the programs as one value
+//! ([`LoadOptions::config`]).
 use std::{
     collections::BTreeMap,
     ffi::CStr,
@@ -16,7 +19,11 @@ use aya::{
         tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
-use proxy_common::program_names;
+use proxy_common::{
+    config::{self, DatapathConfig},
+    maps::MAPS,
+    programs::{self as program_names, AttachPoint, Hook, PROGRAMS, ProgramSpec},
+};
 
 use crate::{config::InterfacePatterns, maps::pins::PinLayout};
 
@@ -42,6 +49,10 @@ pub enum LoadError {
     },
     #[error("loading the kernel object: {0}")]
     Ebpf(#[from] aya::EbpfError),
+    #[error("the kernel object has no map {0} (the object and proxy-common disagree)")]
+    MapMissing(&'static str),
+    #[error("map {name} does not have the declared shape: {detail}")]
+    MapShape { name: &'static str, detail: String },
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
@@ -98,47 +109,49 @@ pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Direction {
-    Ingress,
-    Egress,
+/// Options for [`Programs::load`].
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// `max_entries` overrides, by map name.
+    pub max_entries: Vec<(&'static str, u32)>,
+    /// The programs' load-time configuration.
+    pub config: DatapathConfig,
 }
 
-impl Direction {
-    const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    fn name(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
-    }
-
-    fn program(self) -> &'static str {
-        match self {
-            Direction::Ingress => program_names::FROM_POD,
-            Direction::Egress => program_names::TO_POD,
-        }
-    }
-
-    fn attach_type(self) -> TcAttachType {
-        match self {
-            Direction::Ingress => TcAttachType::Ingress,
-            Direction::Egress => TcAttachType::Egress,
-        }
+fn tc_attach_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::TcIngress => TcAttachType::Ingress,
+        Hook::TcEgress => TcAttachType::Egress,
     }
 }
 
-/// A link pin's file name: `<ifindex>-<direction>-<ifname>`.
-fn link_pin_name(ifindex: u32, direction: Direction, ifname: &str) -> String {
-    format!("{ifindex}-{}-{ifname}", direction.name())
+/// A link pin's file name: `<program>-<ifindex>-<ifname>`.
+fn link_pin_name(program: &str, ifindex: u32, ifname: &str) -> String {
+    format!("{program}-{ifindex}-{ifname}")
 }
 
-fn parse_link_pin_name(name: &str) -> Option<(u32, String)> {
+/// The name the first layout gave a TC link pin: `<ifindex>-<ingress|egress>-<ifname>`.
+fn legacy_link_pin_name(spec: &ProgramSpec, ifindex: u32, ifname: &str) -> Option<String> {
+    let direction = match spec.hook {
+        Hook::TcIngress => "ingress",
+        Hook::TcEgress => "egress",
+    };
+    Some(format!("{ifindex}-{direction}-{ifname}"))
+}
+
+/// (program, interface index, interface name) of a link pin, in either naming.
+fn parse_link_pin_name(name: &str) -> Option<(&'static str, u32, String)> {
     let mut parts = name.splitn(3, '-');
-    let index = parts.next()?.parse().ok()?;
-    let _direction = parts.next()?;
-    Some((index, parts.next()?.to_owned()))
+    let (first, second, rest) = (parts.next()?, parts.next()?, parts.next()?.to_owned());
+    if let Some(spec) = PROGRAMS.iter().find(|p| p.name == first) {
+        return Some((spec.name, second.parse().ok()?, rest));
+    }
+    let program = match second {
+        "ingress" => program_names::FROM_POD,
+        "egress" => program_names::TO_POD,
+        _ => return None,
+    };
+    Some((program, first.parse().ok()?, rest))
 }
 
 /// What one interface pass did.
@@ -149,16 +162,18 @@ pub struct InterfaceReport {
     pub errors: Vec<String>,
 }
 
-pub struct Datapath {
+/// The loaded kernel programs (of [`PROGRAMS`]) and where they are attached.
+pub struct Programs {
     ebpf: Ebpf,
     pins: PinLayout,
     /// Interfaces we have attached to (index → name).
     attached: BTreeMap<u32, String>,
 }
 
-impl Datapath {
-    /// Loads the programs, opening (or creating) the pinned maps under `pins`.
-    pub fn load(pins: &PinLayout, max_entries: &[(&'static str, u32)]) -> Result<Self, LoadError> {
+impl Programs {
+    /// Loads every program of [`PROGRAMS`], opening (or creating) the pinned maps under `pins`
+    /// and checking they are the maps of [`MAPS`].
+    pub fn load(pins: &PinLayout, options: &LoadOptions) -> Result<Self, LoadError> {
         if BPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
@@ -168,17 +183,21 @@ impl Datapath {
         }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(pins.maps_dir());
-        for (name, entries) in max_entries {
+        for (name, entries) in &options.max_entries {
             loader.map_max_entries(name, *entries);
         }
+        loader.override_global(config::SYMBOL, &options.config, true);
         let mut ebpf = loader.load(BPF_OBJECT)?;
-        for direction in Direction::BOTH {
-            Self::classifier(&mut ebpf, direction.program())?
-                .load()
-                .map_err(|source| LoadError::Program {
-                    name: direction.program(),
-                    source,
-                })?;
+        check_maps(&ebpf, pins)?;
+        for spec in PROGRAMS {
+            match spec.hook {
+                Hook::TcIngress | Hook::TcEgress => Self::classifier_of(&mut ebpf, spec.name)?
+                    .load()
+                    .map_err(|source| LoadError::Program {
+                        name: spec.name,
+                        source,
+                    })?,
+            }
         }
         Ok(Self {
             ebpf,
@@ -187,7 +206,7 @@ impl Datapath {
         })
     }
 
-    fn classifier<'a>(
+    fn classifier_of<'a>(
         ebpf: &'a mut Ebpf,
         name: &'static str,
     ) -> Result<&'a mut SchedClassifier, LoadError> {
@@ -200,9 +219,15 @@ impl Datapath {
             .map_err(|source| LoadError::Program { name, source })
     }
 
-    /// Attaches to every present interface matching `patterns` that we are not attached to
-    /// yet, and forgets (unpins) links of interfaces that are gone or no longer match.
-    /// Links pinned by an earlier agent are taken over in place.
+    /// A loaded TC program by name (for `BPF_PROG_TEST_RUN` in the datapath tests and
+    /// benchmarks).
+    pub fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoadError> {
+        Self::classifier_of(&mut self.ebpf, name)
+    }
+
+    /// Attaches the pod-interface programs to every present interface matching `patterns` that
+    /// we are not attached to yet, and forgets (unpins) links of interfaces that are gone or no
+    /// longer match. Links pinned by an earlier agent are taken over in place.
     pub fn sync_interfaces(&mut self, patterns: &InterfacePatterns) -> InterfaceReport {
         let mut report = InterfaceReport::default();
         let present = match interfaces() {
@@ -222,13 +247,15 @@ impl Datapath {
         if let Ok(entries) = std::fs::read_dir(&links_dir) {
             for entry in entries.filter_map(Result::ok) {
                 let file = entry.file_name().to_string_lossy().into_owned();
-                let keep = parse_link_pin_name(&file)
-                    .is_some_and(|(index, name)| wanted.get(&index) == Some(&name));
+                let parsed = parse_link_pin_name(&file);
+                let keep = parsed
+                    .as_ref()
+                    .is_some_and(|(_, index, name)| wanted.get(index) == Some(name));
                 if !keep {
                     if let Err(e) = std::fs::remove_file(entry.path()) {
                         report.errors.push(format!("{file}: removing pin: {e}"));
                     }
-                    if let Some((index, name)) = parse_link_pin_name(&file)
+                    if let Some((_, index, name)) = parsed
                         && self.attached.remove(&index).is_some()
                     {
                         report.detached.push(name);
@@ -244,11 +271,14 @@ impl Datapath {
                 continue;
             }
             let mut ok = true;
-            for direction in Direction::BOTH {
-                if let Err(e) = self.attach(index, &name, direction) {
+            for spec in PROGRAMS
+                .iter()
+                .filter(|p| p.on == AttachPoint::PodInterfaces)
+            {
+                if let Err(e) = self.attach_tc(spec, index, &name) {
                     report
                         .errors
-                        .push(format!("{name}: attaching {}: {e}", direction.name()));
+                        .push(format!("{name}: attaching {}: {e}", spec.name));
                     ok = false;
                 }
             }
@@ -260,26 +290,26 @@ impl Datapath {
         report
     }
 
-    fn attach(&mut self, ifindex: u32, ifname: &str, direction: Direction) -> Result<(), String> {
-        let pin = self
-            .pins
-            .links_dir()
-            .join(link_pin_name(ifindex, direction, ifname));
-        let program =
-            Self::classifier(&mut self.ebpf, direction.program()).map_err(|e| e.to_string())?;
-        let link_id = match PinnedLink::from_pin(&pin) {
+    fn attach_tc(&mut self, spec: &ProgramSpec, ifindex: u32, ifname: &str) -> Result<(), String> {
+        let links = self.pins.links_dir();
+        let pin = links.join(link_pin_name(spec.name, ifindex, ifname));
+        let earlier = std::iter::once(pin.clone())
+            .chain(legacy_link_pin_name(spec, ifindex, ifname).map(|n| links.join(n)))
+            .find_map(|path| PinnedLink::from_pin(&path).ok());
+        let program = Self::classifier_of(&mut self.ebpf, spec.name).map_err(|e| e.to_string())?;
+        let link_id = match earlier {
             // An earlier agent's link: swap our program in atomically.
-            Ok(old) => {
+            Some(old) => {
                 let fd_link = old
                     .unpin()
                     .map_err(|e| format!("unpinning old link: {e}"))?;
                 let link = SchedClassifierLink::try_from(fd_link).map_err(|e| e.to_string())?;
                 program.attach_to_link(link).map_err(|e| e.to_string())?
             }
-            Err(_) => program
+            None => program
                 .attach_with_options(
                     ifname,
-                    direction.attach_type(),
+                    tc_attach_type(spec.hook),
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(|e| e.to_string())?,
@@ -292,14 +322,37 @@ impl Datapath {
         Ok(())
     }
 
-    /// A loaded program by name (for `BPF_PROG_TEST_RUN` in the datapath tests and benchmarks).
-    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, LoadError> {
-        Self::classifier(&mut self.ebpf, name)
-    }
-
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attached.values().map(String::as_str)
     }
+}
+
+/// Fails unless the object holds every map of [`MAPS`], each of the declared shape.
+fn check_maps(ebpf: &Ebpf, pins: &PinLayout) -> Result<(), LoadError> {
+    for spec in MAPS {
+        if ebpf.map(spec.name).is_none() {
+            return Err(LoadError::MapMissing(spec.name));
+        }
+        let info = aya::maps::MapInfo::from_pin(pins.map(spec.name)).map_err(|source| {
+            LoadError::MapShape {
+                name: spec.name,
+                detail: format!("cannot read its pin: {source}"),
+            }
+        })?;
+        if (info.key_size(), info.value_size()) != (spec.key_size, spec.value_size) {
+            return Err(LoadError::MapShape {
+                name: spec.name,
+                detail: format!(
+                    "key/value sizes {}/{}, expected {}/{}",
+                    info.key_size(),
+                    info.value_size(),
+                    spec.key_size,
+                    spec.value_size
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Detaches every program (by removing the link pins) and removes the map pins under `pins`.

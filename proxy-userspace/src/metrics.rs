@@ -1,6 +1,7 @@
 //! `GET /metrics` (Prometheus text format) on `--metrics-bind-address`: what the agent did
 //! (syncs, invalid objects skipped, map writes per family) and what the datapath did (packets
-//! per outcome, summed over CPUs from the per-CPU `counters` map at scrape time).
+//! per outcome, summed over CPUs from the per-CPU `counters` map at scrape time). A leaf: it
+//! is fed plain figures and knows nothing of the syncer or the writer.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -14,16 +15,18 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use proxy_common::{counter, map_names};
+use proxy_common::{counter::Counter, map_names};
 
-use crate::{
-    agent::SyncCounters, family::Family, maps::pins::PinLayout, maps::writer::WriterStats,
-};
+use crate::maps::pins::PinLayout;
 
-/// One family's writer figures.
+/// One family's map-writer figures.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FamilyFigures {
-    pub writes: WriterStats,
+    /// `IPv4` / `IPv6` (the `family` label).
+    pub family: &'static str,
+    pub service_writes: u64,
+    pub backend_writes: u64,
+    pub frontends_written: u64,
     pub frontends: usize,
     pub backends: usize,
 }
@@ -31,13 +34,16 @@ pub struct FamilyFigures {
 /// The agent's figures, refreshed after every sync.
 #[derive(Clone, Debug, Default)]
 pub struct AgentFigures {
-    pub counters: SyncCounters,
-    pub families: Vec<(Family, FamilyFigures)>,
+    pub syncs: u64,
+    pub services_synced: u64,
+    pub invalid: u64,
+    pub repairs: u64,
+    pub families: Vec<FamilyFigures>,
 }
 
 struct AgentCollector {
     figures: Arc<Mutex<AgentFigures>>,
-    packets: Option<Mutex<PerCpuArray<MapData, u64>>>,
+    packets: Mutex<PerCpuArray<MapData, u64>>,
 }
 
 impl std::fmt::Debug for AgentCollector {
@@ -79,7 +85,7 @@ fn gauge(
 impl Collector for AgentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let figures = self.figures.lock().map(|f| f.clone()).unwrap_or_default();
-        let c = figures.counters;
+        let c = &figures;
         counter(
             &mut encoder,
             "twinstack_syncs",
@@ -104,44 +110,43 @@ impl Collector for AgentCollector {
             "Periodic passes re-reading the maps and repairing drift.",
             &[(&[], c.repairs)],
         )?;
-        let names: Vec<&str> = figures
+        let labels: Vec<[(&str, &str); 1]> = figures
             .families
             .iter()
-            .map(|(f, _)| f.kubernetes_name())
+            .map(|f| [("family", f.family)])
             .collect();
-        let labels: Vec<[(&str, &str); 1]> = names.iter().map(|n| [("family", *n)]).collect();
         let per_family = |pick: &dyn Fn(&FamilyFigures) -> u64| -> Vec<(&[(&str, &str)], u64)> {
             figures
                 .families
                 .iter()
                 .zip(&labels)
-                .map(|((_, f), l)| (&l[..], pick(f)))
+                .map(|(f, l)| (&l[..], pick(f)))
                 .collect()
         };
         counter(
             &mut encoder,
             "twinstack_service_map_writes",
             "Service map entries written (slot 0 and backend slots).",
-            &per_family(&|f| f.writes.service_writes),
+            &per_family(&|f| f.service_writes),
         )?;
         counter(
             &mut encoder,
             "twinstack_backend_map_writes",
             "Backend map entries written.",
-            &per_family(&|f| f.writes.backend_writes),
+            &per_family(&|f| f.backend_writes),
         )?;
         counter(
             &mut encoder,
             "twinstack_frontends_written",
             "Frontends (re)written.",
-            &per_family(&|f| f.writes.frontends_written),
+            &per_family(&|f| f.frontends_written),
         )?;
         let gauges = |pick: &dyn Fn(&FamilyFigures) -> usize| -> Vec<(&[(&str, &str)], i64)> {
             figures
                 .families
                 .iter()
                 .zip(&labels)
-                .map(|((_, f), l)| (&l[..], pick(f) as i64))
+                .map(|(f, l)| (&l[..], pick(f) as i64))
                 .collect()
         };
         gauge(
@@ -157,22 +162,19 @@ impl Collector for AgentCollector {
             &gauges(&|f| f.backends),
         )?;
 
-        if let Some(packets) = &self.packets
-            && let Ok(packets) = packets.lock()
-        {
-            let values: Vec<(String, u64)> = (0..counter::COUNT)
-                .map(|i| {
+        if let Ok(packets) = self.packets.lock() {
+            let values: Vec<(&str, u64)> = Counter::ALL
+                .iter()
+                .map(|c| {
                     let sum = packets
-                        .get(&i, 0)
+                        .get(&c.index(), 0)
                         .map(|per_cpu| per_cpu.iter().sum())
                         .unwrap_or(0);
-                    (counter::NAMES[i as usize].to_owned(), sum)
+                    (c.name(), sum)
                 })
                 .collect();
-            let outcome_labels: Vec<[(&str, &str); 1]> = values
-                .iter()
-                .map(|(n, _)| [("outcome", n.as_str())])
-                .collect();
+            let outcome_labels: Vec<[(&str, &str); 1]> =
+                values.iter().map(|(n, _)| [("outcome", *n)]).collect();
             let rows: Vec<(&[(&str, &str)], u64)> = outcome_labels
                 .iter()
                 .zip(&values)
@@ -189,16 +191,17 @@ impl Collector for AgentCollector {
     }
 }
 
-/// The registry, with the datapath counters read from the pins under `pins`.
-pub fn registry(pins: &PinLayout, figures: Arc<Mutex<AgentFigures>>) -> Registry {
-    let packets = MapData::from_pin(pins.map(map_names::COUNTERS))
-        .ok()
-        .and_then(|data| Map::from_map_data(data).ok())
-        .and_then(|map| PerCpuArray::try_from(map).ok())
-        .map(Mutex::new);
+/// The registry, with the datapath counters read from the pins under `pins` (which the loader
+/// has checked are all there).
+pub fn registry(
+    pins: &PinLayout,
+    figures: Arc<Mutex<AgentFigures>>,
+) -> Result<Registry, aya::maps::MapError> {
+    let map = Map::from_map_data(MapData::from_pin(pins.map(map_names::COUNTERS))?)?;
+    let packets = Mutex::new(PerCpuArray::try_from(map)?);
     let mut registry = Registry::default();
     registry.register_collector(Box::new(AgentCollector { figures, packets }));
-    registry
+    Ok(registry)
 }
 
 /// Binds `address` and returns the server task.

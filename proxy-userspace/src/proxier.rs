@@ -1,8 +1,9 @@
-//! Sync: one proxier per IP family behind a thin dispatcher. The proxier turns a Service's
-//! ports into its family's frontends (the plan) and hands them to its map writer; nothing in
-//! here asks which family it is.
+//! Sync: one [`Proxier`] per IP family behind a thin dispatcher, the [`MetaProxier`] (as in
+//! kube-proxy's metaproxier). A proxier turns a Service's ports into its family's frontend
+//! entries (the plan) and hands them to its map writer; nothing in it asks which family it is.
+//! The dispatcher owns the one family decision: which families this node serves.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr},
 };
 
@@ -10,13 +11,14 @@ use crate::{
     family::{Address, Family},
     maps::{
         LbMaps,
-        writer::{WriteError, Writer, WriterStats},
+        memory::{MemoryMaps, SharedMemoryMaps},
+        writer::{WriteError, Writer},
     },
+    metrics::FamilyFigures,
     model::{ServiceName, ServicePort},
-    plan::{self, Frontend, Planned},
+    node::NodeInfo,
+    plan::{self, Frontend, NodeContext, Planned},
 };
-
-pub type BoxedMaps<A> = Box<dyn LbMaps<A> + Send>;
 
 /// A failure to program one frontend of one Service.
 #[derive(Debug)]
@@ -27,8 +29,11 @@ pub struct SyncError {
     pub error: WriteError,
 }
 
+/// One Service's new ports (empty: it is gone, ignored or invalid).
+pub type Change = (ServiceName, Vec<ServicePort>);
+
 pub struct Proxier<A> {
-    writer: Writer<A, BoxedMaps<A>>,
+    writer: Writer<A>,
     /// The frontends (and entries) each Service owns in this family.
     owned: HashMap<ServiceName, Vec<Planned<A>>>,
     /// Which Service a frontend belongs to (the last one to claim it), so a Service that
@@ -37,7 +42,7 @@ pub struct Proxier<A> {
 }
 
 impl<A: Address> Proxier<A> {
-    pub fn new(maps: BoxedMaps<A>) -> Result<Self, WriteError> {
+    pub fn new(maps: LbMaps<A>) -> Result<Self, WriteError> {
         Ok(Self {
             writer: Writer::restore(maps)?,
             owned: HashMap::new(),
@@ -45,29 +50,23 @@ impl<A: Address> Proxier<A> {
         })
     }
 
-    /// Programs one Service's ports (empty: the Service is gone or skipped).
-    pub fn apply(
-        &mut self,
-        service: &ServiceName,
-        ports: &[ServicePort],
-        errors: &mut Vec<SyncError>,
-    ) {
-        self.apply_all(&[(service.clone(), ports.to_vec())], errors);
-    }
-
     /// Programs many Services at once: every desired frontend is written (new ones in
     /// batches), then the frontends they no longer have are removed, unless another Service
     /// has claimed them in the meantime.
     pub fn apply_all(
         &mut self,
-        changes: &[(ServiceName, Vec<ServicePort>)],
+        changes: &[Change],
+        node: &NodeContext,
         errors: &mut Vec<SyncError>,
     ) {
         let mut upserts = Vec::new();
         let mut owner_of = HashMap::new();
         let mut removals = Vec::new();
         for (service, ports) in changes {
-            let desired: Vec<_> = ports.iter().flat_map(plan::frontends::<A>).collect();
+            let desired: Vec<_> = ports
+                .iter()
+                .flat_map(|port| plan::frontends::<A>(port, node))
+                .collect();
             let old = self.owned.remove(service).unwrap_or_default();
             let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
             removals.extend(
@@ -113,6 +112,13 @@ impl<A: Address> Proxier<A> {
         }
     }
 
+    /// Withdraws every frontend: the family is no longer served.
+    pub fn clear(&mut self, errors: &mut Vec<SyncError>) {
+        self.owned.clear();
+        self.owners.clear();
+        self.reconcile(errors);
+    }
+
     /// Makes the maps hold exactly what the Services own: removes whatever else is there
     /// (left by an earlier agent, or drift).
     pub fn reconcile(&mut self, errors: &mut Vec<SyncError>) {
@@ -142,86 +148,149 @@ impl<A: Address> Proxier<A> {
         self.reconcile(errors);
     }
 
-    pub fn stats(&self) -> WriterStats {
-        self.writer.stats()
-    }
-
-    pub fn frontend_count(&self) -> usize {
-        self.writer.frontend_count()
-    }
-
-    pub fn figures(&self) -> crate::metrics::FamilyFigures {
-        crate::metrics::FamilyFigures {
-            writes: self.writer.stats(),
+    pub fn figures(&self) -> FamilyFigures {
+        let stats = self.writer.stats();
+        FamilyFigures {
+            family: A::FAMILY.kubernetes_name(),
+            service_writes: stats.service_writes,
+            backend_writes: stats.backend_writes,
+            frontends_written: stats.frontends_written,
             frontends: self.writer.frontend_count(),
             backends: self.writer.backend_count(),
         }
     }
 }
 
-/// The dispatcher: hands every change to the proxier of each family this node serves.
-pub struct Dataplane {
-    pub v4: Option<Proxier<Ipv4Addr>>,
-    pub v6: Option<Proxier<Ipv6Addr>>,
+/// The dispatcher: one proxier per family, and the decision which of them this node serves
+/// (the families of `--cluster-cidr` and of the Node's addresses). A change goes to the
+/// proxier of every served family; a family that stops being served is withdrawn.
+pub struct MetaProxier {
+    v4: Proxier<Ipv4Addr>,
+    v6: Proxier<Ipv6Addr>,
+    cluster_families: Vec<Family>,
+    served: BTreeSet<Family>,
+    node: NodeContext,
+    /// (Service, family) pairs already warned about as not served on this node.
+    warned: HashSet<(ServiceName, Family)>,
 }
 
-impl Dataplane {
-    pub fn apply(&mut self, service: &ServiceName, ports: &[ServicePort]) -> Vec<SyncError> {
-        self.apply_all(&[(service.clone(), ports.to_vec())])
+impl MetaProxier {
+    /// Takes over both families' maps; the node is `node_name`, its address not known yet.
+    pub fn new(
+        v4: LbMaps<Ipv4Addr>,
+        v6: LbMaps<Ipv6Addr>,
+        node_name: &str,
+        cluster_families: Vec<Family>,
+    ) -> Result<Self, WriteError> {
+        let mut meta = Self {
+            v4: Proxier::new(v4)?,
+            v6: Proxier::new(v6)?,
+            served: BTreeSet::new(),
+            cluster_families,
+            node: NodeContext {
+                name: node_name.to_owned(),
+                ..NodeContext::default()
+            },
+            warned: HashSet::new(),
+        };
+        meta.served = meta.decide_served(&NodeInfo::default());
+        Ok(meta)
     }
 
-    pub fn apply_all(&mut self, changes: &[(ServiceName, Vec<ServicePort>)]) -> Vec<SyncError> {
+    /// A dispatcher over in-memory twins of the maps (for tests and the bench), and the twins.
+    pub fn in_memory(
+        node_name: &str,
+        cluster_families: Vec<Family>,
+    ) -> (Self, SharedMemoryMaps<Ipv4Addr>, SharedMemoryMaps<Ipv6Addr>) {
+        let (v4, tables4) = MemoryMaps::new_shared();
+        let (v6, tables6) = MemoryMaps::new_shared();
+        let meta = Self::new(tables4, tables6, node_name, cluster_families)
+            .expect("empty maps always restore");
+        (meta, v4, v6)
+    }
+
+    fn decide_served(&self, node: &NodeInfo) -> BTreeSet<Family> {
+        self.cluster_families
+            .iter()
+            .copied()
+            .chain(node.families())
+            .collect()
+    }
+
+    /// The families served, in order.
+    pub fn served(&self) -> Vec<Family> {
+        self.served.iter().copied().collect()
+    }
+
+    /// Takes this node's Node: its addresses decide the families served (with
+    /// `--cluster-cidr`) and, like its zone, what the plan needs. Returns whether every Service
+    /// must be planned again; a family no longer served is withdrawn at once.
+    pub fn set_node(&mut self, node: &NodeInfo) -> (bool, Vec<SyncError>) {
+        let context = NodeContext {
+            name: self.node.name.clone(),
+            zone: node.zone.clone(),
+            addresses: node.addresses.clone(),
+            // kube-proxy's default NodePort addresses are all of the node's own; ours are the
+            // Node's InternalIP and ExternalIP addresses.
+            nodeport_addresses: node.addresses.clone(),
+        };
+        let served = self.decide_served(node);
         let mut errors = Vec::new();
-        if let Some(p) = &mut self.v4 {
-            p.apply_all(changes, &mut errors);
+        for family in self.served.difference(&served) {
+            tracing::warn!(%family, "family no longer served on this node: its frontends are withdrawn");
+            match family {
+                Family::V4 => self.v4.clear(&mut errors),
+                Family::V6 => self.v6.clear(&mut errors),
+            }
         }
-        if let Some(p) = &mut self.v6 {
-            p.apply_all(changes, &mut errors);
+        let changed = context != self.node || served != self.served;
+        if served != self.served {
+            self.warned.clear();
+        }
+        self.node = context;
+        self.served = served;
+        (changed, errors)
+    }
+
+    pub fn apply_all(&mut self, changes: &[Change]) -> Vec<SyncError> {
+        let mut errors = Vec::new();
+        for (service, ports) in changes {
+            for port in ports {
+                if !self.served.contains(&port.family)
+                    && self.warned.insert((service.clone(), port.family))
+                {
+                    tracing::warn!(
+                        %service,
+                        family = %port.family,
+                        "family not served on this node (no --cluster-cidr or node address of it)"
+                    );
+                }
+            }
+        }
+        if self.served.contains(&Family::V4) {
+            self.v4.apply_all(changes, &self.node, &mut errors);
+        }
+        if self.served.contains(&Family::V6) {
+            self.v6.apply_all(changes, &self.node, &mut errors);
         }
         errors
     }
 
     pub fn reconcile(&mut self) -> Vec<SyncError> {
         let mut errors = Vec::new();
-        if let Some(p) = &mut self.v4 {
-            p.reconcile(&mut errors);
-        }
-        if let Some(p) = &mut self.v6 {
-            p.reconcile(&mut errors);
-        }
+        self.v4.reconcile(&mut errors);
+        self.v6.reconcile(&mut errors);
         errors
     }
 
     pub fn repair(&mut self) -> Vec<SyncError> {
         let mut errors = Vec::new();
-        if let Some(p) = &mut self.v4 {
-            p.repair(&mut errors);
-        }
-        if let Some(p) = &mut self.v6 {
-            p.repair(&mut errors);
-        }
+        self.v4.repair(&mut errors);
+        self.v6.repair(&mut errors);
         errors
     }
 
-    pub fn figures(&self) -> Vec<(Family, crate::metrics::FamilyFigures)> {
-        let mut figures = Vec::new();
-        if let Some(p) = &self.v4 {
-            figures.push((Family::V4, p.figures()));
-        }
-        if let Some(p) = &self.v6 {
-            figures.push((Family::V6, p.figures()));
-        }
-        figures
-    }
-
-    pub fn families(&self) -> Vec<Family> {
-        let mut families = Vec::new();
-        if self.v4.is_some() {
-            families.push(Family::V4);
-        }
-        if self.v6.is_some() {
-            families.push(Family::V6);
-        }
-        families
+    pub fn figures(&self) -> Vec<FamilyFigures> {
+        vec![self.v4.figures(), self.v6.figures()]
     }
 }

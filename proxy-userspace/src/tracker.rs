@@ -3,7 +3,7 @@
 //! change and its undo between two syncs cost nothing in the kernel.
 use std::collections::{BTreeSet, HashMap};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 
 use crate::model::{self, Built, ServiceError, ServiceName, SliceEntry, SliceRecord};
 
@@ -18,9 +18,6 @@ pub struct Tracker {
     slices_of: HashMap<ServiceName, BTreeSet<SliceName>>,
     dirty: BTreeSet<ServiceName>,
 }
-
-/// A service's new state at sync time: `None` when it is gone.
-pub type ServiceUpdate = (ServiceName, Option<Result<Built, ServiceError>>);
 
 pub fn object_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -47,12 +44,6 @@ impl Tracker {
     pub fn delete_service(&mut self, name: &ServiceName) {
         if self.services.remove(name).is_some() {
             self.dirty.insert(name.clone());
-        }
-    }
-
-    pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        if let Some(entry) = SliceEntry::from_slice(&slice) {
-            self.upsert_slice_entry(entry);
         }
     }
 
@@ -92,12 +83,6 @@ impl Tracker {
         self.dirty.insert(service);
     }
 
-    /// Replaces everything with a full list of both kinds (a manifest directory read).
-    pub fn replace(&mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) {
-        self.replace_services(services);
-        self.replace_slices(slices);
-    }
-
     /// Replaces the Services with a complete list (an API list or relist): Services absent
     /// from it are deleted, unchanged ones stay clean.
     pub fn replace_services(&mut self, services: Vec<Service>) {
@@ -115,11 +100,6 @@ impl Tracker {
             self.delete_service(&name);
         }
         services.into_iter().for_each(|s| self.upsert_service(s));
-    }
-
-    /// Replaces the EndpointSlices with a complete list.
-    pub fn replace_slices(&mut self, slices: Vec<EndpointSlice>) {
-        self.replace_slice_entries(slices.iter().filter_map(SliceEntry::from_slice).collect());
     }
 
     /// Replaces the EndpointSlices with a complete list of parsed slices.
@@ -146,10 +126,6 @@ impl Tracker {
         !self.dirty.is_empty()
     }
 
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
     /// The Services changed since the last call, clearing the change set.
     pub fn take_changed(&mut self) -> Vec<ServiceName> {
         std::mem::take(&mut self.dirty).into_iter().collect()
@@ -167,16 +143,5 @@ impl Tracker {
                 .collect();
             model::service_ports_from_records(service, &slices)
         })
-    }
-
-    /// Builds the model of every changed Service and clears the change set.
-    pub fn drain(&mut self) -> Vec<ServiceUpdate> {
-        self.take_changed()
-            .into_iter()
-            .map(|name| {
-                let built = self.build(&name);
-                (name, built)
-            })
-            .collect()
     }
 }

@@ -5,23 +5,21 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
+    time::Duration,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use proxy_common::service_flags;
 use proxy_userspace::{
-    agent,
-    family::Address,
-    maps::memory::{MemoryMaps, SharedMemoryMaps},
+    family::Family,
     model::{
-        self, Built, Conditions, Endpoint, Protocol, SERVICE_NAME_LABEL, ServiceError, ServiceName,
-        ServicePort, ServicePortName,
+        self, Built, Conditions, Endpoint, Hints, Protocol, SERVICE_NAME_LABEL, ServiceError,
+        ServiceName, ServicePort, ServicePortName, TrafficPolicy,
     },
-    plan::{self, Backend, BackendState, Frontend, ServiceEntry},
-    proxier::{Dataplane, Proxier},
+    plan::{self, Backend, BackendState, Frontend, FrontendKind, NodeContext, Scope, ServiceEntry},
+    proxier::MetaProxier,
     source::{Snapshot, manifests},
-    tracker::Tracker,
+    sync::Syncer,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -120,8 +118,48 @@ fn endpoint(address: &str, port: u16, node: &str) -> Endpoint {
         conditions: READY,
         node_name: Some(node.into()),
         zone: None,
-        zone_hints: Vec::new(),
+        hints: None,
     }
+}
+
+/// A ClusterIP service port of one family with no other frontend, policy or affinity.
+fn service_port(
+    name: ServicePortName,
+    cluster_ip: &str,
+    port: u16,
+    endpoints: Vec<Endpoint>,
+) -> ServicePort {
+    let cluster_ip = ip(cluster_ip);
+    ServicePort {
+        protocol: name.protocol,
+        name,
+        family: Family::of(&cluster_ip),
+        port,
+        cluster_ip,
+        node_port: None,
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        source_ranges: Vec::new(),
+        external_policy: TrafficPolicy::Cluster,
+        internal_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        affinity_timeout: None,
+        endpoints,
+    }
+}
+
+/// The node the plans are made for.
+fn node() -> NodeContext {
+    NodeContext {
+        name: "node-a".into(),
+        ..NodeContext::default()
+    }
+}
+
+fn frontends<A: proxy_userspace::family::Address>(
+    port: &ServicePort,
+) -> Vec<(Frontend<A>, ServiceEntry<A>)> {
+    plan::frontends::<A>(port, &node())
 }
 
 fn port_name(namespace: &str, service: &str, port: &str, protocol: Protocol) -> ServicePortName {
@@ -145,10 +183,7 @@ fn active<A>(address: A, port: u16, protocol: Protocol) -> Backend<A> {
 }
 
 fn cluster_ip_entry<A>(backends: Vec<Backend<A>>) -> ServiceEntry<A> {
-    ServiceEntry {
-        backends,
-        flags: service_flags::CLUSTER_IP,
-    }
+    ServiceEntry::cluster_ip(backends)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,7 +194,10 @@ fn ipv4_single_stack_service_builds_exact_service_ports() {
     let snapshot = load("ipv4-single-stack.yaml");
     let mut web_a = endpoint("10.244.1.5", 8080, "node-a");
     web_a.zone = Some("zone-a".into());
-    web_a.zone_hints = vec!["zone-a".into()];
+    web_a.hints = Some(Arc::new(Hints {
+        zones: Box::new(["zone-a".into()]),
+        nodes: Box::new([]),
+    }));
     let mut web_b = endpoint("10.244.2.7", 8080, "node-b");
     web_b.zone = Some("zone-b".into());
     let dns = |e: &Endpoint| Endpoint {
@@ -170,21 +208,19 @@ fn ipv4_single_stack_service_builds_exact_service_ports() {
     assert_eq!(
         ports(&snapshot, "web"),
         vec![
-            ServicePort {
-                name: port_name("shop", "web", "http", Protocol::Tcp),
-                port: 80,
-                protocol: Protocol::Tcp,
-                cluster_ips: vec![ip("10.96.12.34")],
+            service_port(
+                port_name("shop", "web", "http", Protocol::Tcp),
+                "10.96.12.34",
+                80,
                 // Sorted by address, whatever order the slice lists them in.
-                endpoints: vec![web_a.clone(), web_b.clone()],
-            },
-            ServicePort {
-                name: port_name("shop", "web", "dns", Protocol::Udp),
-                port: 53,
-                protocol: Protocol::Udp,
-                cluster_ips: vec![ip("10.96.12.34")],
-                endpoints: vec![dns(&web_a), dns(&web_b)],
-            },
+                vec![web_a.clone(), web_b.clone()],
+            ),
+            service_port(
+                port_name("shop", "web", "dns", Protocol::Udp),
+                "10.96.12.34",
+                53,
+                vec![dns(&web_a), dns(&web_b)],
+            ),
         ]
     );
 }
@@ -193,22 +229,18 @@ fn ipv4_single_stack_service_builds_exact_service_ports() {
 fn ipv4_single_stack_service_plans_only_ipv4_frontends() {
     let snapshot = load("ipv4-single-stack.yaml");
     let ports = ports(&snapshot, "web");
-    let http = plan::frontends::<Ipv4Addr>(&ports[0]);
+    let http = frontends::<Ipv4Addr>(&ports[0]);
     assert_eq!(
         http,
         vec![(
-            Frontend {
-                address: v4("10.96.12.34"),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
+            Frontend::new(v4("10.96.12.34"), 80, Protocol::Tcp),
             cluster_ip_entry(vec![
                 active(v4("10.244.1.5"), 8080, Protocol::Tcp),
                 active(v4("10.244.2.7"), 8080, Protocol::Tcp),
             ]),
         )]
     );
-    let dns = plan::frontends::<Ipv4Addr>(&ports[1]);
+    let dns = frontends::<Ipv4Addr>(&ports[1]);
     assert_eq!(
         dns[0].1.backends,
         vec![
@@ -218,7 +250,7 @@ fn ipv4_single_stack_service_plans_only_ipv4_frontends() {
     );
     for port in &ports {
         assert!(
-            plan::frontends::<Ipv6Addr>(port).is_empty(),
+            frontends::<Ipv6Addr>(port).is_empty(),
             "{}: an IPv4-only Service has no IPv6 frontend",
             port.name
         );
@@ -231,78 +263,89 @@ fn ipv6_single_stack_service_builds_exact_service_ports_and_plan() {
     let ports = ports(&snapshot, "api");
     assert_eq!(
         ports,
-        vec![ServicePort {
-            name: port_name("default", "api", "https", Protocol::Tcp),
-            port: 443,
-            protocol: Protocol::Tcp,
-            cluster_ips: vec![ip("fd00:10:96::a1")],
-            endpoints: vec![
+        vec![service_port(
+            port_name("default", "api", "https", Protocol::Tcp),
+            "fd00:10:96::a1",
+            443,
+            vec![
                 endpoint("fd00:10:244:1::5", 8443, "node-a"),
                 endpoint("fd00:10:244:2::7", 8443, "node-b"),
             ],
-        }]
+        )]
     );
     assert_eq!(
-        plan::frontends::<Ipv6Addr>(&ports[0]),
+        frontends::<Ipv6Addr>(&ports[0]),
         vec![(
-            Frontend {
-                address: v6("fd00:10:96::a1"),
-                port: 443,
-                protocol: Protocol::Tcp,
-            },
+            Frontend::new(v6("fd00:10:96::a1"), 443, Protocol::Tcp),
             cluster_ip_entry(vec![
                 active(v6("fd00:10:244:1::5"), 8443, Protocol::Tcp),
                 active(v6("fd00:10:244:2::7"), 8443, Protocol::Tcp),
             ]),
         )]
     );
-    assert!(plan::frontends::<Ipv4Addr>(&ports[0]).is_empty());
+    assert!(frontends::<Ipv4Addr>(&ports[0]).is_empty());
 }
 
 #[test]
 fn dual_stack_service_serves_both_cluster_ips_each_with_its_own_family() {
     let snapshot = load("dual-stack-list.yaml");
     let ports = ports(&snapshot, "demo");
-    let both = vec![ip("10.96.0.10"), ip("fd00:10:96::10")];
+    let http = port_name("default", "demo", "http", Protocol::Tcp);
+    let echo = port_name("default", "demo", "echo", Protocol::Udp);
+    // One service port per port and family, each with its own family's endpoints only.
     assert_eq!(
         ports,
         vec![
-            ServicePort {
-                name: port_name("default", "demo", "http", Protocol::Tcp),
-                port: 80,
-                protocol: Protocol::Tcp,
-                cluster_ips: both.clone(),
-                endpoints: vec![
+            service_port(
+                http.clone(),
+                "10.96.0.10",
+                80,
+                vec![
                     endpoint("10.244.2.2", 8080, "node-a"),
                     endpoint("10.244.3.2", 8080, "node-b"),
+                ],
+            ),
+            service_port(
+                http,
+                "fd00:10:96::10",
+                80,
+                vec![
                     endpoint("fd00:10:244:2::2", 8080, "node-a"),
                     endpoint("fd00:10:244:3::2", 8080, "node-b"),
                 ],
-            },
-            ServicePort {
-                name: port_name("default", "demo", "echo", Protocol::Udp),
-                port: 5353,
-                protocol: Protocol::Udp,
-                cluster_ips: both,
-                endpoints: vec![
+            ),
+            service_port(
+                echo.clone(),
+                "10.96.0.10",
+                5353,
+                vec![
                     endpoint("10.244.2.2", 5353, "node-a"),
                     endpoint("10.244.3.2", 5353, "node-b"),
+                ],
+            ),
+            service_port(
+                echo,
+                "fd00:10:96::10",
+                5353,
+                vec![
                     endpoint("fd00:10:244:2::2", 5353, "node-a"),
                     endpoint("fd00:10:244:3::2", 5353, "node-b"),
                 ],
-            },
+            ),
         ]
     );
+    for port in &ports {
+        match port.family {
+            Family::V4 => assert!(frontends::<Ipv6Addr>(port).is_empty()),
+            Family::V6 => assert!(frontends::<Ipv4Addr>(port).is_empty()),
+        }
+    }
 
     // Each family's proxier sees its own cluster IP and only its own family's pods.
     assert_eq!(
-        plan::frontends::<Ipv4Addr>(&ports[0]),
+        frontends::<Ipv4Addr>(&ports[0]),
         vec![(
-            Frontend {
-                address: v4("10.96.0.10"),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
+            Frontend::new(v4("10.96.0.10"), 80, Protocol::Tcp),
             cluster_ip_entry(vec![
                 active(v4("10.244.2.2"), 8080, Protocol::Tcp),
                 active(v4("10.244.3.2"), 8080, Protocol::Tcp),
@@ -310,13 +353,9 @@ fn dual_stack_service_serves_both_cluster_ips_each_with_its_own_family() {
         )]
     );
     assert_eq!(
-        plan::frontends::<Ipv6Addr>(&ports[1]),
+        frontends::<Ipv6Addr>(&ports[3]),
         vec![(
-            Frontend {
-                address: v6("fd00:10:96::10"),
-                port: 5353,
-                protocol: Protocol::Udp,
-            },
+            Frontend::new(v6("fd00:10:96::10"), 5353, Protocol::Udp),
             cluster_ip_entry(vec![
                 active(v6("fd00:10:244:2::2"), 5353, Protocol::Udp),
                 active(v6("fd00:10:244:3::2"), 5353, Protocol::Udp),
@@ -339,7 +378,7 @@ fn named_target_port_resolves_through_the_endpoint_slice_port_name() {
 
     // Service port "http" 80 → slice port "http" 8080: clients dial 80, pods get 8080.
     let ports = ports(&snapshot, "demo");
-    let (frontend, entry) = &plan::frontends::<Ipv4Addr>(&ports[0])[0];
+    let (frontend, entry) = &frontends::<Ipv4Addr>(&ports[0])[0];
     assert_eq!(frontend.port, 80);
     assert!(
         entry.backends.iter().all(|b| b.port == 8080),
@@ -358,7 +397,9 @@ fn named_target_port_resolves_through_the_endpoint_slice_port_name() {
     }
     let ports = self::ports(&renamed, "demo");
     assert!(ports[0].endpoints.is_empty(), "{:?}", ports[0].endpoints);
-    assert_eq!(ports[1].endpoints.len(), 4, "port \"echo\" still matches");
+    assert!(ports[1].endpoints.is_empty(), "{:?}", ports[1].endpoints);
+    assert_eq!(ports[2].endpoints.len(), 2, "port \"echo\" still matches");
+    assert_eq!(ports[3].endpoints.len(), 2, "port \"echo\" still matches");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,13 +431,9 @@ fn not_ready_endpoints_stay_in_the_model_but_are_left_out_of_the_plan() {
         ]
     );
     assert_eq!(
-        plan::frontends::<Ipv4Addr>(&ports[0]),
+        frontends::<Ipv4Addr>(&ports[0]),
         vec![(
-            Frontend {
-                address: v4("10.96.40.5"),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            },
+            Frontend::new(v4("10.96.40.5"), 8080, Protocol::Tcp),
             cluster_ip_entry(vec![
                 active(v4("10.244.1.20"), 8080, Protocol::Tcp),
                 active(v4("10.244.3.22"), 8080, Protocol::Tcp),
@@ -435,7 +472,7 @@ fn terminating_serving_endpoints_are_the_fallback_only_when_none_is_ready() {
         state: BackendState::Terminating,
     };
     assert_eq!(
-        plan::frontends::<Ipv4Addr>(&ports[0])[0].1.backends,
+        frontends::<Ipv4Addr>(&ports[0])[0].1.backends,
         vec![fallback("10.244.1.30"), fallback("10.244.3.32")]
     );
 
@@ -452,7 +489,7 @@ fn terminating_serving_endpoints_are_the_fallback_only_when_none_is_ready() {
     conditions.terminating = Some(false);
     let ports = self::ports(&recovered, "cart");
     assert_eq!(
-        plan::frontends::<Ipv4Addr>(&ports[0])[0].1.backends,
+        frontends::<Ipv4Addr>(&ports[0])[0].1.backends,
         vec![active(v4("10.244.2.31"), 50051, Protocol::Tcp)]
     );
 }
@@ -494,7 +531,7 @@ fn headless_external_name_and_other_proxy_services_are_ignored() {
         .remove(model::SERVICE_PROXY_NAME_LABEL);
     let ports = ports(&unlabelled, "mesh-gateway");
     assert_eq!(ports.len(), 1);
-    assert_eq!(ports[0].cluster_ips, vec![ip("10.96.50.7")]);
+    assert_eq!(ports[0].cluster_ip, ip("10.96.50.7"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,25 +582,24 @@ fn json_list_parses_and_keeps_the_cluster_ip_order() {
         ..endpoint(address, 9091, "node-d")
     };
     let ports = ports(&snapshot, "prometheus");
+    let web = port_name("monitoring", "prometheus", "web", Protocol::Tcp);
     assert_eq!(
         ports,
-        vec![ServicePort {
-            name: port_name("monitoring", "prometheus", "web", Protocol::Tcp),
-            port: 9090,
-            protocol: Protocol::Tcp,
+        vec![
             // spec.clusterIPs order: IPv6 is this Service's primary family.
-            cluster_ips: vec![ip("fd00:10:96::9090"), ip("10.96.90.90")],
-            endpoints: vec![zoned("10.244.4.19"), zoned("fd00:10:244:4::19")],
-        }]
+            service_port(
+                web.clone(),
+                "fd00:10:96::9090",
+                9090,
+                vec![zoned("fd00:10:244:4::19")]
+            ),
+            service_port(web, "10.96.90.90", 9090, vec![zoned("10.244.4.19")]),
+        ]
     );
     assert_eq!(
-        plan::frontends::<Ipv4Addr>(&ports[0]),
+        frontends::<Ipv4Addr>(&ports[1]),
         vec![(
-            Frontend {
-                address: v4("10.96.90.90"),
-                port: 9090,
-                protocol: Protocol::Tcp,
-            },
+            Frontend::new(v4("10.96.90.90"), 9090, Protocol::Tcp),
             cluster_ip_entry(vec![active(v4("10.244.4.19"), 9091, Protocol::Tcp)]),
         )]
     );
@@ -663,23 +699,6 @@ fn invalid_services_are_rejected_with_the_error_naming_their_fault() {
     }
 }
 
-/// What a packet would see: every visible frontend (slot 0) with the backends its slots name.
-fn served<A: Address>(maps: &MemoryMaps<A>) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
-    maps.services
-        .iter()
-        .filter(|((_, slot), _)| *slot == 0)
-        .map(|((frontend, _), head)| {
-            let backends = (1..=head.count)
-                .map(|s| {
-                    let slot = maps.services[&(*frontend, s)];
-                    maps.backends[&slot.backend_id]
-                })
-                .collect();
-            (*frontend, backends)
-        })
-        .collect()
-}
-
 #[test]
 fn bad_service_beside_a_good_one_does_not_stop_it_being_programmed() {
     let snapshot = manifests::read_dir(&fixtures().join("cluster")).expect("fixture directory");
@@ -698,41 +717,30 @@ fn bad_service_beside_a_good_one_does_not_stop_it_being_programmed() {
         Err(ServiceError::InvalidClusterIp(_))
     ));
 
-    let memory4: SharedMemoryMaps<Ipv4Addr> = Arc::new(Mutex::new(MemoryMaps::default()));
-    let maps4 = memory4.clone();
-    let memory6: SharedMemoryMaps<Ipv6Addr> = Arc::new(Mutex::new(MemoryMaps::default()));
-    let maps6 = memory6.clone();
-    let mut dataplane = Dataplane {
-        v4: Some(Proxier::new(Box::new(maps4)).expect("empty IPv4 maps")),
-        v6: Some(Proxier::new(Box::new(maps6)).expect("empty IPv6 maps")),
-    };
-    let mut tracker = Tracker::default();
-    tracker.replace(snapshot.services, snapshot.slices);
-    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 2);
-    assert!(dataplane.reconcile().is_empty());
+    let (meta, memory4, memory6) = MetaProxier::in_memory("node-a", vec![Family::V4, Family::V6]);
+    let mut syncer = Syncer::new(meta, "node-a", Duration::ZERO);
+    for event in snapshot.into_events() {
+        syncer.handle(event);
+    }
+    assert!(syncer.ready());
+    assert_eq!(syncer.sync(), 2);
+    assert_eq!(syncer.counters.invalid, 1, "the broken Service is counted");
+    syncer.reconcile();
 
     let memory4 = memory4.lock().unwrap();
     let memory6 = memory6.lock().unwrap();
     assert_eq!(
-        served(&memory4),
+        memory4.served(),
         BTreeMap::from([(
-            Frontend {
-                address: v4("10.96.70.1"),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
+            Frontend::new(v4("10.96.70.1"), 80, Protocol::Tcp),
             vec![active(v4("10.244.5.10"), 8080, Protocol::Tcp)],
         )])
     );
     // broken's IPv6 cluster IP is valid on its own, but the Service is skipped as a whole.
     assert_eq!(
-        served(&memory6),
+        memory6.served(),
         BTreeMap::from([(
-            Frontend {
-                address: v6("fd00:10:96::7001"),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
+            Frontend::new(v6("fd00:10:96::7001"), 80, Protocol::Tcp),
             vec![active(v6("fd00:10:244:5::10"), 8080, Protocol::Tcp)],
         )])
     );
@@ -740,4 +748,256 @@ fn bad_service_beside_a_good_one_does_not_stop_it_being_programmed() {
     assert_eq!(memory6.backends.len(), 1);
     assert!(memory4.violations.is_empty(), "{:#?}", memory4.violations);
     assert!(memory6.violations.is_empty(), "{:#?}", memory6.violations);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every frontend kind, policies, topology
+
+fn net(text: &str) -> ipnet::IpNet {
+    text.parse().expect("CIDR literal")
+}
+
+#[test]
+fn every_frontend_kind_is_read_per_family_skipping_wrong_family_and_bad_addresses() {
+    let snapshot = load("every-frontend.yaml");
+    let Ok(Built::Ports { ports, warnings }) = build(&snapshot, "shop") else {
+        panic!("shop must build");
+    };
+    let http = port_name("web", "shop", "http", Protocol::Tcp);
+    let shared = |cluster_ip: &str, endpoints| ServicePort {
+        node_port: Some(30080),
+        external_policy: TrafficPolicy::Local,
+        health_check_node_port: Some(32000),
+        affinity_timeout: Some(600),
+        ..service_port(http.clone(), cluster_ip, 80, endpoints)
+    };
+    assert_eq!(
+        ports,
+        vec![
+            ServicePort {
+                external_ips: vec![ip("192.0.2.10")],
+                // ipMode: Proxy and a hostname-only ingress are not VIPs we serve.
+                load_balancer_ips: vec![ip("203.0.113.5")],
+                source_ranges: vec![net("198.51.100.0/24")],
+                ..shared(
+                    "10.96.7.7",
+                    vec![
+                        endpoint("10.244.1.5", 8080, "node-a"),
+                        endpoint("10.244.2.5", 8080, "node-b"),
+                    ],
+                )
+            },
+            ServicePort {
+                external_ips: vec![ip("2001:db8::10")],
+                load_balancer_ips: vec![ip("2001:db8::5")],
+                source_ranges: vec![net("2001:db8:1::/48")],
+                ..shared(
+                    "fd00:10:96::707",
+                    vec![endpoint("fd00:10:244:2::5", 8080, "node-b")],
+                )
+            },
+        ]
+    );
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("not-an-ip"), "{warnings:?}");
+    assert!(warnings[1].contains("10.0.0.0/33"), "{warnings:?}");
+}
+
+#[test]
+fn a_wrong_family_external_ip_is_skipped_with_a_warning_and_the_rest_is_served() {
+    let mut snapshot = load("ipv4-single-stack.yaml");
+    let spec = snapshot.services[0].spec.as_mut().unwrap();
+    spec.external_ips = Some(vec!["192.0.2.1".into(), "2001:db8::1".into()]);
+    let Ok(Built::Ports { ports, warnings }) = build(&snapshot, "web") else {
+        panic!("web must build");
+    };
+    assert_eq!(ports.len(), 2, "both ports, IPv4 only");
+    assert!(ports.iter().all(|p| p.external_ips == [ip("192.0.2.1")]));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("2001:db8::1") && warnings[0].contains("no IPv6 cluster IP"),
+        "{warnings:?}"
+    );
+}
+
+/// With `externalTrafficPolicy: Local`, each external frontend gets an external entry of this
+/// node's endpoints (none: dropped) and an internal twin of all of them for in-cluster clients;
+/// the cluster IP follows the internal policy alone.
+#[test]
+fn the_plan_gives_every_external_frontend_a_local_entry_and_an_internal_twin() {
+    let snapshot = load("every-frontend.yaml");
+    let ports = ports_allowing_warnings(&snapshot, "shop");
+    let node = NodeContext {
+        name: "node-a".into(),
+        zone: None,
+        addresses: vec![ip("192.168.1.10"), ip("fd00:1::10")],
+        nodeport_addresses: vec![ip("192.168.1.10"), ip("fd00:1::10")],
+    };
+    let pod = |a: &str| active(v4(a), 8080, Protocol::Tcp);
+    let entry = |kind, backends, local, two_scopes| ServiceEntry {
+        kind,
+        backends,
+        local,
+        two_scopes,
+        affinity_timeout: Some(600),
+    };
+    let all = || vec![pod("10.244.1.5"), pod("10.244.2.5")];
+    let local = || vec![pod("10.244.1.5")];
+    let mut expected = vec![(
+        Frontend::new(v4("10.96.7.7"), 80, Protocol::Tcp),
+        entry(FrontendKind::ClusterIp, all(), false, false),
+    )];
+    for (kind, address, port) in [
+        (FrontendKind::NodePort, "192.168.1.10", 30080),
+        (FrontendKind::ExternalIp, "192.0.2.10", 80),
+        (FrontendKind::LoadBalancer, "203.0.113.5", 80),
+    ] {
+        let frontend = Frontend::new(v4(address), port, Protocol::Tcp);
+        expected.push((frontend, entry(kind, local(), true, true)));
+        expected.push((
+            Frontend {
+                scope: Scope::Internal,
+                ..frontend
+            },
+            entry(kind, all(), false, false),
+        ));
+    }
+    assert_eq!(plan::frontends::<Ipv4Addr>(&ports[0], &node), expected);
+
+    // IPv6: node-a has no IPv6 endpoint, so the external entries are empty (drop) while
+    // pods still reach the remote one through the internal twins.
+    let v6_plan = plan::frontends::<Ipv6Addr>(&ports[1], &node);
+    assert_eq!(v6_plan.len(), 7);
+    for (frontend, entry) in &v6_plan {
+        match (entry.kind, frontend.scope) {
+            (FrontendKind::ClusterIp, _) | (_, Scope::Internal) => assert_eq!(
+                entry.backends,
+                vec![active(v6("fd00:10:244:2::5"), 8080, Protocol::Tcp)],
+                "{frontend}"
+            ),
+            (_, Scope::External) => {
+                assert!(entry.backends.is_empty() && entry.local, "{frontend}")
+            }
+        }
+    }
+}
+
+fn ports_allowing_warnings(snapshot: &Snapshot, name: &str) -> Vec<ServicePort> {
+    match build(snapshot, name) {
+        Ok(Built::Ports { ports, .. }) => ports,
+        other => panic!("{name}: expected service ports, got {other:?}"),
+    }
+}
+
+#[test]
+fn internal_traffic_policy_local_uses_this_nodes_endpoints_only() {
+    let mut snapshot = load("ipv4-single-stack.yaml");
+    let spec = snapshot.services[0].spec.as_mut().unwrap();
+    spec.internal_traffic_policy = Some("Local".into());
+    let ports = ports(&snapshot, "web");
+    assert_eq!(ports[0].internal_policy, TrafficPolicy::Local);
+    let entries = frontends::<Ipv4Addr>(&ports[0]);
+    assert_eq!(entries.len(), 1);
+    let (_, entry) = &entries[0];
+    assert!(entry.local);
+    assert_eq!(
+        entry.backends,
+        vec![active(v4("10.244.1.5"), 8080, Protocol::Tcp)],
+        "node-a's endpoint only"
+    );
+    // On a node with none of them, the entry is empty and local: traffic is dropped.
+    let elsewhere = NodeContext {
+        name: "node-z".into(),
+        ..NodeContext::default()
+    };
+    let entries = plan::frontends::<Ipv4Addr>(&ports[0], &elsewhere);
+    assert!(entries[0].1.backends.is_empty() && entries[0].1.local);
+}
+
+#[test]
+fn topology_hints_narrow_the_cluster_endpoints_as_kube_proxy_does() {
+    let snapshot = load("topology.yaml");
+    let ports = ports(&snapshot, "catalog");
+    let port = &ports[0];
+    let at = |name: &str, zone: Option<&str>| NodeContext {
+        name: name.into(),
+        zone: zone.map(Into::into),
+        ..NodeContext::default()
+    };
+    let addresses = |node: &NodeContext| -> Vec<String> {
+        plan::categorize(port, node)
+            .cluster
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect()
+    };
+    // Every ready endpoint has node hints and one names node-a: same node.
+    assert_eq!(addresses(&at("node-a", Some("zone-a"))), ["10.244.1.8"]);
+    // No node hint names node-d: its zone's hints apply.
+    assert_eq!(
+        addresses(&at("node-d", Some("zone-a"))),
+        ["10.244.1.8", "10.244.2.8"]
+    );
+    // No hint names the zone (or the node has none): every ready endpoint.
+    let all = ["10.244.1.8", "10.244.2.8", "10.244.3.8"];
+    assert_eq!(addresses(&at("node-e", Some("zone-c"))), all);
+    assert_eq!(addresses(&at("node-e", None)), all);
+
+    // One ready endpoint without hints: hints are ignored altogether.
+    let mut unhinted = snapshot.clone();
+    unhinted.slices[0].endpoints[2].hints = None;
+    let ports = self::ports(&unhinted, "catalog");
+    let categorized = plan::categorize(&ports[0], &at("node-a", Some("zone-a")));
+    assert_eq!(categorized.cluster.len(), 3);
+    // The local set is independent of hints: node-a's ready endpoint.
+    assert_eq!(categorized.local.len(), 1);
+
+    // Nothing ready: the serving-and-terminating fallback ignores topology.
+    let mut draining = snapshot.clone();
+    for endpoint in &mut draining.slices[0].endpoints[..3] {
+        let conditions = endpoint.conditions.as_mut().unwrap();
+        conditions.ready = Some(false);
+        conditions.serving = Some(false);
+    }
+    let ports = self::ports(&draining, "catalog");
+    let categorized = plan::categorize(&ports[0], &at("node-c", Some("zone-b")));
+    let fallback: Vec<String> = categorized
+        .cluster
+        .iter()
+        .map(|e| e.address.to_string())
+        .collect();
+    assert_eq!(fallback, ["10.244.4.8"]);
+    assert!(
+        categorized.local.is_empty(),
+        "node-c has no serving endpoint"
+    );
+}
+
+#[test]
+fn a_status_only_change_is_a_change_and_an_annotation_only_change_is_not() {
+    let snapshot = load("every-frontend.yaml");
+    let mut tracker = proxy_userspace::tracker::Tracker::default();
+    tracker.upsert_service(snapshot.services[0].clone());
+    tracker.take_changed();
+
+    let mut annotated = snapshot.services[0].clone();
+    annotated
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("example.com/owner".into(), "team-a".into());
+    tracker.upsert_service(annotated);
+    assert!(!tracker.has_changes(), "annotations do not change the plan");
+
+    let mut moved = snapshot.services[0].clone();
+    let ingress = moved
+        .status
+        .as_mut()
+        .unwrap()
+        .load_balancer
+        .as_mut()
+        .unwrap();
+    ingress.ingress.as_mut().unwrap()[0].ip = Some("203.0.113.99".into());
+    tracker.upsert_service(moved);
+    assert!(tracker.has_changes(), "a new load balancer IP is a change");
 }

@@ -1,21 +1,27 @@
 //! Layer-1 tests of change tracking: which Services a change makes dirty, and that a change
-//! undone before the next sync costs no map write. Programming goes through the real sync path
-//! (`agent::sync` → `Dataplane` → `Proxier` → `Writer`) over the in-memory twin of the maps.
+//! undone before the next sync costs no map write. Programming goes through the agent's own
+//! sync path (events → `Syncer` → `MetaProxier` → `Proxier` → `Writer`) over the in-memory twin
+//! of the maps.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, Ipv6Addr},
     path::Path,
-    sync::{Arc, Mutex},
+    time::Duration,
 };
 
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
 use proxy_userspace::{
-    agent,
-    family::Address,
-    maps::{memory::MemoryMaps, writer::WriterStats},
-    model::{Built, Protocol, SERVICE_NAME_LABEL, ServiceName},
+    family::Family,
+    maps::{
+        SlotKey,
+        memory::{Op, SharedMemoryMaps},
+    },
+    model::{Built, Protocol, SERVICE_NAME_LABEL, ServiceName, SliceEntry},
     plan::{Backend, Frontend},
-    proxier::{Dataplane, Proxier},
-    source::{Snapshot, manifests},
+    proxier::MetaProxier,
+    source::{Kind, Object, Snapshot, SourceEvent, manifests},
+    sync::Syncer,
     tracker::Tracker,
 };
 
@@ -38,67 +44,101 @@ fn name(namespace: &str, name: &str) -> ServiceName {
     }
 }
 
-type Shared<A> = Arc<Mutex<MemoryMaps<A>>>;
-
-/// A dual-stack dataplane over empty in-memory maps, and handles to look into them.
-fn dataplane() -> (Dataplane, Shared<Ipv4Addr>, Shared<Ipv6Addr>) {
-    let memory4: Shared<Ipv4Addr> = Arc::default();
-    let memory6: Shared<Ipv6Addr> = Arc::default();
-    let dataplane = Dataplane {
-        v4: Some(Proxier::new(Box::new(memory4.clone())).expect("IPv4 maps")),
-        v6: Some(Proxier::new(Box::new(memory6.clone())).expect("IPv6 maps")),
-    };
-    (dataplane, memory4, memory6)
+fn entries(slices: &[EndpointSlice]) -> Vec<SliceEntry> {
+    slices.iter().filter_map(SliceEntry::from_slice).collect()
 }
 
-fn stats(dataplane: &Dataplane) -> [WriterStats; 2] {
-    [
-        dataplane.v4.as_ref().unwrap().stats(),
-        dataplane.v6.as_ref().unwrap().stats(),
-    ]
+/// The agent's sync path (events → Syncer → MetaProxier → Proxier → Writer) over the in-memory
+/// twins of a dual-stack node's maps.
+struct Harness {
+    syncer: Syncer,
+    memory4: SharedMemoryMaps<Ipv4Addr>,
+    memory6: SharedMemoryMaps<Ipv6Addr>,
 }
 
-fn op_counts(memory4: &Shared<Ipv4Addr>, memory6: &Shared<Ipv6Addr>) -> [usize; 2] {
-    [
-        memory4.lock().unwrap().ops.len(),
-        memory6.lock().unwrap().ops.len(),
-    ]
+impl Harness {
+    fn new() -> Self {
+        let (meta, memory4, memory6) =
+            MetaProxier::in_memory("node-a", vec![Family::V4, Family::V6]);
+        Self {
+            syncer: Syncer::new(meta, "node-a", Duration::ZERO),
+            memory4,
+            memory6,
+        }
+    }
+
+    /// Complete lists of Services and EndpointSlices, as a source delivers them.
+    fn replace(&mut self, services: Vec<Service>, slices: Vec<EndpointSlice>) {
+        self.syncer.handle(SourceEvent::Replace(
+            Kind::Service,
+            services.into_iter().map(Object::service).collect(),
+        ));
+        self.syncer.handle(SourceEvent::Replace(
+            Kind::EndpointSlice,
+            slices
+                .into_iter()
+                .filter_map(Object::endpoint_slice)
+                .collect(),
+        ));
+    }
+
+    fn apply_service(&mut self, service: Service) {
+        self.syncer
+            .handle(SourceEvent::Apply(Object::service(service)));
+    }
+
+    fn apply_slice(&mut self, slice: EndpointSlice) {
+        self.syncer.handle(SourceEvent::Apply(
+            Object::endpoint_slice(slice).expect("named"),
+        ));
+    }
+
+    fn sync(&mut self) -> usize {
+        self.syncer.sync()
+    }
+
+    /// Map operations so far, per family.
+    fn ops(&self) -> (Vec<Op<Ipv4Addr>>, Vec<Op<Ipv6Addr>>) {
+        (
+            self.memory4.lock().unwrap().ops.clone(),
+            self.memory6.lock().unwrap().ops.clone(),
+        )
+    }
 }
 
-/// What a packet would see: every visible frontend (slot 0) with the backends its slots name.
-fn served<A: Address>(maps: &Shared<A>) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
+/// Slot-0 writes and deletes (frontends written, removed) among `ops`.
+fn heads<A>(ops: &[Op<A>]) -> (usize, usize) {
+    let written = ops
+        .iter()
+        .filter(|op| matches!(op, Op::PutService(_, 0)))
+        .count();
+    let deleted = ops
+        .iter()
+        .filter(|op| matches!(op, Op::DeleteService(_, 0)))
+        .count();
+    (written, deleted)
+}
+
+/// What a packet would see, after checking no operation ever showed half a service.
+fn served<A: proxy_userspace::family::Address>(
+    maps: &SharedMemoryMaps<A>,
+) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
     let maps = maps.lock().unwrap();
     assert!(maps.violations.is_empty(), "{:#?}", maps.violations);
-    maps.services
-        .iter()
-        .filter(|((_, slot), _)| *slot == 0)
-        .map(|((frontend, _), head)| {
-            let backends = (1..=head.count)
-                .map(|s| maps.backends[&maps.services[&(*frontend, s)].backend_id])
-                .collect();
-            (*frontend, backends)
-        })
-        .collect()
+    maps.served()
 }
 
-/// The dual-stack `demo` Service, programmed: the tracker is clean afterwards.
-fn programmed_demo() -> (
-    Snapshot,
-    Tracker,
-    Dataplane,
-    Shared<Ipv4Addr>,
-    Shared<Ipv6Addr>,
-) {
+/// The dual-stack `demo` Service, programmed: nothing is pending afterwards.
+fn programmed_demo() -> (Snapshot, Harness) {
     let snapshot = load("dual-stack-list.yaml");
-    let mut tracker = Tracker::default();
-    tracker.replace(snapshot.services.clone(), snapshot.slices.clone());
-    let (mut dataplane, memory4, memory6) = dataplane();
-    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 1);
-    assert!(!tracker.has_changes());
-    for s in stats(&dataplane) {
-        assert_eq!(s.frontends_written, 2, "ports http and echo: {s:?}");
-    }
-    (snapshot, tracker, dataplane, memory4, memory6)
+    let mut harness = Harness::new();
+    harness.replace(snapshot.services.clone(), snapshot.slices.clone());
+    assert_eq!(harness.sync(), 1);
+    assert!(!harness.syncer.has_changes());
+    let (ops4, ops6) = harness.ops();
+    assert_eq!(heads(&ops4), (2, 0), "ports http and echo");
+    assert_eq!(heads(&ops6), (2, 0), "ports http and echo");
+    (snapshot, harness)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -106,29 +146,26 @@ fn programmed_demo() -> (
 
 #[test]
 fn service_changed_and_reverted_before_a_sync_writes_nothing() {
-    let (snapshot, mut tracker, mut dataplane, memory4, memory6) = programmed_demo();
-    let before = stats(&dataplane);
-    let ops = op_counts(&memory4, &memory6);
+    let (snapshot, mut harness) = programmed_demo();
+    let before = harness.ops();
 
     let original = snapshot.services[0].clone();
     let mut changed = original.clone();
     changed.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 8000;
-    tracker.upsert_service(changed.clone());
-    tracker.upsert_service(original);
-    agent::sync(&mut tracker, &mut dataplane);
-    assert_eq!(stats(&dataplane), before, "a flap must not touch the maps");
-    assert_eq!(op_counts(&memory4, &memory6), ops);
-    assert!(!tracker.has_changes());
+    harness.apply_service(changed.clone());
+    harness.apply_service(original);
+    harness.sync();
+    assert_eq!(harness.ops(), before, "a flap must not touch the maps");
+    assert!(!harness.syncer.has_changes());
 
     // The change on its own is written (so the comparison above can see a write).
-    tracker.upsert_service(changed);
-    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 1);
-    for (after, before) in stats(&dataplane).into_iter().zip(before) {
-        assert_eq!(after.frontends_written, before.frontends_written + 1);
-        assert_eq!(after.frontends_deleted, before.frontends_deleted + 1);
-    }
+    harness.apply_service(changed);
+    assert_eq!(harness.sync(), 1);
+    let (ops4, ops6) = harness.ops();
+    assert_eq!(heads(&ops4[before.0.len()..]), (1, 1), "port 80 → 8000");
+    assert_eq!(heads(&ops6[before.1.len()..]), (1, 1), "port 80 → 8000");
     assert!(
-        served(&memory4)
+        served(&harness.memory4)
             .keys()
             .any(|f| f.port == 8000 && f.protocol == Protocol::Tcp)
     );
@@ -136,9 +173,8 @@ fn service_changed_and_reverted_before_a_sync_writes_nothing() {
 
 #[test]
 fn endpoint_slice_changed_and_reverted_before_a_sync_writes_nothing() {
-    let (snapshot, mut tracker, mut dataplane, memory4, memory6) = programmed_demo();
-    let before = stats(&dataplane);
-    let ops = op_counts(&memory4, &memory6);
+    let (snapshot, mut harness) = programmed_demo();
+    let before = harness.ops();
 
     let original = snapshot
         .slices
@@ -150,19 +186,18 @@ fn endpoint_slice_changed_and_reverted_before_a_sync_writes_nothing() {
     let conditions = not_ready.endpoints[0].conditions.as_mut().unwrap();
     conditions.ready = Some(false);
     conditions.serving = Some(false);
-    tracker.upsert_slice(not_ready.clone());
-    tracker.upsert_slice(original);
-    agent::sync(&mut tracker, &mut dataplane);
-    assert_eq!(stats(&dataplane), before, "a flap must not touch the maps");
-    assert_eq!(op_counts(&memory4, &memory6), ops);
+    harness.apply_slice(not_ready.clone());
+    harness.apply_slice(original);
+    harness.sync();
+    assert_eq!(harness.ops(), before, "a flap must not touch the maps");
 
     // The change on its own drops the pod from both IPv4 frontends, and touches no IPv6 map.
-    tracker.upsert_slice(not_ready);
-    agent::sync(&mut tracker, &mut dataplane);
-    let [v4, v6] = stats(&dataplane);
-    assert_eq!(v4.frontends_written, before[0].frontends_written + 2);
-    assert_eq!(v6, before[1]);
-    for backends in served(&memory4).values() {
+    harness.apply_slice(not_ready);
+    harness.sync();
+    let (ops4, ops6) = harness.ops();
+    assert_eq!(heads(&ops4[before.0.len()..]), (2, 0));
+    assert_eq!(ops6, before.1);
+    for backends in served(&harness.memory4).values() {
         assert_eq!(backends.len(), 1, "{backends:?}");
         assert_eq!(backends[0].address, Ipv4Addr::new(10, 244, 3, 2));
     }
@@ -175,35 +210,37 @@ fn endpoint_slice_changed_and_reverted_before_a_sync_writes_nothing() {
 fn deleting_an_endpoint_slice_makes_its_service_dirty() {
     let snapshot = load("ipv4-single-stack.yaml");
     let mut tracker = Tracker::default();
-    tracker.replace(snapshot.services.clone(), snapshot.slices.clone());
-    let (mut dataplane, memory4, _) = dataplane();
-    agent::sync(&mut tracker, &mut dataplane);
-    assert!(!tracker.has_changes());
-    assert!(served(&memory4).values().all(|b| b.len() == 2));
+    tracker.replace_services(snapshot.services.clone());
+    tracker.replace_slice_entries(entries(&snapshot.slices));
 
     // A slice nobody knows changes nothing.
+    tracker.take_changed();
     tracker.delete_slice(&name("shop", "web-unknown"));
     assert!(!tracker.has_changes());
 
     tracker.delete_slice(&name("shop", "web-7tq9m"));
     assert!(tracker.has_changes());
-    let updates = tracker.drain();
-    assert_eq!(updates.len(), 1, "{updates:?}");
-    let (service, built) = &updates[0];
-    assert_eq!(*service, name("shop", "web"));
-    let ports = match built {
+    let dirty = tracker.take_changed();
+    assert_eq!(dirty, [name("shop", "web")]);
+    let ports = match tracker.build(&dirty[0]) {
         Some(Ok(Built::Ports { ports, warnings })) if warnings.is_empty() => ports,
         other => panic!("expected the Service rebuilt, got {other:?}"),
     };
     assert_eq!(ports.len(), 2);
     assert!(ports.iter().all(|p| p.endpoints.is_empty()), "{ports:?}");
 
-    // Programmed, the frontends stay with no backend (the datapath rejects, not forwards).
-    assert!(dataplane.apply(service, ports).is_empty());
-    let served = served(&memory4);
+    // Through the sync path: the frontends stay, with no backend (the datapath rejects, not
+    // forwards).
+    let mut harness = Harness::new();
+    harness.replace(snapshot.services.clone(), snapshot.slices.clone());
+    harness.sync();
+    assert!(served(&harness.memory4).values().all(|b| b.len() == 2));
+    harness.replace(snapshot.services.clone(), Vec::new());
+    assert_eq!(harness.sync(), 1);
+    let served = served(&harness.memory4);
     assert_eq!(served.len(), 2);
     assert!(served.values().all(Vec::is_empty), "{served:?}");
-    assert!(memory4.lock().unwrap().backends.is_empty());
+    assert!(harness.memory4.lock().unwrap().backends.is_empty());
 }
 
 #[test]
@@ -214,13 +251,15 @@ fn replace_with_the_same_objects_leaves_nothing_dirty() {
     snapshot.slices.extend(web.slices);
 
     let mut tracker = Tracker::default();
-    tracker.replace(snapshot.services.clone(), snapshot.slices.clone());
-    assert_eq!(tracker.service_count(), 2);
-    assert_eq!(tracker.drain().len(), 2);
+    let replace = |tracker: &mut Tracker, services: Vec<Service>, slices: &[EndpointSlice]| {
+        tracker.replace_services(services);
+        tracker.replace_slice_entries(entries(slices));
+    };
+    replace(&mut tracker, snapshot.services.clone(), &snapshot.slices);
+    assert_eq!(tracker.take_changed().len(), 2);
 
-    tracker.replace(snapshot.services.clone(), snapshot.slices.clone());
+    replace(&mut tracker, snapshot.services.clone(), &snapshot.slices);
     assert!(!tracker.has_changes());
-    assert!(tracker.drain().is_empty());
 
     // A relist without one of demo's slices dirties demo, and only demo.
     let without: Vec<_> = snapshot
@@ -229,9 +268,8 @@ fn replace_with_the_same_objects_leaves_nothing_dirty() {
         .filter(|s| s.metadata.name.as_deref() != Some("demo-k9p7w"))
         .cloned()
         .collect();
-    tracker.replace(snapshot.services.clone(), without);
-    let dirty: Vec<_> = tracker.drain().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(dirty, [name("default", "demo")]);
+    replace(&mut tracker, snapshot.services.clone(), &without);
+    assert_eq!(tracker.take_changed(), [name("default", "demo")]);
 
     // A relist without web reports it gone.
     let services: Vec<_> = snapshot
@@ -240,14 +278,14 @@ fn replace_with_the_same_objects_leaves_nothing_dirty() {
         .filter(|s| s.metadata.name.as_deref() != Some("web"))
         .cloned()
         .collect();
-    tracker.replace(services, snapshot.slices.clone());
-    let updates = tracker.drain();
-    let gone: Vec<_> = updates
+    replace(&mut tracker, services, &snapshot.slices);
+    let dirty = tracker.take_changed();
+    let gone: Vec<_> = dirty
         .iter()
-        .filter(|(_, built)| built.is_none())
-        .map(|(n, _)| n.clone())
+        .filter(|n| tracker.build(n).is_none())
+        .cloned()
         .collect();
-    assert_eq!(gone, [name("shop", "web")], "{updates:?}");
+    assert_eq!(gone, [name("shop", "web")], "{dirty:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -256,15 +294,11 @@ fn replace_with_the_same_objects_leaves_nothing_dirty() {
 #[test]
 fn renamed_service_keeps_its_cluster_ip_served() {
     let snapshot = load("ipv4-single-stack.yaml");
-    let mut tracker = Tracker::default();
-    tracker.replace(snapshot.services.clone(), snapshot.slices.clone());
-    let (mut dataplane, memory4, _) = dataplane();
-    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 1);
-    let frontend = |port, protocol| Frontend {
-        address: Ipv4Addr::new(10, 96, 12, 34),
-        port,
-        protocol,
-    };
+    let mut harness = Harness::new();
+    harness.replace(snapshot.services.clone(), snapshot.slices.clone());
+    assert_eq!(harness.sync(), 1);
+    let memory4 = harness.memory4.clone();
+    let frontend = |port, protocol| Frontend::new(Ipv4Addr::new(10, 96, 12, 34), port, protocol);
     let frontends = [frontend(80, Protocol::Tcp), frontend(53, Protocol::Udp)];
     let before = served(&memory4);
     assert_eq!(
@@ -284,10 +318,10 @@ fn renamed_service_keeps_its_cluster_ip_served() {
         .as_mut()
         .unwrap()
         .insert(SERVICE_NAME_LABEL.into(), "api".into());
-    tracker.replace(vec![api], vec![slice]);
+    harness.replace(vec![api], vec![slice]);
     // Both are rebuilt in one sync: `api` (sorted first) claims the frontends, then `web`,
     // gone, must not remove them.
-    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 2);
+    assert_eq!(harness.sync(), 2);
     assert_eq!(
         served(&memory4),
         before,
@@ -295,16 +329,113 @@ fn renamed_service_keeps_its_cluster_ip_served() {
     );
     for f in &frontends {
         assert!(
-            memory4.lock().unwrap().services.contains_key(&(*f, 0)),
+            memory4
+                .lock()
+                .unwrap()
+                .services
+                .contains_key(&SlotKey::new(*f, 0)),
             "{f} is gone"
         );
     }
 
     // The new owner's removal removes them.
-    tracker.replace(Vec::new(), Vec::new());
-    assert_eq!(agent::sync(&mut tracker, &mut dataplane), 1);
+    harness.replace(Vec::new(), Vec::new());
+    assert_eq!(harness.sync(), 1);
     assert!(served(&memory4).is_empty());
     let memory = memory4.lock().unwrap();
     assert!(memory.backends.is_empty(), "{:?}", memory.backends);
     assert!(memory.reverse_nat.is_empty(), "{:?}", memory.reverse_nat);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single-stack nodes
+
+/// A node with `--cluster-cidr` of one family: a dual-stack Service is programmed in that family
+/// only, and the other family's maps see no write at all.
+fn single_stack_node(family: Family) {
+    let snapshot = load("dual-stack-list.yaml");
+    let (meta, memory4, memory6) = MetaProxier::in_memory("node-a", vec![family]);
+    let mut syncer = Syncer::new(meta, "node-a", Duration::ZERO);
+    assert_eq!(syncer.served_families(), [family]);
+    for event in snapshot.into_events() {
+        syncer.handle(event);
+    }
+    assert_eq!(syncer.sync(), 1);
+    syncer.reconcile();
+    let (served4, served6) = (served(&memory4), served(&memory6));
+    let (ops4, ops6) = (
+        memory4.lock().unwrap().ops.len(),
+        memory6.lock().unwrap().ops.len(),
+    );
+    match family {
+        Family::V4 => {
+            assert_eq!(served4.len(), 2, "http and echo on 10.96.0.10");
+            assert!(served4.values().all(|b| b.len() == 2));
+            assert_eq!(ops6, 0, "no IPv6 map was written");
+            assert!(served6.is_empty());
+        }
+        Family::V6 => {
+            assert_eq!(served6.len(), 2, "http and echo on fd00:10:96::10");
+            assert!(served6.values().all(|b| b.len() == 2));
+            assert_eq!(ops4, 0, "no IPv4 map was written");
+            assert!(served4.is_empty());
+        }
+    }
+}
+
+#[test]
+fn an_ipv4_only_node_programs_only_ipv4() {
+    single_stack_node(Family::V4);
+}
+
+#[test]
+fn an_ipv6_only_node_programs_only_ipv6() {
+    single_stack_node(Family::V6);
+}
+
+fn node(addresses: &[&str]) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "node-a"},
+        "status": {"addresses": addresses.iter()
+            .map(|a| serde_json::json!({"type": "InternalIP", "address": a}))
+            .collect::<Vec<_>>()},
+    }))
+    .expect("a Node")
+}
+
+/// An IPv4 `--cluster-cidr`, and a Node that gains, then loses, an IPv6 address: the IPv6
+/// frontends appear with it and are withdrawn with it.
+#[test]
+fn a_family_comes_and_goes_with_the_nodes_addresses() {
+    let snapshot = load("dual-stack-list.yaml");
+    let (meta, memory4, memory6) = MetaProxier::in_memory("node-a", vec![Family::V4]);
+    let mut syncer = Syncer::new(meta, "node-a", Duration::ZERO);
+    for event in snapshot.into_events() {
+        syncer.handle(event);
+    }
+    syncer.sync();
+    assert!(served(&memory6).is_empty());
+
+    syncer.handle(SourceEvent::Apply(Object::Node(node(&[
+        "192.168.1.10",
+        "fd00:1::10",
+    ]))));
+    assert_eq!(syncer.served_families(), [Family::V4, Family::V6]);
+    assert!(syncer.has_changes(), "a new family replans every Service");
+    syncer.sync();
+    assert_eq!(served(&memory6).len(), 2);
+    let ipv4_ops = memory4.lock().unwrap().ops.len();
+
+    syncer.handle(SourceEvent::Apply(Object::Node(node(&["192.168.1.10"]))));
+    assert_eq!(syncer.served_families(), [Family::V4]);
+    assert!(served(&memory6).is_empty(), "withdrawn at once");
+    syncer.sync();
+    assert!(served(&memory6).is_empty());
+    assert_eq!(served(&memory4).len(), 2);
+    assert_eq!(
+        memory4.lock().unwrap().ops.len(),
+        ipv4_ops,
+        "the IPv4 frontends were rewritten for nothing"
+    );
 }

@@ -1,34 +1,79 @@
 //! Layer-1 tests of the map writer over the in-memory twin of the maps: the order of writes,
-//! and the invariant the datapath relies on — a packet never sees half a service. `MemoryMaps`
+//! and the invariant the datapath relies on — a packet never sees half a service. The twin
 //! checks that invariant after every single map operation and records any violation.
 use std::{
-    cell::Cell,
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, Ipv6Addr},
-    rc::Rc,
+    ops::{Deref, DerefMut},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
-use proxy_common::{ServiceValue, service_flags};
+use proxy_common::ServiceValue;
 use proxy_userspace::{
     family::Address,
     maps::{
-        LbMaps, MapError, ReverseNatEntry, ServiceSlot,
-        memory::{MemoryMaps, Op},
+        BoxedTable, LbSnapshot, MapError, SlotKey, Table,
+        codec::{self, Head},
+        memory::{MemoryMaps, Op, SharedMemoryMaps},
         writer::{WriteError, Writer, WriterStats},
     },
     model::Protocol,
-    plan::{Backend, BackendState, Frontend, ServiceEntry},
+    plan::{Backend, BackendState, Frontend, FrontendKind, ServiceEntry},
 };
 
-type Maps4 = MemoryMaps<Ipv4Addr>;
-type Writer4 = Writer<Ipv4Addr, Maps4>;
+/// A writer over a twin the test can look into.
+struct Twin<A> {
+    writer: Writer<A>,
+    shared: SharedMemoryMaps<A>,
+}
+
+impl<A: Address> Twin<A> {
+    fn new() -> Self {
+        Self::holding(MemoryMaps::default())
+    }
+
+    /// A writer restored from `maps` (as from pins).
+    fn holding(maps: MemoryMaps<A>) -> Self {
+        let shared = maps.shared();
+        let writer = Writer::restore(MemoryMaps::tables(&shared)).expect("restore");
+        Self { writer, shared }
+    }
+
+    /// The twin's state now: its maps, operation log and violations.
+    fn maps(&self) -> MemoryMaps<A> {
+        self.shared.lock().expect("maps lock").clone()
+    }
+
+    /// What the pinned maps would still hold if the agent stopped now (no history).
+    fn pinned(&self) -> MemoryMaps<A> {
+        MemoryMaps::holding(self.maps().maps)
+    }
+}
+
+impl<A> Deref for Twin<A> {
+    type Target = Writer<A>;
+    fn deref(&self) -> &Writer<A> {
+        &self.writer
+    }
+}
+
+impl<A> DerefMut for Twin<A> {
+    fn deref_mut(&mut self) -> &mut Writer<A> {
+        &mut self.writer
+    }
+}
+
+type Twin4 = Twin<Ipv4Addr>;
+
+fn key<A>(frontend: Frontend<A>, slot: u16) -> SlotKey<A> {
+    SlotKey::new(frontend, slot)
+}
 
 fn frontend4(last: u8, port: u16) -> Frontend<Ipv4Addr> {
-    Frontend {
-        address: Ipv4Addr::new(10, 96, 0, last),
-        port,
-        protocol: Protocol::Tcp,
-    }
+    Frontend::new(Ipv4Addr::new(10, 96, 0, last), port, Protocol::Tcp)
 }
 
 /// The frontend most tests program: 10.96.0.10:80/TCP.
@@ -56,26 +101,23 @@ fn pod6(last: u8) -> Backend<Ipv6Addr> {
 }
 
 fn entry<A>(backends: Vec<Backend<A>>) -> ServiceEntry<A> {
-    ServiceEntry {
-        backends,
-        flags: service_flags::CLUSTER_IP,
-    }
+    ServiceEntry::cluster_ip(backends)
 }
 
 fn pods4(lasts: &[u8]) -> ServiceEntry<Ipv4Addr> {
     entry(lasts.iter().copied().map(pod4).collect())
 }
 
-fn empty_writer4() -> Writer4 {
-    Writer::restore(Maps4::default()).expect("restore from empty maps")
+fn empty_writer4() -> Twin4 {
+    Twin::new()
 }
 
 /// Runs one writer call and returns the map operations it made, failing the test if any single
 /// one of them left half a service visible.
 fn step<A: Address, R>(
-    writer: &mut Writer<A, MemoryMaps<A>>,
+    writer: &mut Twin<A>,
     what: &str,
-    call: impl FnOnce(&mut Writer<A, MemoryMaps<A>>) -> R,
+    call: impl FnOnce(&mut Twin<A>) -> R,
 ) -> (R, Vec<Op<A>>) {
     let before = writer.maps().ops.len();
     let result = call(writer);
@@ -89,31 +131,35 @@ fn step<A: Address, R>(
     (result, maps.ops[before..].to_vec())
 }
 
-/// What a packet would see: every visible frontend (slot 0) with the backends its slots name.
-fn served<A: Address>(maps: &MemoryMaps<A>) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
-    maps.services
-        .iter()
-        .filter(|((_, slot), _)| *slot == 0)
-        .map(|((frontend, _), head)| {
-            let backends = (1..=head.count)
-                .map(|s| {
-                    let slot = maps.services[&(*frontend, s)];
-                    assert_eq!(slot.rev_nat_id, head.rev_nat_id, "{frontend} slot {s}");
-                    maps.backends[&slot.backend_id]
-                })
-                .collect();
+/// What a packet would see: every visible frontend (slot 0) with the backends its slots name,
+/// each slot carrying the frontend's reverse-NAT id, which restores the frontend.
+fn served<A: Address>(maps: &LbSnapshot<A>) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
+    maps.resolve()
+        .into_iter()
+        .map(|resolved| {
+            let frontend = resolved.frontend;
+            for slot in 1..=resolved.slots.len() as u16 {
+                assert_eq!(
+                    maps.services[&key(frontend, slot)].rev_nat_id,
+                    resolved.rev_nat_id,
+                    "{frontend} slot {slot}"
+                );
+            }
             assert_eq!(
-                maps.reverse_nat.get(&head.rev_nat_id),
-                Some(&(frontend.address, frontend.port)),
+                resolved.reverse_nat,
+                Some((frontend.address, frontend.port)),
                 "{frontend}: reverse NAT entry"
             );
-            (*frontend, backends)
+            let backends = resolved
+                .backends()
+                .unwrap_or_else(|| panic!("{frontend}: a slot or backend is missing"));
+            (frontend, backends)
         })
         .collect()
 }
 
 /// The ID the maps hold `backend` under.
-fn id_of<A: Address>(maps: &MemoryMaps<A>, backend: &Backend<A>) -> u32 {
+fn id_of<A: Address>(maps: &LbSnapshot<A>, backend: &Backend<A>) -> u32 {
     maps.backends
         .iter()
         .find(|(_, b)| b.key() == backend.key())
@@ -121,21 +167,11 @@ fn id_of<A: Address>(maps: &MemoryMaps<A>, backend: &Backend<A>) -> u32 {
         .unwrap_or_else(|| panic!("backend {backend:?} is not in the maps"))
 }
 
-fn rev_nat_of<A: Address>(maps: &MemoryMaps<A>, frontend: &Frontend<A>) -> u32 {
+fn rev_nat_of<A: Address>(maps: &LbSnapshot<A>, frontend: &Frontend<A>) -> u32 {
     maps.services
-        .get(&(*frontend, 0))
+        .get(&key(*frontend, 0))
         .unwrap_or_else(|| panic!("{frontend} has no slot 0"))
         .rev_nat_id
-}
-
-/// Copies what the pinned maps would still hold after the agent stops (no history).
-fn pinned<A: Address>(maps: &MemoryMaps<A>) -> MemoryMaps<A> {
-    MemoryMaps {
-        services: maps.services.clone(),
-        backends: maps.backends.clone(),
-        reverse_nat: maps.reverse_nat.clone(),
-        ..MemoryMaps::default()
-    }
 }
 
 fn delete_backend_ids<A: Address>(ops: &[Op<A>]) -> BTreeSet<u32> {
@@ -153,8 +189,7 @@ fn delete_backend_ids<A: Address>(ops: &[Op<A>]) -> BTreeSet<u32> {
 /// Create with 3 backends, scale to 5, scale to 1, change the backend, delete: the maps say
 /// exactly what was asked after each step, and no single operation showed half a service.
 fn lifecycle<A: Address>(frontend: Frontend<A>, pod: impl Fn(u8) -> Backend<A>) {
-    let mut writer: Writer<A, MemoryMaps<A>> =
-        Writer::restore(MemoryMaps::default()).expect("restore from empty maps");
+    let mut writer: Twin<A> = Twin::new();
     let pods = |lasts: &[u8]| -> Vec<Backend<A>> { lasts.iter().copied().map(&pod).collect() };
 
     for (what, lasts) in [
@@ -170,7 +205,7 @@ fn lifecycle<A: Address>(frontend: Frontend<A>, pod: impl Fn(u8) -> Backend<A>) 
         assert!(!ops.is_empty(), "{what}: nothing written");
         let maps = writer.maps();
         assert_eq!(
-            served(maps),
+            served(&maps),
             BTreeMap::from([(frontend, pods(lasts))]),
             "{what}"
         );
@@ -197,11 +232,11 @@ fn ipv4_service_lifecycle_never_shows_half_a_service() {
 
 #[test]
 fn ipv6_service_lifecycle_never_shows_half_a_service() {
-    let frontend = Frontend {
-        address: "fd00:10:96::10".parse::<Ipv6Addr>().unwrap(),
-        port: 443,
-        protocol: Protocol::Tcp,
-    };
+    let frontend = Frontend::new(
+        "fd00:10:96::10".parse::<Ipv6Addr>().unwrap(),
+        443,
+        Protocol::Tcp,
+    );
     lifecycle(frontend, pod6);
 }
 
@@ -215,23 +250,26 @@ fn create_writes_backends_then_reverse_nat_then_slots_then_slot_0() {
     let (changed, ops) = step(&mut writer, "create", |w| w.upsert(&s, &pods4(&[1, 2, 3])));
     assert!(changed.unwrap());
     let maps = writer.maps();
-    let [b1, b2, b3] = [1, 2, 3].map(|p| id_of(maps, &pod4(p)));
+    let [b1, b2, b3] = [1, 2, 3].map(|p| id_of(&maps, &pod4(p)));
     assert_eq!(
         ops,
         vec![
             Op::PutBackend(b1),
             Op::PutBackend(b2),
             Op::PutBackend(b3),
-            Op::PutReverseNat(rev_nat_of(maps, &s)),
+            Op::PutReverseNat(rev_nat_of(&maps, &s)),
             Op::PutService(s, 1),
             Op::PutService(s, 2),
             Op::PutService(s, 3),
             Op::PutService(s, 0),
         ]
     );
-    assert_eq!(maps.services[&(s, 0)].count, 3);
-    assert_eq!(maps.services[&(s, 0)].flags, service_flags::CLUSTER_IP);
-    assert_eq!(maps.services[&(s, 2)].backend_id, b2);
+    assert_eq!(maps.services[&key(s, 0)].count, 3);
+    assert_eq!(
+        codec::decode_head(&maps.services[&key(s, 0)]).kind,
+        Some(FrontendKind::ClusterIp)
+    );
+    assert_eq!(maps.services[&key(s, 2)].backend_id, b2);
 }
 
 #[test]
@@ -246,15 +284,15 @@ fn scale_up_writes_only_the_new_backends_and_slots_then_slot_0() {
     assert_eq!(
         ops,
         vec![
-            Op::PutBackend(id_of(maps, &pod4(4))),
-            Op::PutBackend(id_of(maps, &pod4(5))),
+            Op::PutBackend(id_of(&maps, &pod4(4))),
+            Op::PutBackend(id_of(&maps, &pod4(5))),
             Op::PutService(s, 4),
             Op::PutService(s, 5),
             Op::PutService(s, 0),
         ],
         "slots 1-3 are already right and must not be rewritten"
     );
-    assert_eq!(maps.services[&(s, 0)].count, 5);
+    assert_eq!(maps.services[&key(s, 0)].count, 5);
 }
 
 #[test]
@@ -262,7 +300,7 @@ fn scale_down_writes_slot_0_then_trims_stale_slots_then_deletes_unused_backends(
     let mut writer = empty_writer4();
     let s = service();
     writer.upsert(&s, &pods4(&[1, 2, 3, 4, 5])).unwrap();
-    let gone: BTreeSet<u32> = [2, 3, 4, 5].map(|p| id_of(writer.maps(), &pod4(p))).into();
+    let gone: BTreeSet<u32> = [2, 3, 4, 5].map(|p| id_of(&writer.maps(), &pod4(p))).into();
     let (_, ops) = step(&mut writer, "scale to 1", |w| {
         w.upsert(&s, &pods4(&[1])).unwrap()
     });
@@ -281,7 +319,7 @@ fn scale_down_writes_slot_0_then_trims_stale_slots_then_deletes_unused_backends(
         gone,
         "unused backends go last"
     );
-    assert_eq!(writer.maps().services[&(s, 0)].count, 1);
+    assert_eq!(writer.maps().services[&key(s, 0)].count, 1);
 }
 
 #[test]
@@ -289,11 +327,11 @@ fn changed_backend_is_written_before_its_slot_and_the_old_one_deleted_last() {
     let mut writer = empty_writer4();
     let s = service();
     writer.upsert(&s, &pods4(&[1, 2, 3])).unwrap();
-    let old = id_of(writer.maps(), &pod4(2));
+    let old = id_of(&writer.maps(), &pod4(2));
     let (_, ops) = step(&mut writer, "replace pod 2 by pod 9", |w| {
         w.upsert(&s, &pods4(&[1, 9, 3])).unwrap()
     });
-    let new = id_of(writer.maps(), &pod4(9));
+    let new = id_of(&writer.maps(), &pod4(9));
     assert_ne!(old, new);
     assert_eq!(
         ops,
@@ -304,7 +342,7 @@ fn changed_backend_is_written_before_its_slot_and_the_old_one_deleted_last() {
             Op::DeleteBackend(old),
         ]
     );
-    assert_eq!(served(writer.maps())[&s], vec![pod4(1), pod4(9), pod4(3)]);
+    assert_eq!(served(&writer.maps())[&s], vec![pod4(1), pod4(9), pod4(3)]);
 }
 
 #[test]
@@ -313,8 +351,8 @@ fn delete_removes_slot_0_first_then_slots_then_reverse_nat_then_backends() {
     let s = service();
     writer.upsert(&s, &pods4(&[1, 2, 3])).unwrap();
     let maps = writer.maps();
-    let rev_nat = rev_nat_of(maps, &s);
-    let backends: BTreeSet<u32> = [1, 2, 3].map(|p| id_of(maps, &pod4(p))).into();
+    let rev_nat = rev_nat_of(&maps, &s);
+    let backends: BTreeSet<u32> = [1, 2, 3].map(|p| id_of(&maps, &pod4(p))).into();
     let (removed, ops) = step(&mut writer, "delete", |w| w.remove(&s));
     assert!(removed.unwrap());
     assert_eq!(
@@ -366,10 +404,72 @@ fn unchanged_upsert_writes_nothing() {
         w.upsert(&s, &terminating)
     });
     assert!(changed.unwrap());
-    let id = id_of(writer.maps(), &pod4(2));
+    let id = id_of(&writer.maps(), &pod4(2));
     assert_eq!(ops[0], Op::PutBackend(id), "{ops:?}");
     assert_eq!(writer.maps().backends[&id].state, BackendState::Terminating);
     assert_eq!(writer.stats().backend_writes, stats.backend_writes + 1);
+}
+
+#[test]
+fn changing_only_slot_0_attributes_rewrites_slot_0_and_nothing_else() {
+    let mut writer = empty_writer4();
+    let s = service();
+    let base = pods4(&[1, 2, 3]);
+    writer.upsert(&s, &base).unwrap();
+    let changes: [(&str, ServiceEntry<Ipv4Addr>); 4] = [
+        (
+            "session affinity on",
+            ServiceEntry {
+                affinity_timeout: Some(60),
+                ..base.clone()
+            },
+        ),
+        (
+            "another affinity timeout",
+            ServiceEntry {
+                affinity_timeout: Some(90),
+                ..base.clone()
+            },
+        ),
+        (
+            "a Local policy",
+            ServiceEntry {
+                local: true,
+                affinity_timeout: Some(90),
+                ..base.clone()
+            },
+        ),
+        (
+            "another kind, two scopes",
+            ServiceEntry {
+                kind: FrontendKind::ExternalIp,
+                two_scopes: true,
+                local: true,
+                affinity_timeout: Some(90),
+                ..base.clone()
+            },
+        ),
+    ];
+    for (what, changed) in changes {
+        let (result, ops) = step(&mut writer, what, |w| w.upsert(&s, &changed));
+        assert!(result.unwrap(), "{what}: reported as no change");
+        assert_eq!(ops, vec![Op::PutService(s, 0)], "{what}");
+        let maps = writer.maps();
+        assert_eq!(
+            codec::decode_head(&maps.services[&key(s, 0)]),
+            Head {
+                kind: Some(changed.kind),
+                local: changed.local,
+                two_scopes: changed.two_scopes,
+                affinity_timeout: changed.affinity_timeout,
+            },
+            "{what}"
+        );
+        assert_eq!(served(&maps)[&s], base.backends, "{what}");
+        // The same entry again is no change.
+        let (result, ops) = step(&mut writer, what, |w| w.upsert(&s, &changed));
+        assert!(!result.unwrap() && ops.is_empty(), "{what}: {ops:?}");
+    }
 }
 
 #[test]
@@ -377,7 +477,7 @@ fn backend_shared_by_two_frontends_survives_removing_one() {
     let mut writer = empty_writer4();
     let (a, b) = (frontend4(10, 80), frontend4(11, 80));
     writer.upsert(&a, &pods4(&[1, 2])).unwrap();
-    let shared: Vec<u32> = [1, 2].map(|p| id_of(writer.maps(), &pod4(p))).to_vec();
+    let shared: Vec<u32> = [1, 2].map(|p| id_of(&writer.maps(), &pod4(p))).to_vec();
     let (_, ops) = step(&mut writer, "second frontend", |w| {
         w.upsert(&b, &pods4(&[1, 2, 3])).unwrap()
     });
@@ -390,7 +490,7 @@ fn backend_shared_by_two_frontends_survives_removing_one() {
         .collect();
     assert_eq!(
         puts,
-        vec![id_of(writer.maps(), &pod4(3))],
+        vec![id_of(&writer.maps(), &pod4(3))],
         "shared backends are reused, not rewritten"
     );
     assert_eq!(writer.maps().backends.len(), 3);
@@ -404,11 +504,11 @@ fn backend_shared_by_two_frontends_survives_removing_one() {
     );
     let maps = writer.maps();
     assert_eq!(
-        served(maps),
+        served(&maps),
         BTreeMap::from([(b, vec![pod4(1), pod4(2), pod4(3)])])
     );
     for (p, id) in [1, 2].into_iter().zip(shared) {
-        assert_eq!(id_of(maps, &pod4(p)), id);
+        assert_eq!(id_of(&maps, &pod4(p)), id);
     }
 
     let (_, ops) = step(&mut writer, "remove the second frontend", |w| {
@@ -442,11 +542,11 @@ fn restore_renumbers_nothing_and_reconciling_the_same_state_writes_nothing() {
         earlier.upsert(frontend, entry).unwrap();
     }
     earlier.remove(&frontend4(11, 80)).unwrap();
-    let before = pinned(earlier.maps());
+    let before = earlier.pinned();
     assert_eq!(before.backends.len(), 5);
     assert!(!before.backends.contains_key(&1), "test needs ID gaps");
 
-    let mut writer = Writer::restore(pinned(earlier.maps())).expect("restore");
+    let mut writer = Twin::holding(earlier.pinned());
     assert_eq!(
         writer.maps().ops,
         vec![],
@@ -472,51 +572,42 @@ fn restore_renumbers_nothing_and_reconciling_the_same_state_writes_nothing() {
         w.upsert(&frontend4(13, 80), &pods4(&[2])).unwrap();
     });
     let maps = writer.maps();
-    let new_backend = id_of(maps, &pod4(10));
+    let new_backend = id_of(&maps, &pod4(10));
     assert!(!before.backends.contains_key(&new_backend));
-    let new_rev_nat = rev_nat_of(maps, &frontend4(13, 80));
+    let new_rev_nat = rev_nat_of(&maps, &frontend4(13, 80));
     assert!(!before.reverse_nat.contains_key(&new_rev_nat));
     for (frontend, _) in &desired {
-        assert_eq!(rev_nat_of(maps, frontend), rev_nat_of(&before, frontend));
+        assert_eq!(rev_nat_of(&maps, frontend), rev_nat_of(&before, frontend));
     }
 }
 
 /// Maps an interrupted agent left behind: `half` has slot 0 (count 3) and slots 1-2 but no
 /// slot 3; `whole` (10.96.0.20:80, one backend) is complete.
-fn interrupted_maps() -> (Maps4, Frontend<Ipv4Addr>, Frontend<Ipv4Addr>) {
+fn interrupted_maps() -> (MemoryMaps<Ipv4Addr>, Frontend<Ipv4Addr>, Frontend<Ipv4Addr>) {
     let (half, whole) = (service(), frontend4(20, 80));
-    let mut maps = Maps4::default();
+    let mut maps = MemoryMaps::default();
     for id in 1..=3 {
         maps.backends.insert(id, pod4(id as u8));
     }
     maps.reverse_nat.insert(1, (half.address, half.port));
     maps.reverse_nat.insert(2, (whole.address, whole.port));
-    let head = |count, rev_nat_id| ServiceValue {
-        rev_nat_id,
-        count,
-        flags: service_flags::CLUSTER_IP,
-        ..ServiceValue::default()
-    };
-    let slot = |backend_id, rev_nat_id| ServiceValue {
-        backend_id,
-        rev_nat_id,
-        ..ServiceValue::default()
-    };
-    maps.services.insert((half, 0), head(3, 1));
-    maps.services.insert((half, 1), slot(1, 1));
-    maps.services.insert((half, 2), slot(2, 1));
-    maps.services.insert((whole, 0), head(1, 2));
-    maps.services.insert((whole, 1), slot(3, 2));
+    let head = |count, rev_nat_id| codec::head(&pods4(&[]), rev_nat_id, count);
+    let slot = ServiceValue::slot;
+    maps.services.insert(key(half, 0), head(3, 1));
+    maps.services.insert(key(half, 1), slot(1, 1));
+    maps.services.insert(key(half, 2), slot(2, 1));
+    maps.services.insert(key(whole, 0), head(1, 2));
+    maps.services.insert(key(whole, 1), slot(3, 2));
     (maps, half, whole)
 }
 
 #[test]
 fn restore_removes_a_half_written_service_and_reconcile_rewrites_it_whole() {
     let (maps, half, whole) = interrupted_maps();
-    let mut writer = Writer::restore(maps).expect("restore");
+    let mut writer = Twin::holding(maps);
     let maps = writer.maps();
     assert!(
-        !maps.services.keys().any(|(f, _)| *f == half),
+        !maps.services.keys().any(|k| k.frontend == half),
         "the half-written service must be gone: {:?}",
         maps.services
     );
@@ -527,7 +618,7 @@ fn restore_removes_a_half_written_service_and_reconcile_rewrites_it_whole() {
         "restore touched more than the half-written service: {:?}",
         maps.ops
     );
-    assert_eq!(served(maps), BTreeMap::from([(whole, vec![pod4(3)])]));
+    assert_eq!(served(&maps), BTreeMap::from([(whole, vec![pod4(3)])]));
     assert_eq!(writer.frontend_count(), 1);
 
     let violations_before = writer.maps().violations.len();
@@ -542,7 +633,7 @@ fn restore_removes_a_half_written_service_and_reconcile_rewrites_it_whole() {
         "the rewrite showed half a service"
     );
     assert_eq!(
-        served(maps),
+        served(&maps),
         BTreeMap::from([
             (half, vec![pod4(1), pod4(2), pod4(3)]),
             (whole, vec![pod4(3)])
@@ -569,7 +660,7 @@ fn restore_removes_a_half_written_service_and_reconcile_rewrites_it_whole() {
 #[test]
 fn restore_hides_a_half_written_service_before_deleting_its_slots() {
     let (maps, half, _) = interrupted_maps();
-    let writer = Writer::restore(maps).expect("restore");
+    let writer = Twin::holding(maps);
     let maps = writer.maps();
     assert_eq!(
         maps.ops.first(),
@@ -595,56 +686,45 @@ fn restore_hides_a_half_written_service_before_deleting_its_slots() {
 // ---------------------------------------------------------------------------------------------
 // Failed writes
 
-/// `MemoryMaps` with faults a test switches on while a writer owns the maps.
-#[derive(Default)]
-struct Faulty {
-    maps: Maps4,
-    /// Copied to `maps.service_capacity` before every service write.
-    capacity: Rc<Cell<Option<usize>>>,
-    /// Makes deleting a backend slot (slot > 0) fail.
-    fail_slot_deletes: Rc<Cell<bool>>,
+/// The services table of a twin, with a fault a test switches on while a writer owns it:
+/// deleting a backend slot (slot > 0) fails.
+struct FailingSlotDeletes {
+    inner: BoxedTable<SlotKey<Ipv4Addr>, ServiceValue>,
+    fail: Arc<AtomicBool>,
 }
 
-impl LbMaps<Ipv4Addr> for Faulty {
-    fn dump_services(&self) -> Result<Vec<ServiceSlot<Ipv4Addr>>, MapError> {
-        self.maps.dump_services()
+impl Table<SlotKey<Ipv4Addr>, ServiceValue> for FailingSlotDeletes {
+    fn dump(&self) -> Result<Vec<(SlotKey<Ipv4Addr>, ServiceValue)>, MapError> {
+        self.inner.dump()
     }
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend<Ipv4Addr>)>, MapError> {
-        self.maps.dump_backends()
+    fn put(&mut self, key: &SlotKey<Ipv4Addr>, value: &ServiceValue) -> Result<(), MapError> {
+        self.inner.put(key, value)
     }
-    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<Ipv4Addr>>, MapError> {
-        self.maps.dump_reverse_nat()
-    }
-    fn put_service(
-        &mut self,
-        frontend: &Frontend<Ipv4Addr>,
-        slot: u16,
-        value: &ServiceValue,
-    ) -> Result<(), MapError> {
-        self.maps.service_capacity = self.capacity.get();
-        self.maps.put_service(frontend, slot, value)
-    }
-    fn delete_service(&mut self, frontend: &Frontend<Ipv4Addr>, slot: u16) -> Result<(), MapError> {
-        if slot > 0 && self.fail_slot_deletes.get() {
-            return Err(MapError::Missing { map: "test" });
+    fn delete(&mut self, key: &SlotKey<Ipv4Addr>) -> Result<(), MapError> {
+        if key.slot > 0 && self.fail.load(Ordering::Relaxed) {
+            return Err(MapError::Full {
+                map: "test",
+                capacity: 0,
+            });
         }
-        self.maps.delete_service(frontend, slot)
-    }
-    fn put_backend(&mut self, id: u32, backend: &Backend<Ipv4Addr>) -> Result<(), MapError> {
-        self.maps.put_backend(id, backend)
-    }
-    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
-        self.maps.delete_backend(id)
-    }
-    fn put_reverse_nat(&mut self, id: u32, frontend: (Ipv4Addr, u16)) -> Result<(), MapError> {
-        self.maps.put_reverse_nat(id, frontend)
-    }
-    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
-        self.maps.delete_reverse_nat(id)
+        self.inner.delete(key)
     }
 }
 
-fn assert_no_violations(maps: &Maps4, what: &str) {
+/// A writer whose slot deletes fail while the returned switch is on.
+fn with_failing_slot_deletes() -> (Twin4, Arc<AtomicBool>) {
+    let shared = MemoryMaps::default().shared();
+    let fail = Arc::new(AtomicBool::new(false));
+    let mut tables = MemoryMaps::tables(&shared);
+    tables.services = Box::new(FailingSlotDeletes {
+        inner: tables.services,
+        fail: fail.clone(),
+    });
+    let writer = Writer::restore(tables).expect("restore from empty maps");
+    (Twin { writer, shared }, fail)
+}
+
+fn assert_no_violations(maps: &MemoryMaps<Ipv4Addr>, what: &str) {
     assert!(
         maps.violations.is_empty(),
         "{what}: half a service was visible: {:#?}\nops: {:#?}",
@@ -655,25 +735,30 @@ fn assert_no_violations(maps: &Maps4, what: &str) {
 
 #[test]
 fn failed_update_into_a_full_map_keeps_the_old_service_whole() {
-    let faulty = Faulty::default();
-    let capacity = faulty.capacity.clone();
-    let mut writer = Writer::restore(faulty).expect("restore from empty maps");
+    let mut writer = empty_writer4();
+    let capacity = |writer: &Twin4, capacity| {
+        writer.shared.lock().unwrap().service_capacity = capacity;
+    };
     let s = service();
     assert!(writer.upsert(&s, &pods4(&[1])).unwrap());
-    let b1 = id_of(&writer.maps().maps, &pod4(1));
+    let b1 = id_of(&writer.maps(), &pod4(1));
 
     // Slot 0 and slot 1 fill the map: slot 1 can be overwritten, slot 2 cannot be added.
-    capacity.set(Some(2));
+    capacity(&writer, Some(2));
     let result = writer.upsert(&s, &pods4(&[2, 3]));
     assert!(
         matches!(result, Err(WriteError::Map(MapError::Full { .. }))),
         "{result:?}"
     );
-    let maps = &writer.maps().maps;
+    let maps = &writer.maps();
     assert_no_violations(maps, "failed update");
     assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(1)])]));
-    assert_eq!(maps.services[&(s, 0)].count, 1);
-    assert_eq!(maps.services[&(s, 1)].backend_id, b1, "slot 1 rolled back");
+    assert_eq!(maps.services[&key(s, 0)].count, 1);
+    assert_eq!(
+        maps.services[&key(s, 1)].backend_id,
+        b1,
+        "slot 1 rolled back"
+    );
     assert!(maps.backends.contains_key(&b1));
     assert_eq!(maps.services.len(), 2, "{:?}", maps.services);
     assert_eq!(
@@ -683,17 +768,17 @@ fn failed_update_into_a_full_map_keeps_the_old_service_whole() {
     );
 
     // The writer still knows the old entry: asking for it again is no change, and right.
-    let ops = writer.maps().maps.ops.len();
+    let ops = writer.maps().ops.len();
     assert!(!writer.upsert(&s, &pods4(&[1])).unwrap());
-    let maps = &writer.maps().maps;
+    let maps = &writer.maps();
     assert_eq!(maps.ops[ops..], [] as [Op<Ipv4Addr>; 0]);
     assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(1)])]));
     assert_no_violations(maps, "same entry again");
 
     // With room, the update goes through whole.
-    capacity.set(Some(3));
+    capacity(&writer, Some(3));
     assert!(writer.upsert(&s, &pods4(&[2, 3])).unwrap());
-    let maps = &writer.maps().maps;
+    let maps = &writer.maps();
     assert_no_violations(maps, "update with room");
     assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(2), pod4(3)])]));
     assert_eq!(maps.services.len(), 3);
@@ -703,36 +788,34 @@ fn failed_update_into_a_full_map_keeps_the_old_service_whole() {
 
 #[test]
 fn failed_trim_after_slot_0_keeps_the_backends_slot_0_names() {
-    let faulty = Faulty::default();
-    let fail_slot_deletes = faulty.fail_slot_deletes.clone();
-    let mut writer = Writer::restore(faulty).expect("restore from empty maps");
+    let (mut writer, fail_slot_deletes) = with_failing_slot_deletes();
     let s = service();
     assert!(writer.upsert(&s, &pods4(&[1, 2, 3])).unwrap());
 
     // Slot 0 shrinks to one slot naming pod 4; trimming slots 2 and 3 then fails.
-    fail_slot_deletes.set(true);
+    fail_slot_deletes.store(true, Ordering::Relaxed);
     let result = writer.upsert(&s, &pods4(&[4]));
     assert!(
         matches!(
             result,
-            Err(WriteError::Map(MapError::Missing { map: "test" }))
+            Err(WriteError::Map(MapError::Full { map: "test", .. }))
         ),
         "{result:?}"
     );
-    let maps = &writer.maps().maps;
+    let maps = &writer.maps();
     assert_no_violations(maps, "failed trim");
     let b4 = id_of(maps, &pod4(4));
-    assert_eq!(maps.services[&(s, 0)].count, 1);
-    assert_eq!(maps.services[&(s, 1)].backend_id, b4);
+    assert_eq!(maps.services[&key(s, 0)].count, 1);
+    assert_eq!(maps.services[&key(s, 1)].backend_id, b4);
     assert!(maps.backends.contains_key(&b4));
     assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(4)])]));
 
     // The committed entry is what the writer knows: asking for it again is no change.
-    fail_slot_deletes.set(false);
+    fail_slot_deletes.store(false, Ordering::Relaxed);
     assert!(!writer.upsert(&s, &pods4(&[4])).unwrap());
     // A restart trims the invisible leftovers and keeps pod 4.
-    let restored = Writer::restore(pinned(&writer.maps().maps)).expect("restore");
-    let maps = restored.maps();
+    let restored = Twin::holding(writer.pinned());
+    let maps = &restored.maps();
     assert_no_violations(maps, "restore after a failed trim");
     assert_eq!(served(maps), BTreeMap::from([(s, vec![pod4(4)])]));
     assert_eq!(maps.services.len(), 2, "{:?}", maps.services);
@@ -758,7 +841,7 @@ fn many_new_frontends_go_in_phases_backends_reverse_nat_slots_then_every_slot_0(
     assert!(errors.is_empty(), "{errors:?}");
     let maps = writer.maps();
     assert!(maps.violations.is_empty(), "{:?}", maps.violations);
-    let served = served(maps);
+    let served = served(&maps);
     for (frontend, entry) in &items {
         assert_eq!(served.get(frontend), Some(&entry.backends), "{frontend}");
     }
@@ -787,7 +870,7 @@ fn many_new_frontends_go_in_phases_backends_reverse_nat_slots_then_every_slot_0(
     let before = writer.stats();
     assert!(writer.upsert_many(&items).is_empty());
     assert_eq!(writer.stats(), before);
-    let mut restored = Writer::restore(pinned(writer.maps())).expect("restore");
+    let mut restored = Twin::holding(writer.pinned());
     let writes = restored.stats();
     assert!(
         restored
@@ -800,17 +883,17 @@ fn many_new_frontends_go_in_phases_backends_reverse_nat_slots_then_every_slot_0(
 #[test]
 fn a_failed_batch_falls_back_to_one_by_one_and_leaves_no_half_service() {
     // Room for 40 slot-0 entries but not for every backend slot: the batch fails part way.
-    let maps = Maps4 {
+    let maps = MemoryMaps {
         service_capacity: Some(100),
-        ..Maps4::default()
+        ..MemoryMaps::default()
     };
-    let mut writer = Writer::restore(maps).expect("restore");
+    let mut writer = Twin::holding(maps);
     let items = many_frontends();
     let errors = writer.upsert_many(&items);
     let maps = writer.maps();
     assert!(maps.violations.is_empty(), "{:?}", maps.violations);
     // Whatever was written is whole, and every frontend not written is reported.
-    let served = served(maps);
+    let served = served(&maps);
     for (frontend, entry) in &items {
         match served.get(frontend) {
             Some(backends) => assert_eq!(backends, &entry.backends, "{frontend}"),
@@ -825,7 +908,7 @@ fn a_failed_batch_falls_back_to_one_by_one_and_leaves_no_half_service() {
     let named: BTreeSet<u32> = maps
         .services
         .iter()
-        .filter(|((_, slot), _)| *slot > 0)
+        .filter(|(key, _)| key.slot > 0)
         .map(|(_, v)| v.backend_id)
         .collect();
     assert!(

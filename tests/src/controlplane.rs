@@ -10,12 +10,13 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use proxy_common::{ServiceKeyV4, ServiceValue, map_names, protocol, scope};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
     agent::{Agent, AgentOptions, AgentSource},
     apiserver::ApiServer,
     netns::Netns,
+    objects::{ServiceBuilder, SliceBuilder},
     unique,
 };
 
@@ -72,36 +73,21 @@ fn endpoint6(i: usize, j: usize, endpoints: usize) -> Ipv6Addr {
 }
 
 fn service(i: usize) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": service_ip4(i).to_string(),
-            "clusterIPs": [service_ip4(i).to_string(), service_ip6(i).to_string()],
-            "ipFamilies": ["IPv4", "IPv6"],
-            "ipFamilyPolicy": "RequireDualStack",
-            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
-        }
-    })
+    ServiceBuilder::new(&format!("svc-{i}"))
+        .namespace("bench")
+        .cluster_ips(&[service_ip4(i).into(), service_ip6(i).into()])
+        .port("http", "TCP", 80, 8080)
+        .json()
 }
 
 fn slice(i: usize, v6: bool, addresses: &[IpAddr]) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("svc-{i}-{}", if v6 { "ipv6" } else { "ipv4" }),
-            "namespace": "bench",
-            "labels": {"kubernetes.io/service-name": format!("svc-{i}")},
-        },
-        "addressType": if v6 { "IPv6" } else { "IPv4" },
-        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-        "endpoints": addresses.iter().map(|a| json!({
-            "addresses": [a.to_string()],
-            "conditions": {"ready": true, "serving": true, "terminating": false},
-            "nodeName": "node-a",
-        })).collect::<Vec<_>>(),
-    })
+    let name = format!("svc-{i}-{}", if v6 { "ipv6" } else { "ipv4" });
+    SliceBuilder::new(&format!("svc-{i}"), &name)
+        .namespace("bench")
+        .address_type(if v6 { "IPv6" } else { "IPv4" })
+        .port("http", "TCP", 8080)
+        .ready(addresses)
+        .json()
 }
 
 fn slice4(i: usize, endpoints: usize, count: usize) -> Value {
@@ -154,14 +140,7 @@ impl ServiceProbe {
     }
 
     fn count(&self, i: usize) -> Option<u16> {
-        let key = ServiceKeyV4 {
-            address: service_ip4(i).octets(),
-            port: 80u16.to_be(),
-            slot: 0,
-            protocol: protocol::TCP,
-            scope: scope::EXTERNAL,
-            _pad: [0; 2],
-        };
+        let key = ServiceKeyV4::new(service_ip4(i), 80, protocol::TCP, scope::EXTERNAL, 0);
         self.map.get(&key, 0).ok().map(|v| v.count)
     }
 }

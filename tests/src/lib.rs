@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod controlplane;
 pub mod manifests;
 pub mod netns;
+pub mod objects;
 pub mod servers;
 pub mod topology;
 

@@ -21,7 +21,10 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use serde_json::{Value, json};
-use twinstack_lab::apiserver::{ApiServer, ApiServerConfig, Kind};
+use twinstack_lab::{
+    apiserver::{ApiServer, ApiServerConfig, Kind},
+    objects::ServiceBuilder,
+};
 
 /// Every wait is bounded by this.
 const WAIT: Duration = Duration::from_secs(10);
@@ -66,12 +69,15 @@ async fn client(server: &ApiServer) -> Client {
 }
 
 fn service(name: &str, labels: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default", "labels": labels},
-        "spec": {"type": "ClusterIP", "clusterIP": "10.96.1.1", "clusterIPs": ["10.96.1.1"],
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
-    })
+    let labels = labels.as_object().cloned().unwrap_or_default();
+    labels
+        .iter()
+        .fold(ServiceBuilder::new(name), |service, (key, value)| {
+            service.label(key, value.as_str().unwrap_or_default())
+        })
+        .cluster_ips(&["10.96.1.1".parse().expect("IP")])
+        .port("http", "TCP", 80, 8080)
+        .json()
 }
 
 fn names<K: kube::Resource>(items: &[K]) -> Vec<String> {

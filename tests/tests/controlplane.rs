@@ -10,22 +10,23 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use proxy_userspace::{
-    agent::Syncer,
     family::{Address, Family},
-    maps::memory::{MemoryMaps, Op, SharedMemoryMaps},
-    proxier::{Dataplane, Proxier},
+    maps::memory::{Op, SharedMemoryMaps},
+    proxier::MetaProxier,
     source::{self, SourceEvent},
+    sync::Syncer,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use twinstack_lab::{
     agent::{Agent, AgentOptions, AgentSource},
     apiserver::{ApiServer, Kind},
+    objects::{ServiceBuilder, SliceBuilder},
     require_root,
     servers::{self, Servers},
     topology::Topology,
@@ -46,50 +47,31 @@ fn load_fixtures(api: &ApiServer) {
     }
 }
 
+/// A Service whose ports target their own names (so the slices' port numbers decide).
 fn service(name: &str, cluster_ips: &[&str], ports: &[(&str, &str, u16)]) -> Value {
-    let families: Vec<&str> = cluster_ips
+    let ips: Vec<IpAddr> = cluster_ips
         .iter()
-        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+        .map(|ip| ip.parse().expect("IP"))
         .collect();
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": cluster_ips[0],
-            "clusterIPs": cluster_ips,
-            "ipFamilies": families,
-            "ipFamilyPolicy": if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" },
-            "ports": ports.iter().map(|(n, p, port)| json!({
-                "name": n, "protocol": p, "port": port, "targetPort": n
-            })).collect::<Vec<_>>(),
-        }
-    })
+    ports
+        .iter()
+        .fold(
+            ServiceBuilder::new(name)
+                .label("app", name)
+                .cluster_ips(&ips),
+            |service, (port, protocol, number)| service.port(port, protocol, *number, *port),
+        )
+        .json()
 }
 
 fn slice(service: &str, name: &str, addresses: &[IpAddr], ports: &[(&str, &str, u16)]) -> Value {
-    let family = if addresses.first().is_some_and(IpAddr::is_ipv6) {
-        "IPv6"
-    } else {
-        "IPv4"
-    };
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name, "namespace": "default",
-            "labels": {"kubernetes.io/service-name": service}
-        },
-        "addressType": family,
-        "ports": ports.iter().map(|(n, p, port)| json!({"name": n, "protocol": p, "port": port}))
-            .collect::<Vec<_>>(),
-        "endpoints": addresses.iter().map(|a| json!({
-            "addresses": [a.to_string()],
-            "conditions": {"ready": true, "serving": true, "terminating": false},
-            "nodeName": "node-a"
-        })).collect::<Vec<_>>(),
-    })
+    ports
+        .iter()
+        .fold(
+            SliceBuilder::new(service, name).ready(addresses),
+            |slice, (port, protocol, number)| slice.port(port, protocol, *number),
+        )
+        .json()
 }
 
 fn v4(n: u8) -> IpAddr {
@@ -120,18 +102,24 @@ impl Pipeline {
             .expect("client");
         let (sender, events) = mpsc::channel(1024);
         let source = tokio::spawn(source::kube::watch(client, "node-a".into(), sender));
-        let v4: SharedMemoryMaps<Ipv4Addr> = Arc::new(Mutex::new(MemoryMaps::default()));
-        let v6: SharedMemoryMaps<Ipv6Addr> = Arc::new(Mutex::new(MemoryMaps::default()));
-        let dataplane = Dataplane {
-            v4: Some(Proxier::new(Box::new(v4.clone())).expect("v4 proxier")),
-            v6: Some(Proxier::new(Box::new(v6.clone())).expect("v6 proxier")),
-        };
+        let (meta, v4, v6) = MetaProxier::in_memory("node-a", vec![Family::V4, Family::V6]);
         Self {
-            syncer: Syncer::new(dataplane, "node-a", vec![Family::V4, Family::V6]),
+            syncer: Syncer::new(meta, "node-a", Duration::ZERO),
             events,
             v4,
             v6,
             _source: source,
+        }
+    }
+
+    /// Syncs whatever the syncer says is due (its gate and min-sync timing, as in the agent).
+    fn sync_if_due(&mut self) {
+        if self
+            .syncer
+            .next_sync()
+            .is_some_and(|at| at <= Instant::now())
+        {
+            self.syncer.sync();
         }
     }
 
@@ -140,7 +128,7 @@ impl Pipeline {
     async fn until(&mut self, limit: Duration, done: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + limit;
         loop {
-            if self.syncer.ready() && !self.syncer.has_changes() && done(self) {
+            if self.syncer.ready() && self.syncer.next_sync().is_none() && done(self) {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -155,9 +143,7 @@ impl Pipeline {
             while let Ok(event) = self.events.try_recv() {
                 self.syncer.handle(event);
             }
-            if self.syncer.ready() && self.syncer.has_changes() {
-                self.syncer.sync();
-            }
+            self.sync_if_due();
         }
     }
 
@@ -171,9 +157,7 @@ impl Pipeline {
         .await
         {
             self.syncer.handle(event);
-            if self.syncer.ready() && self.syncer.has_changes() {
-                self.syncer.sync();
-            }
+            self.sync_if_due();
         }
     }
 }
@@ -181,16 +165,12 @@ impl Pipeline {
 /// Frontend → backend addresses served, per family.
 fn served<A: Address>(maps: &SharedMemoryMaps<A>) -> Vec<(String, Vec<String>)> {
     let maps = maps.lock().expect("maps");
-    maps.services
-        .iter()
-        .filter(|((_, slot), _)| *slot == 0)
-        .map(|((frontend, _), head)| {
-            let backends = (1..=head.count)
-                .map(|s| {
-                    let id = maps.services[&(*frontend, s)].backend_id;
-                    let b = maps.backends[&id];
-                    format!("{}:{}", b.address, b.port)
-                })
+    maps.served()
+        .into_iter()
+        .map(|(frontend, backends)| {
+            let backends = backends
+                .iter()
+                .map(|b| format!("{}:{}", b.address, b.port))
                 .collect();
             (frontend.to_string(), backends)
         })

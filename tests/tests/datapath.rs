@@ -1,16 +1,23 @@
 //! Datapath tests: the real BPF object, maps filled by the real map writer, crafted packets run
-//! through the real entry points with BPF_PROG_TEST_RUN; we assert the bytes that come out.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! through the real entry points with BPF_PROG_TEST_RUN; we assert the bytes that come out and
+//! the outcome counters the programs bumped.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::{
+    maps::{Map, MapData, PerCpuArray},
+    programs::{TestRun, TestRunOptions},
+};
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use proxy_common::{program_names, service_flags};
+use proxy_common::{counter::Counter, map_names, programs};
 use proxy_userspace::{
     family::Address,
-    loader::{self, Datapath},
-    maps::{kernel::KernelMaps, pins::PinLayout, writer::Writer},
+    loader::{self, LoadOptions, Programs},
+    maps::{codec::KernelFamily, kernel, pins::PinLayout, writer::Writer},
     model::Protocol,
-    plan::{Backend, BackendState, Frontend, ServiceEntry},
+    plan::{Backend, BackendState, Frontend, FrontendKind, Scope, ServiceEntry},
 };
 use twinstack_lab::{ensure_bpffs, require_root, unique};
 
@@ -27,29 +34,38 @@ fn v6(s: &str) -> Ipv6Addr {
 }
 
 struct Fixture {
-    datapath: Datapath,
+    programs: Programs,
     pins: PinLayout,
-    v4: Writer<Ipv4Addr, KernelMaps<Ipv4Addr>>,
-    v6: Writer<Ipv6Addr, KernelMaps<Ipv6Addr>>,
+    counters: PerCpuArray<MapData, u64>,
+    v4: Writer<Ipv4Addr>,
+    v6: Writer<Ipv6Addr>,
 }
+
+/// Packets per outcome, summed over CPUs.
+type Counts = BTreeMap<Counter, u64>;
 
 impl Fixture {
     fn new() -> Self {
         require_root();
         ensure_bpffs();
         let pins = PinLayout::new(format!("/sys/fs/bpf/{}", unique("twinstack-dp-")));
-        let datapath = Datapath::load(&pins, &[]).expect("loading the BPF object");
+        let programs =
+            Programs::load(&pins, &LoadOptions::default()).expect("loading the BPF object");
+        let counters = MapData::from_pin(pins.map(map_names::COUNTERS)).expect("counters pin");
+        let counters = PerCpuArray::try_from(Map::from_map_data(counters).expect("map"))
+            .expect("per-CPU array");
         Self {
-            datapath,
-            v4: Writer::restore(KernelMaps::open(&pins).expect("v4 maps")).expect("v4 writer"),
-            v6: Writer::restore(KernelMaps::open(&pins).expect("v6 maps")).expect("v6 writer"),
+            programs,
+            counters,
+            v4: Writer::restore(kernel::open(&pins).expect("v4 maps")).expect("v4 writer"),
+            v6: Writer::restore(kernel::open(&pins).expect("v6 maps")).expect("v6 writer"),
             pins,
         }
     }
 
     fn run(&mut self, program: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; packet.len() + 256];
-        let prog = self.datapath.program(program).expect("program");
+        let prog = self.programs.classifier(program).expect("program");
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(packet),
@@ -62,16 +78,46 @@ impl Fixture {
     }
 
     fn ingress(&mut self, packet: &[u8]) -> Vec<u8> {
-        let (verdict, out) = self.run(program_names::FROM_POD, packet);
+        let (verdict, out) = self.run(programs::FROM_POD, packet);
         assert_eq!(verdict, NEXT, "from_pod must hand every packet on");
         out
     }
 
     fn egress(&mut self, packet: &[u8]) -> Vec<u8> {
-        let (verdict, out) = self.run(program_names::TO_POD, packet);
+        let (verdict, out) = self.run(programs::TO_POD, packet);
         assert_eq!(verdict, NEXT, "to_pod must hand every packet on");
         out
     }
+
+    fn counts(&self) -> Counts {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let per_cpu = self.counters.get(&c.index(), 0).expect("counter");
+                (*c, per_cpu.iter().sum())
+            })
+            .collect()
+    }
+
+    /// Runs `f` and returns the counters it moved (only those that changed).
+    fn counting<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> (R, Counts) {
+        let before = self.counts();
+        let result = f(self);
+        let after = self.counts();
+        let moved = after
+            .into_iter()
+            .filter_map(|(c, n)| {
+                let delta = n - before[&c];
+                (delta != 0).then_some((c, delta))
+            })
+            .collect();
+        (result, moved)
+    }
+}
+
+/// The counters in `moved`, as a map to compare against.
+fn counts(moved: &[(Counter, u64)]) -> Counts {
+    moved.iter().copied().collect()
 }
 
 impl Drop for Fixture {
@@ -87,13 +133,9 @@ fn service<A: Address>(
     backends: &[(A, u16)],
 ) -> (Frontend<A>, ServiceEntry<A>) {
     (
-        Frontend {
-            address,
-            port,
-            protocol,
-        },
-        ServiceEntry {
-            backends: backends
+        Frontend::new(address, port, protocol),
+        ServiceEntry::cluster_ip(
+            backends
                 .iter()
                 .map(|(address, port)| Backend {
                     address: *address,
@@ -102,8 +144,7 @@ fn service<A: Address>(
                     state: BackendState::Active,
                 })
                 .collect(),
-            flags: service_flags::CLUSTER_IP,
-        },
+        ),
     )
 }
 
@@ -225,7 +266,8 @@ fn round_trip<A: Address>(
     };
 
     let request = build((client, 40000), (vip, 80));
-    let out = fx.ingress(&request);
+    let (out, moved) = fx.counting(|fx| fx.ingress(&request));
+    assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]), "a new flow");
     assert_eq!(
         inspect(&out),
         Seen {
@@ -238,7 +280,8 @@ fn round_trip<A: Address>(
     assert_eq!(out.len(), request.len());
 
     let reply = build((backend, 8080), (client, 40000));
-    let out = fx.egress(&reply);
+    let (out, moved) = fx.counting(|fx| fx.egress(&reply));
+    assert_eq!(moved, counts(&[(Counter::ReverseNat, 1)]), "a reply");
     assert_eq!(
         inspect(&out),
         Seen {
@@ -357,25 +400,33 @@ fn non_service_packets_pass_untouched() {
         tcp((client6.into(), 40000), (vip6.into(), 443), true),
         udp((client6.into(), 40000), (vip6.into(), 80)),
     ];
-    for packet in packets {
-        assert_eq!(
-            fx.ingress(&packet),
-            packet,
-            "from_pod changed {:?}",
-            inspect(&packet)
-        );
-        assert_eq!(
-            fx.egress(&packet),
-            packet,
-            "to_pod changed {:?}",
-            inspect(&packet)
-        );
-    }
-    // Not IP at all (ARP).
-    let mut arp = vec![0xffu8; 6];
-    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
-    arp.extend_from_slice(&[0u8; 28]);
-    assert_eq!(fx.ingress(&arp), arp);
+    let total = packets.len() as u64;
+    let ((), moved) = fx.counting(|fx| {
+        for packet in packets {
+            assert_eq!(
+                fx.ingress(&packet),
+                packet,
+                "from_pod changed {:?}",
+                inspect(&packet)
+            );
+            assert_eq!(
+                fx.egress(&packet),
+                packet,
+                "to_pod changed {:?}",
+                inspect(&packet)
+            );
+        }
+        // Not IP at all (ARP).
+        let mut arp = vec![0xffu8; 6];
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        arp.extend_from_slice(&[0u8; 28]);
+        assert_eq!(fx.ingress(&arp), arp);
+    });
+    assert_eq!(
+        moved,
+        counts(&[(Counter::Pass, 2 * total + 1)]),
+        "every packet passed, and was counted as such"
+    );
 }
 
 #[test]
@@ -405,7 +456,7 @@ fn truncated_packets_pass_untouched() {
     ] {
         for cut in cuts {
             let packet = &whole[..cut];
-            let (verdict, out) = fx.run(program_names::FROM_POD, packet);
+            let (verdict, out) = fx.run(programs::FROM_POD, packet);
             assert_eq!(verdict, NEXT);
             assert_eq!(out, packet, "truncated at {cut} bytes");
         }
@@ -443,6 +494,7 @@ fn flows_stick_to_one_backend_and_spread_over_all() {
         ),
     );
     let mut chosen = std::collections::BTreeSet::new();
+    let before = fx.counts();
     for port in 0..64u16 {
         let first = inspect(&fx.ingress(&tcp(
             (CLIENT4.into(), 30000 + port),
@@ -462,6 +514,12 @@ fn flows_stick_to_one_backend_and_spread_over_all() {
     }
     // 64 flows on one of two backends by chance: probability 2^-63.
     assert_eq!(chosen.len(), 2, "both backends used: {chosen:?}");
+    let after = fx.counts();
+    assert_eq!(after[&Counter::DnatNew] - before[&Counter::DnatNew], 64);
+    assert_eq!(
+        after[&Counter::DnatEstablished] - before[&Counter::DnatEstablished],
+        256
+    );
 }
 
 #[test]
@@ -484,18 +542,26 @@ fn a_flow_whose_backend_went_away_is_moved_and_a_deleted_service_stops_translati
 
     let (_, one) = service(VIP4, 80, Protocol::Udp, &[(survivor, 8080)]);
     fx.v4.upsert(&frontend, &one).unwrap();
+    let (out, moved) = fx.counting(|fx| fx.ingress(&packet));
     assert_eq!(
-        inspect(&fx.ingress(&packet)).destination,
+        inspect(&out).destination,
         (survivor.into(), 8080),
         "the same 5-tuple must follow the remaining backend"
     );
+    if first == IpAddr::from(survivor) {
+        assert_eq!(moved, counts(&[(Counter::DnatEstablished, 1)]));
+    } else {
+        assert_eq!(
+            moved,
+            counts(&[(Counter::Repick, 1)]),
+            "its backend was gone"
+        );
+    }
 
     fx.v4.remove(&frontend).unwrap();
-    assert_eq!(
-        fx.ingress(&packet),
-        packet,
-        "a deleted service is not translated"
-    );
+    let (out, moved) = fx.counting(|fx| fx.ingress(&packet));
+    assert_eq!(out, packet, "a deleted service is not translated");
+    assert_eq!(moved, counts(&[(Counter::Pass, 1)]));
 }
 
 #[test]
@@ -519,14 +585,182 @@ fn a_tcp_connection_keeps_its_backend_after_the_backend_leaves_the_service() {
     // The connection's backend leaves the Service (its pod is terminating).
     let (_, one) = service(VIP4, 80, Protocol::Tcp, &[(other, 8080)]);
     fx.v4.upsert(&frontend, &one).unwrap();
+    let (out, moved) = fx.counting(|fx| fx.ingress(&tcp(client, (VIP4.into(), 80), false)));
     assert_eq!(
-        inspect(&fx.ingress(&tcp(client, (VIP4.into(), 80), false))).destination,
+        inspect(&out).destination,
         first,
         "an established TCP connection stays on its backend, like a netfilter NAT binding"
     );
+    assert_eq!(moved, counts(&[(Counter::DnatEstablished, 1)]));
     // A new connection goes to the remaining backend.
     assert_eq!(
         inspect(&fx.ingress(&tcp((CLIENT4.into(), 40001), (VIP4.into(), 80), true))).destination,
         (other.into(), 8080)
+    );
+}
+
+/// A TCP packet with the given flags (etherparse builder steps).
+fn tcp_with(source: (IpAddr, u16), destination: (IpAddr, u16), flags: &[&str]) -> Vec<u8> {
+    let mut b = builder(source.0, destination.0).tcp(source.1, destination.1, 1000, 65535);
+    for flag in flags {
+        b = match *flag {
+            "syn" => b.syn(),
+            "ack" => b.ack(1),
+            "fin" => b.fin(),
+            "rst" => b.rst(),
+            other => panic!("unknown TCP flag {other}"),
+        };
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, PAYLOAD).expect("building TCP");
+    out
+}
+
+/// The tuple's first connection went to A, which then left the Service for B. Its packets,
+/// a retransmitted SYN included, stay on A; once it closed (FIN or RST), a SYN on the same
+/// tuple is a new connection and goes to B.
+fn port_reuse_after<A: Address + KernelFamily>(
+    writer: fn(&mut Fixture) -> &mut Writer<A>,
+    (client, vip, a, b): (A, A, A, A),
+    close: &str,
+) {
+    let mut fx = Fixture::new();
+    let (frontend, only_a) = service(vip, 80, Protocol::Tcp, &[(a, 8080)]);
+    writer(&mut fx).upsert(&frontend, &only_a).unwrap();
+    let (client, vip, a, b): (IpAddr, IpAddr, IpAddr, IpAddr) =
+        (client.into(), vip.into(), a.into(), b.into());
+    let from = (client, 45000);
+    let to = (vip, 80);
+    let (out, moved) = fx.counting(|fx| fx.ingress(&tcp_with(from, to, &["syn"])));
+    assert_eq!(inspect(&out).destination, (a, 8080));
+    assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
+
+    let (_, only_b) = service(
+        A::from_ip(vip).unwrap(),
+        80,
+        Protocol::Tcp,
+        &[(A::from_ip(b).unwrap(), 8080)],
+    );
+    writer(&mut fx).upsert(&frontend, &only_b).unwrap();
+    for flags in [&["ack"][..], &["syn"], &[close, "ack"]] {
+        let (out, moved) = fx.counting(|fx| fx.ingress(&tcp_with(from, to, flags)));
+        assert_eq!(
+            inspect(&out).destination,
+            (a, 8080),
+            "{flags:?} belongs to the open connection"
+        );
+        assert_eq!(moved, counts(&[(Counter::DnatEstablished, 1)]), "{flags:?}");
+    }
+    let (out, moved) = fx.counting(|fx| fx.ingress(&tcp_with(from, to, &["syn"])));
+    assert_eq!(
+        inspect(&out).destination,
+        (b, 8080),
+        "a SYN after {close} opens a new connection, balanced afresh"
+    );
+    assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
+}
+
+fn v4_hosts() -> (Ipv4Addr, Ipv4Addr, Ipv4Addr, Ipv4Addr) {
+    (CLIENT4, VIP4, BACKEND4_A, BACKEND4_B)
+}
+
+fn v6_hosts() -> (Ipv6Addr, Ipv6Addr, Ipv6Addr, Ipv6Addr) {
+    (
+        v6("fd00:10:244:1::2"),
+        v6("fd00:10:96::10"),
+        v6("fd00:10:244:2::2"),
+        v6("fd00:10:244:3::2"),
+    )
+}
+
+#[test]
+fn a_syn_after_fin_reuses_the_port_for_a_new_connection_ipv4() {
+    port_reuse_after(|fx| &mut fx.v4, v4_hosts(), "fin");
+}
+
+#[test]
+fn a_syn_after_rst_reuses_the_port_for_a_new_connection_ipv4() {
+    port_reuse_after(|fx| &mut fx.v4, v4_hosts(), "rst");
+}
+
+#[test]
+fn a_syn_after_fin_reuses_the_port_for_a_new_connection_ipv6() {
+    port_reuse_after(|fx| &mut fx.v6, v6_hosts(), "fin");
+}
+
+#[test]
+fn a_syn_after_rst_reuses_the_port_for_a_new_connection_ipv6() {
+    port_reuse_after(|fx| &mut fx.v6, v6_hosts(), "rst");
+}
+
+#[test]
+fn a_service_with_no_backend_is_counted_and_tracks_nothing() {
+    let mut fx = Fixture::new();
+    let (client4, vip4, _, _) = v4_hosts();
+    let (client6, vip6, _, _) = v6_hosts();
+    let (f4, e4) = service(vip4, 80, Protocol::Tcp, &[]);
+    fx.v4.upsert(&f4, &e4).unwrap();
+    let (f6, e6) = service(vip6, 53, Protocol::Udp, &[]);
+    fx.v6.upsert(&f6, &e6).unwrap();
+    let packets = [
+        tcp((client4.into(), 40000), (vip4.into(), 80), true),
+        udp((client6.into(), 40000), (vip6.into(), 53)),
+    ];
+    for packet in packets {
+        let (out, moved) = fx.counting(|fx| fx.ingress(&packet));
+        assert_eq!(out, packet, "no backend: the packet goes on untouched");
+        assert_eq!(moved, counts(&[(Counter::NoBackend, 1)]));
+    }
+    let conntrack = proxy_userspace::debug::conntrack(&fx.pins).expect("conntrack");
+    assert!(conntrack.is_empty(), "no flow was tracked: {conntrack:?}");
+}
+
+/// A NodePort of an `externalTrafficPolicy: Local` Service: its external entry holds the local
+/// backend A, its internal twin every backend (here B). A pod is inside the cluster, so it gets
+/// the internal entry; without the two-scopes flag, the external one.
+#[test]
+fn pod_traffic_to_a_two_scoped_frontend_takes_its_internal_entry() {
+    let mut fx = Fixture::new();
+    let node = Ipv4Addr::new(10, 244, 0, 1);
+    let backend = |address| Backend {
+        address,
+        port: 8080,
+        protocol: Protocol::Tcp,
+        state: BackendState::Active,
+    };
+    let external = Frontend::new(node, 30080, Protocol::Tcp);
+    let internal = Frontend {
+        scope: Scope::Internal,
+        ..external
+    };
+    let entry = |backends, local, two_scopes| ServiceEntry {
+        kind: FrontendKind::NodePort,
+        backends,
+        local,
+        two_scopes,
+        affinity_timeout: None,
+    };
+    fx.v4
+        .upsert(&internal, &entry(vec![backend(BACKEND4_B)], false, false))
+        .unwrap();
+    fx.v4
+        .upsert(&external, &entry(vec![backend(BACKEND4_A)], true, true))
+        .unwrap();
+    let to = (IpAddr::from(node), 30080);
+    let out = fx.ingress(&tcp((CLIENT4.into(), 41000), to, true));
+    assert_eq!(
+        inspect(&out).destination,
+        (BACKEND4_B.into(), 8080),
+        "pod traffic follows the internal entry"
+    );
+
+    fx.v4
+        .upsert(&external, &entry(vec![backend(BACKEND4_A)], true, false))
+        .unwrap();
+    let out = fx.ingress(&tcp((CLIENT4.into(), 41001), to, true));
+    assert_eq!(
+        inspect(&out).destination,
+        (BACKEND4_A.into(), 8080),
+        "a one-scoped frontend is its external entry for everyone"
     );
 }

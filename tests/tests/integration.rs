@@ -1,7 +1,7 @@
 //! Integration: network namespaces (a node, a client pod, two backend pods), the real
 //! `twinstack run` on manifests, real TCP and UDP sockets, both families.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -9,7 +9,9 @@ use std::{
 
 use twinstack_lab::{
     agent::{Agent, AgentOptions, AgentSource},
-    manifests, require_root,
+    manifests,
+    objects::{ServiceBuilder, SliceBuilder},
+    require_root,
     servers::{self, Answer, Servers},
     topology::Topology,
 };
@@ -34,6 +36,12 @@ struct Lab {
 
 impl Lab {
     fn start() -> Self {
+        Self::start_with(CLUSTER_CIDR)
+    }
+
+    /// The lab with `--cluster-cidr cidr` (one family: a single-stack node, as the manifest
+    /// directory holds no Node to add the other).
+    fn start_with(cluster_cidr: &str) -> Self {
         require_root();
         let topology = Topology::new(2);
         let servers = topology
@@ -50,7 +58,7 @@ impl Lab {
             &topology.node,
             AgentOptions {
                 source: AgentSource::Manifests(manifests.path()),
-                cluster_cidr: CLUSTER_CIDR,
+                cluster_cidr,
                 extra: vec![],
             },
         );
@@ -153,6 +161,119 @@ fn dual_stack_service_answers_on_both_cluster_ips_over_tcp_and_udp() {
     );
 }
 
+/// A single-stack node serves the dual-stack Service on its own family only: the other
+/// family's cluster IP is not translated (the pod has no route for it: the connect fails).
+fn single_stack_node(cluster_cidr: &str, served: &str, unserved: &str) {
+    let lab = Lab::start_with(cluster_cidr);
+    let tally = tally(&lab.requests(target(served, 80), false, 20));
+    assert_eq!(tally.keys().collect::<Vec<_>>(), ["backend-a", "backend-b"]);
+    let other = target(unserved, 80);
+    let untranslated = lab
+        .topology
+        .client
+        .netns
+        .enter(move || servers::tcp_request(other, Duration::from_millis(300)).is_err());
+    assert!(
+        untranslated,
+        "{unserved} answered on a node not serving its family"
+    );
+    let services = lab.agent.services();
+    let families: BTreeSet<&str> = services
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["family"].as_str())
+        .collect();
+    let family = if served.contains(':') { "IPv6" } else { "IPv4" };
+    assert_eq!(families, BTreeSet::from([family]), "{services}");
+}
+
+#[test]
+fn an_ipv4_only_node_serves_the_ipv4_cluster_ip_only() {
+    single_stack_node("10.244.0.0/16", VIP4, VIP6);
+}
+
+#[test]
+fn an_ipv6_only_node_serves_the_ipv6_cluster_ip_only() {
+    single_stack_node("fd00:10:244::/56", VIP6, VIP4);
+}
+
+/// A LoadBalancer Service reached from a pod on each of its frontends, both families: a NodePort
+/// on the Node's addresses (its InternalIPs, from a Node manifest), an external IP and a load
+/// balancer IP. The pod's packets are translated by the same TC path as for a cluster IP.
+#[test]
+fn a_pod_reaches_a_service_on_its_node_port_external_ip_and_load_balancer_ip() {
+    let lab = Lab::start();
+    let (a, b) = (&lab.topology.backends[0], &lab.topology.backends[1]);
+    let service = ServiceBuilder::new("edge")
+        .cluster_ips(&[
+            "10.96.0.20".parse().unwrap(),
+            "fd00:10:96::20".parse().unwrap(),
+        ])
+        .type_("LoadBalancer")
+        .port("http", "TCP", 80, 8080)
+        .node_port("http", 30080)
+        .external_ips(&["192.0.2.20", "2001:db8:e::20"])
+        .load_balancer_ip("203.0.113.20", None)
+        .load_balancer_ip("2001:db8:1b::20", Some("VIP"));
+    let slices = [
+        SliceBuilder::new("edge", "edge-v4")
+            .port("http", "TCP", 8080)
+            .ready(&[a.v4.into(), b.v4.into()]),
+        SliceBuilder::new("edge", "edge-v6")
+            .port("http", "TCP", 8080)
+            .ready(&[a.v6.into(), b.v6.into()]),
+    ];
+    // The node's addresses: the client pod's gateways.
+    let node = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": "10.244.1.1"},
+            {"type": "InternalIP", "address": "fd00:10:244:1::1"},
+        ]},
+    });
+    let yaml = [
+        service.yaml(),
+        slices[0].yaml(),
+        slices[1].yaml(),
+        serde_yaml::to_string(&node).unwrap(),
+    ]
+    .join("---\n");
+    std::fs::write(lab.manifests.path().join("edge.yaml"), yaml).expect("write manifests");
+
+    let frontends = [
+        ("10.244.1.1", 30080),
+        ("fd00:10:244:1::1", 30080),
+        ("192.0.2.20", 80),
+        ("2001:db8:e::20", 80),
+        ("203.0.113.20", 80),
+        ("2001:db8:1b::20", 80),
+    ];
+    lab.until(Duration::from_secs(5), |lab| {
+        let listed = lab.agent.twinstack(&["bpf", "service", "list"]);
+        frontends
+            .iter()
+            .all(|(ip, port)| listed.contains(&target(ip, *port).to_string()))
+    });
+    for (ip, port) in frontends {
+        let frontend = target(ip, port);
+        let answers = lab.requests(frontend, false, 20);
+        assert!(
+            answers.iter().all(|a| a.reply_from == frontend),
+            "{frontend}"
+        );
+        assert_eq!(
+            tally(&answers).keys().collect::<Vec<_>>(),
+            ["backend-a", "backend-b"],
+            "{frontend}"
+        );
+    }
+    let listed = lab.agent.twinstack(&["bpf", "service", "list"]);
+    for kind in ["NodePort", "ExternalIP", "LoadBalancer"] {
+        assert!(listed.contains(kind), "{kind} missing from:\n{listed}");
+    }
+}
+
 #[test]
 fn manifest_edits_reach_the_datapath() {
     let lab = Lab::start();
@@ -197,15 +318,58 @@ fn manifest_edits_reach_the_datapath() {
     assert_eq!(lab.agent.services(), serde_json::json!([]));
 }
 
+/// Kernel ids of every pinned map: a map recreated (and so emptied) gets a new id.
+fn map_ids(agent: &Agent) -> BTreeMap<&'static str, u32> {
+    let pins = agent
+        .bpf_root
+        .join(format!("v{}", proxy_common::LAYOUT_VERSION))
+        .join("maps");
+    proxy_common::maps::MAPS
+        .iter()
+        .map(|spec| {
+            let info = aya::maps::MapInfo::from_pin(pins.join(spec.name))
+                .unwrap_or_else(|e| panic!("map {}: {e}", spec.name));
+            (spec.name, info.id())
+        })
+        .collect()
+}
+
+/// The forward conntrack entries of UDP flows: (client, backend, reverse-NAT id).
+fn udp_flows(agent: &Agent) -> BTreeSet<(String, String, u64)> {
+    let rows: serde_json::Value =
+        serde_json::from_str(&agent.twinstack(&["bpf", "ct", "list", "-o", "json"]))
+            .expect("ct list JSON");
+    rows.as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["direction"] == "forward" && r["protocol"] == "UDP")
+        .map(|r| {
+            (
+                r["source"].as_str().unwrap_or_default().to_owned(),
+                r["backend"].as_str().unwrap_or_default().to_owned(),
+                r["rev_nat_id"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// 40 UDP flows (one socket each, so a fixed 5-tuple) pinned to backends by conntrack: each
+/// stays on its backend while no agent runs and after a new agent takes over. With conntrack
+/// lost, all 40 would land where they were by chance with probability 2^-40. The maps are the
+/// same kernel objects before and after, and the restart renumbers nothing.
 #[test]
 fn an_agent_restart_keeps_flows_on_their_backends() {
+    const FLOWS: usize = 40;
     let mut lab = Lab::start();
     let vip = target(VIP4, 5353);
-    // One UDP socket: the same 5-tuple for every request, so conntrack pins it to a backend.
-    let socket = lab.topology.client.netns.enter(move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        s
+    let sockets: Vec<std::net::UdpSocket> = lab.topology.client.netns.enter(move || {
+        (0..FLOWS)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+                s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+                s
+            })
+            .collect()
     });
     let ask = |socket: &std::net::UdpSocket| {
         socket.send_to(b"hello\n", vip).expect("send");
@@ -218,26 +382,41 @@ fn an_agent_restart_keeps_flows_on_their_backends() {
             .unwrap_or_default()
             .to_owned()
     };
-    let backend = ask(&socket);
-    let before = lab.agent.twinstack(&["bpf", "service", "list"]);
+    let ask_all = || sockets.iter().map(ask).collect::<Vec<_>>();
+    let backends = ask_all();
+    assert_eq!(
+        backends.iter().collect::<BTreeSet<_>>().len(),
+        2,
+        "the flows spread over both backends: {backends:?}"
+    );
+    let services = lab.agent.twinstack(&["bpf", "service", "list"]);
+    let maps = map_ids(&lab.agent);
+    let flows = udp_flows(&lab.agent);
+    assert_eq!(flows.len(), FLOWS, "{flows:?}");
 
     lab.agent.stop().expect("agent was running");
     assert_eq!(
-        ask(&socket),
-        backend,
+        ask_all(),
+        backends,
         "the datapath keeps serving while no agent runs"
     );
 
     let node = &lab.topology.node;
     lab.agent.restart(node);
     assert_eq!(
-        ask(&socket),
-        backend,
-        "a new agent keeps the flow on its backend"
+        ask_all(),
+        backends,
+        "a new agent keeps every flow on its backend"
     );
     assert_eq!(
+        map_ids(&lab.agent),
+        maps,
+        "the new agent adopted the same maps"
+    );
+    assert_eq!(udp_flows(&lab.agent), flows, "conntrack is untouched");
+    assert_eq!(
         lab.agent.twinstack(&["bpf", "service", "list"]),
-        before,
+        services,
         "a restart renumbers nothing"
     );
 }

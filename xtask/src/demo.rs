@@ -17,7 +17,7 @@ use crate::{root, setup};
 
 const REQUESTS: usize = 10;
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     setup::run()?;
     let binary = crate::build(false)?;
     // SAFETY: set before any thread starts; read by the lab when it runs the agent.

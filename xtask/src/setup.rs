@@ -36,7 +36,7 @@ fn output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     packages()?;
@@ -79,7 +79,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     .context("installing bpf-linker (0.11+ needs LLVM 23, which rustc here does not ship)")
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     output("id", &["-u"]).trim() == "0"
 }
 

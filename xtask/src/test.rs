@@ -4,7 +4,7 @@ use anyhow::bail;
 
 use crate::{cargo, exec, setup};
 
-pub fn run_lints() -> anyhow::Result<()> {
+pub(crate) fn run_lints() -> anyhow::Result<()> {
     exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
     exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The kernel programs, for their own target.
@@ -28,7 +28,7 @@ pub fn run_lints() -> anyhow::Result<()> {
     )
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     setup::run()?;
     if !setup::is_root() {
         bail!("the test suite includes BPF and network-namespace tests: run it as root");

@@ -51,7 +51,7 @@ struct ListArgs {
     bpf_root: PathBuf,
 }
 
-pub fn main(args: BpfArgs) -> anyhow::Result<()> {
+pub(super) fn main(args: BpfArgs) -> anyhow::Result<()> {
     match args.command {
         BpfCommand::Service {
             command: ListCommand::List(list),

@@ -12,7 +12,7 @@ pub struct CleanupArgs {
     bpf_root: PathBuf,
 }
 
-pub fn main(args: CleanupArgs) -> anyhow::Result<()> {
+pub(super) fn main(args: CleanupArgs) -> anyhow::Result<()> {
     let removed = loader::cleanup(&PinLayout::new(&args.bpf_root))?;
     println!(
         "removed {} pins under {}",

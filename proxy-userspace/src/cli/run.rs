@@ -62,7 +62,7 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_owned())
 }
 
-pub fn main(args: RunArgs) -> anyhow::Result<()> {
+pub(super) fn main(args: RunArgs) -> anyhow::Result<()> {
     if args.sync_period.is_zero() {
         anyhow::bail!("--sync-period must be greater than 0, e.g. 30s");
     }

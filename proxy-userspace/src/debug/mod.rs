@@ -2,12 +2,12 @@
 //! with human-readable addresses. Logic here; the CLI only parses flags.
 mod table;
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use proxy_common::{ConntrackValue, ct_flags, direction, service_flags};
+use proxy_common::{
+    ConntrackKey, ConntrackValue, LbFamily, ct_flags, direction,
+    maps::{MAPS, MapKind},
+};
 use serde::Serialize;
 
 pub use table::Table;
@@ -15,13 +15,13 @@ pub use table::Table;
 use crate::{
     family::{Family, socket_display},
     maps::{
-        LbMaps, MapError,
-        codec::KernelFamily,
-        kernel::{KernelMaps, open_hash},
+        MapError, batch,
+        codec::{self, KernelFamily},
+        kernel::{self, open_hash},
         pins::PinLayout,
     },
     model::Protocol,
-    plan::BackendState,
+    plan::{BackendState, Scope},
 };
 
 #[derive(Debug, Serialize)]
@@ -31,7 +31,10 @@ pub struct ServiceRow {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    pub scope: Scope,
+    /// The frontend kind and policy flags of slot 0.
     pub kind: Vec<&'static str>,
+    pub affinity_timeout: Option<u32>,
     pub backends: Vec<BackendRow>,
 }
 
@@ -45,10 +48,13 @@ pub struct BackendRow {
     pub state: Option<&'static str>,
 }
 
-fn flag_names(flags: u16) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if flags & service_flags::CLUSTER_IP != 0 {
-        names.push("ClusterIP");
+fn head_names(head: &codec::Head) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = head.kind.map(|k| k.name()).into_iter().collect();
+    if head.local {
+        names.push("Local");
+    }
+    if head.two_scopes {
+        names.push("TwoScopes");
     }
     names
 }
@@ -61,61 +67,33 @@ fn state_name(state: BackendState) -> &'static str {
 }
 
 fn services_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ServiceRow>, MapError> {
-    let maps = KernelMaps::<A>::open(pins)?;
-    let backends: BTreeMap<_, _> = maps.dump_backends()?.into_iter().collect();
-    let mut slots: BTreeMap<_, BTreeMap<u16, SlotValue>> = BTreeMap::new();
-    for (frontend, slot, value) in maps.dump_services()? {
-        slots
-            .entry(frontend)
-            .or_default()
-            .insert(slot, value.into());
-    }
-    let mut rows = Vec::new();
-    for (frontend, slots) in slots {
-        let Some(head) = slots.get(&0) else { continue };
-        let backends = (1..=head.count)
-            .map(|slot| {
-                let id = slots.get(&slot).map(|s| s.backend_id).unwrap_or(0);
-                let backend = backends.get(&id);
-                BackendRow {
+    let snapshot = kernel::open::<A>(pins)?.snapshot()?;
+    Ok(snapshot
+        .resolve()
+        .into_iter()
+        .map(|resolved| ServiceRow {
+            family: A::FAMILY,
+            rev_nat_id: resolved.rev_nat_id,
+            address: resolved.frontend.address.into(),
+            port: resolved.frontend.port,
+            protocol: resolved.frontend.protocol,
+            scope: resolved.frontend.scope,
+            kind: head_names(&resolved.head),
+            affinity_timeout: resolved.head.affinity_timeout,
+            backends: resolved
+                .slots
+                .iter()
+                .zip(1..)
+                .map(|((id, backend), slot)| BackendRow {
                     slot,
-                    id,
+                    id: *id,
                     address: backend.map(|b| b.address.into()),
                     port: backend.map(|b| b.port),
                     state: backend.map(|b| state_name(b.state)),
-                }
-            })
-            .collect();
-        rows.push(ServiceRow {
-            family: A::FAMILY,
-            rev_nat_id: head.rev_nat_id,
-            address: frontend.address.into(),
-            port: frontend.port,
-            protocol: frontend.protocol,
-            kind: flag_names(head.flags),
-            backends,
-        });
-    }
-    Ok(rows)
-}
-
-/// The fields of a service map value the listing needs.
-struct SlotValue {
-    backend_id: u32,
-    rev_nat_id: u32,
-    count: u16,
-    flags: u16,
-}
-
-impl From<proxy_common::ServiceValue> for SlotValue {
-    fn from(v: proxy_common::ServiceValue) -> Self {
-        Self {
-            backend_id: v.backend_id,
-            rev_nat_id: v.rev_nat_id,
-            count: v.count,
-            flags: v.flags,
-        }
-    }
+                })
+                .collect(),
+        })
+        .collect())
 }
 
 /// Every service of both families, sorted by family, address, port, protocol.
@@ -128,6 +106,13 @@ pub fn services(pins: &PinLayout) -> Result<Vec<ServiceRow>, MapError> {
 pub fn services_table(rows: &[ServiceRow]) -> Table {
     let mut table = Table::new(["ID", "FRONTEND", "TYPE", "BACKENDS"]);
     for row in rows {
+        let mut kind = row.kind.join(",");
+        if row.scope == Scope::Internal {
+            kind.push_str(",internal");
+        }
+        if let Some(timeout) = row.affinity_timeout {
+            kind.push_str(&format!(",affinity={timeout}s"));
+        }
         let backends = if row.backends.is_empty() {
             "(none)".to_owned()
         } else {
@@ -143,7 +128,7 @@ pub fn services_table(rows: &[ServiceRow]) -> Table {
         table.row([
             row.rev_nat_id.to_string(),
             format!("{}/{}", socket_display(row.address, row.port), row.protocol),
-            row.kind.join(","),
+            kind,
             backends,
         ]);
     }
@@ -174,12 +159,12 @@ fn monotonic_ns() -> u64 {
 }
 
 fn conntrack_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ConntrackRow>, MapError> {
-    let map = open_hash::<A::ConntrackKey, ConntrackValue>(pins, A::CONNTRACK)?;
+    let map = open_hash::<ConntrackKey<A::Raw>, ConntrackValue>(pins, A::Binding::CONNTRACK)?;
     let now = monotonic_ns();
     let mut rows = Vec::new();
     for entry in map.iter() {
         let Ok((key, value)) = entry else { continue };
-        let tuple = A::decode_conntrack_key(&key);
+        let tuple = codec::decode_conntrack_key::<A>(&key);
         let mut flags = Vec::new();
         for (bit, name) in [
             (ct_flags::SEEN_SYN, "SYN"),
@@ -204,7 +189,7 @@ fn conntrack_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ConntrackRow>, 
             destination: socket_display(tuple.destination.into(), tuple.destination_port),
             backend_id: value.backend_id,
             backend: socket_display(
-                A::decode_conntrack_address(&value.backend_address).into(),
+                codec::decode_conntrack_address::<A>(&value.backend_address).into(),
                 u16::from_be(value.backend_port),
             ),
             rev_nat_id: value.rev_nat_id,
@@ -278,59 +263,29 @@ fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn count<K: aya::Pod, V: aya::Pod>(pins: &PinLayout, name: &'static str) -> Option<usize> {
-    Some(
-        open_hash::<K, V>(pins, name)
-            .ok()?
-            .keys()
-            .filter(Result::is_ok)
-            .count(),
-    )
-}
-
-fn entries_of<A: KernelFamily>(pins: &PinLayout, name: &str) -> Option<Option<usize>> {
-    use proxy_common::ServiceValue;
-    Some(if name == A::SERVICES {
-        count::<A::ServiceKey, ServiceValue>(pins, A::SERVICES)
-    } else if name == A::BACKENDS {
-        count::<u32, A::Backend>(pins, A::BACKENDS)
-    } else if name == A::REVERSE_NAT {
-        count::<u32, A::ReverseNat>(pins, A::REVERSE_NAT)
-    } else if name == A::CONNTRACK {
-        count::<A::ConntrackKey, ConntrackValue>(pins, A::CONNTRACK)
-    } else {
-        return None;
-    })
-}
-
-/// Every pinned map: shape, fill and kernel memory (like `bpftool map show`).
+/// Every pinned map of the map list: shape, fill and kernel memory (like `bpftool map show`).
 pub fn maps(pins: &PinLayout) -> Result<Vec<MapRow>, MapError> {
-    use proxy_common::map_names::*;
     let mut rows = Vec::new();
-    for name in [
-        SERVICES_V4,
-        BACKENDS_V4,
-        REVERSE_NAT_V4,
-        CONNTRACK_V4,
-        SERVICES_V6,
-        BACKENDS_V6,
-        REVERSE_NAT_V6,
-        CONNTRACK_V6,
-        COUNTERS,
-    ] {
+    for spec in MAPS {
+        let name = spec.name;
         let info =
             aya::maps::MapInfo::from_pin(pins.map(name)).map_err(|source| MapError::Kernel {
                 map: name,
                 operation: "open pin",
                 source,
             })?;
-        let memory_bytes = info.fd().ok().and_then(|fd| {
+        let fd = info.fd().ok();
+        let memory_bytes = fd.as_ref().and_then(|fd| {
             use std::os::fd::AsFd as _;
             memlock(fd.as_fd())
         });
-        let entries = entries_of::<Ipv4Addr>(pins, name)
-            .or_else(|| entries_of::<Ipv6Addr>(pins, name))
-            .flatten();
+        let entries = match spec.kind {
+            MapKind::Hash | MapKind::LruHash => fd.as_ref().and_then(|fd| {
+                use std::os::fd::AsFd as _;
+                batch::count(fd.as_fd(), info.key_size(), info.value_size()).ok()
+            }),
+            MapKind::PerCpuArray => None,
+        };
         rows.push(MapRow {
             name,
             kind: info

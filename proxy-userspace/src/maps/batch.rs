@@ -97,6 +97,42 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
     let mut entries = Vec::new();
     let mut keys = vec![K::zeroed(); LOOKUP_CHUNK];
     let mut values = vec![V::zeroed(); LOOKUP_CHUNK];
+    lookup_chunks(
+        fd,
+        bytemuck::cast_slice_mut(&mut keys),
+        bytemuck::cast_slice_mut(&mut values),
+        |keys, values, done| {
+            let keys: &[K] = bytemuck::cast_slice(keys);
+            let values: &[V] = bytemuck::cast_slice(values);
+            entries.extend(
+                keys[..done]
+                    .iter()
+                    .copied()
+                    .zip(values[..done].iter().copied()),
+            );
+        },
+    )?;
+    Ok(entries)
+}
+
+/// Counts the entries of a hash map whatever its key and value types (sizes in bytes; plain
+/// hashes only: a per-CPU value needs room per CPU).
+pub fn count(fd: BorrowedFd<'_>, key_size: u32, value_size: u32) -> io::Result<usize> {
+    let mut keys = vec![0u8; LOOKUP_CHUNK * key_size as usize];
+    let mut values = vec![0u8; LOOKUP_CHUNK * value_size as usize];
+    let mut total = 0;
+    lookup_chunks(fd, &mut keys, &mut values, |_, _, done| total += done)?;
+    Ok(total)
+}
+
+/// Runs lookup batches of [`LOOKUP_CHUNK`] entries into `keys`/`values` (room for that many)
+/// until the end of the map, handing each batch to `taken` with its count.
+fn lookup_chunks(
+    fd: BorrowedFd<'_>,
+    keys: &mut [u8],
+    values: &mut [u8],
+    mut taken: impl FnMut(&[u8], &[u8], usize),
+) -> io::Result<()> {
     // The batch token is opaque (a bucket index for hash maps); 8 bytes hold it.
     let mut token_in = 0u64;
     let mut token_out = 0u64;
@@ -116,16 +152,11 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
             ..BatchAttr::default()
         };
         let (done, error) = call(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        entries.extend(
-            keys[..done]
-                .iter()
-                .copied()
-                .zip(values[..done].iter().copied()),
-        );
+        taken(keys, values, done);
         match error {
             None => {}
             // The end of the map.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Some(e) => return Err(e),
         }
         token_in = token_out;

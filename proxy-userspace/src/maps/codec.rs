@@ -1,52 +1,104 @@
-//! The one boundary between model types and the kernel's byte layouts: addresses as raw
-//! network-order bytes, ports converted to network order here and nowhere else.
+//! The one boundary between model types and the kernel's byte layouts. Each model key or value
+//! a [`super::Table`] holds has one [`Encode`] impl here, built on the constructors in
+//! `proxy_common` (addresses as raw network-order bytes, ports converted to network order there
+//! and nowhere else). Slot 0 is built by [`head`] and read back by [`decode_head`]: the only
+//! code that knows the kernel's flag bits.
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::Pod;
 use proxy_common::{
-    BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ReverseNatV4, ReverseNatV6, ServiceKeyV4,
-    ServiceKeyV6, backend_state, map_names, scope,
+    ConntrackKey, LbFamily, RawAddress, ReverseNat, ServiceKey, ServiceValue, V4, V6,
+    backend_state, scope, service_flags,
 };
 
+use super::SlotKey;
 use crate::{
     family::Address,
     model::Protocol,
-    plan::{Backend, BackendState, Frontend},
+    plan::{Backend, BackendState, Frontend, FrontendKind, Scope, ServiceEntry},
 };
 
-/// A decoded conntrack key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConntrackTuple<A> {
-    pub source: A,
-    pub destination: A,
-    pub source_port: u16,
-    pub destination_port: u16,
-    pub protocol: u8,
-    pub direction: u8,
+/// A model address with its kernel binding.
+pub trait KernelFamily: Address {
+    type Raw: RawAddress<Ip = Self>;
+    type Binding: LbFamily<Addr = Self::Raw>;
 }
 
-/// Kernel layouts of one family.
-pub trait KernelFamily: Address {
-    type ServiceKey: Pod + bytemuck::Pod;
-    type Backend: Pod + bytemuck::Pod;
-    type ReverseNat: Pod + bytemuck::Pod;
-    type ConntrackKey: Pod + bytemuck::Pod;
+impl KernelFamily for Ipv4Addr {
+    type Raw = [u8; 4];
+    type Binding = V4;
+}
 
-    const SERVICES: &'static str;
-    const BACKENDS: &'static str;
-    const REVERSE_NAT: &'static str;
-    const CONNTRACK: &'static str;
+impl KernelFamily for Ipv6Addr {
+    type Raw = [u8; 16];
+    type Binding = V6;
+}
 
-    fn encode_service_key(frontend: &Frontend<Self>, slot: u16) -> Self::ServiceKey;
-    /// `None` for a key naming an unknown protocol.
-    fn decode_service_key(key: &Self::ServiceKey) -> Option<(Frontend<Self>, u16)>;
-    fn encode_backend(backend: &Backend<Self>) -> Self::Backend;
-    fn decode_backend(raw: &Self::Backend) -> Option<Backend<Self>>;
-    fn encode_reverse_nat(address: Self, port: u16) -> Self::ReverseNat;
-    fn decode_reverse_nat(raw: &Self::ReverseNat) -> (Self, u16);
-    fn decode_conntrack_key(raw: &Self::ConntrackKey) -> ConntrackTuple<Self>;
-    /// An address as a conntrack value holds it (IPv4 in the first 4 bytes).
-    fn decode_conntrack_address(raw: &[u8; 16]) -> Self;
+/// A model-level key or value, and its kernel layout.
+pub trait Encode: Sized {
+    type Raw: aya::Pod + bytemuck::Pod;
+    fn encode(&self) -> Self::Raw;
+    /// `None` for bytes the agent never writes (an unknown protocol, scope or state).
+    fn decode(raw: &Self::Raw) -> Option<Self>;
+}
+
+impl Encode for u32 {
+    type Raw = u32;
+    fn encode(&self) -> u32 {
+        *self
+    }
+    fn decode(raw: &u32) -> Option<u32> {
+        Some(*raw)
+    }
+}
+
+impl Encode for ServiceValue {
+    type Raw = ServiceValue;
+    fn encode(&self) -> ServiceValue {
+        *self
+    }
+    fn decode(raw: &ServiceValue) -> Option<ServiceValue> {
+        Some(*raw)
+    }
+}
+
+fn encode_scope(scope: Scope) -> u8 {
+    match scope {
+        Scope::External => scope::EXTERNAL,
+        Scope::Internal => scope::INTERNAL,
+    }
+}
+
+fn decode_scope(raw: u8) -> Option<Scope> {
+    match raw {
+        scope::EXTERNAL => Some(Scope::External),
+        scope::INTERNAL => Some(Scope::Internal),
+        _ => None,
+    }
+}
+
+impl<A: KernelFamily> Encode for SlotKey<A> {
+    type Raw = ServiceKey<A::Raw>;
+    fn encode(&self) -> Self::Raw {
+        let f = &self.frontend;
+        ServiceKey::new(
+            f.address,
+            f.port,
+            f.protocol.number(),
+            encode_scope(f.scope),
+            self.slot,
+        )
+    }
+    fn decode(raw: &Self::Raw) -> Option<Self> {
+        Some(SlotKey {
+            frontend: Frontend {
+                address: raw.address.to_ip(),
+                port: u16::from_be(raw.port),
+                protocol: Protocol::from_number(raw.protocol)?,
+                scope: decode_scope(raw.scope)?,
+            },
+            slot: raw.slot,
+        })
+    }
 }
 
 fn encode_state(state: BackendState) -> u8 {
@@ -64,117 +116,118 @@ fn decode_state(state: u8) -> Option<BackendState> {
     }
 }
 
-macro_rules! kernel_family {
-    ($addr:ty, $skey:ident, $backend:ident, $revnat:ident, $ctkey:ident,
-     $services:expr, $backends:expr, $reverse_nat:expr, $conntrack:expr) => {
-        impl KernelFamily for $addr {
-            type ServiceKey = $skey;
-            type Backend = $backend;
-            type ReverseNat = $revnat;
-            type ConntrackKey = $ctkey;
-
-            const SERVICES: &'static str = $services;
-            const BACKENDS: &'static str = $backends;
-            const REVERSE_NAT: &'static str = $reverse_nat;
-            const CONNTRACK: &'static str = $conntrack;
-
-            fn encode_service_key(frontend: &Frontend<Self>, slot: u16) -> $skey {
-                $skey {
-                    address: frontend.address.octets(),
-                    port: frontend.port.to_be(),
-                    slot,
-                    protocol: frontend.protocol.number(),
-                    scope: scope::EXTERNAL,
-                    _pad: [0; 2],
-                }
-            }
-
-            fn decode_service_key(key: &$skey) -> Option<(Frontend<Self>, u16)> {
-                Some((
-                    Frontend {
-                        address: <$addr>::from(key.address),
-                        port: u16::from_be(key.port),
-                        protocol: Protocol::from_number(key.protocol)?,
-                    },
-                    key.slot,
-                ))
-            }
-
-            fn encode_backend(backend: &Backend<Self>) -> $backend {
-                $backend {
-                    address: backend.address.octets(),
-                    port: backend.port.to_be(),
-                    protocol: backend.protocol.number(),
-                    state: encode_state(backend.state),
-                    zone: 0,
-                    _pad: [0; 3],
-                }
-            }
-
-            fn decode_backend(raw: &$backend) -> Option<Backend<Self>> {
-                Some(Backend {
-                    address: <$addr>::from(raw.address),
-                    port: u16::from_be(raw.port),
-                    protocol: Protocol::from_number(raw.protocol)?,
-                    state: decode_state(raw.state)?,
-                })
-            }
-
-            fn encode_reverse_nat(address: Self, port: u16) -> $revnat {
-                $revnat {
-                    address: address.octets(),
-                    port: port.to_be(),
-                    _pad: [0; 2],
-                }
-            }
-
-            fn decode_reverse_nat(raw: &$revnat) -> (Self, u16) {
-                (<$addr>::from(raw.address), u16::from_be(raw.port))
-            }
-
-            fn decode_conntrack_address(raw: &[u8; 16]) -> Self {
-                let mut octets = Self::UNSPECIFIED.octets();
-                let n = octets.len();
-                octets.copy_from_slice(&raw[..n]);
-                <$addr>::from(octets)
-            }
-
-            fn decode_conntrack_key(raw: &$ctkey) -> ConntrackTuple<Self> {
-                ConntrackTuple {
-                    source: <$addr>::from(raw.source),
-                    destination: <$addr>::from(raw.destination),
-                    source_port: u16::from_be(raw.source_port),
-                    destination_port: u16::from_be(raw.destination_port),
-                    protocol: raw.protocol,
-                    direction: raw.direction,
-                }
-            }
-        }
-    };
+impl<A: KernelFamily> Encode for Backend<A> {
+    type Raw = proxy_common::Backend<A::Raw>;
+    fn encode(&self) -> Self::Raw {
+        proxy_common::Backend::new(
+            self.address,
+            self.port,
+            self.protocol.number(),
+            encode_state(self.state),
+        )
+    }
+    fn decode(raw: &Self::Raw) -> Option<Self> {
+        Some(Backend {
+            address: raw.address.to_ip(),
+            port: u16::from_be(raw.port),
+            protocol: Protocol::from_number(raw.protocol)?,
+            state: decode_state(raw.state)?,
+        })
+    }
 }
 
-kernel_family!(
-    Ipv4Addr,
-    ServiceKeyV4,
-    BackendV4,
-    ReverseNatV4,
-    ConntrackKeyV4,
-    map_names::SERVICES_V4,
-    map_names::BACKENDS_V4,
-    map_names::REVERSE_NAT_V4,
-    map_names::CONNTRACK_V4
-);
-kernel_family!(
-    Ipv6Addr,
-    ServiceKeyV6,
-    BackendV6,
-    ReverseNatV6,
-    ConntrackKeyV6,
-    map_names::SERVICES_V6,
-    map_names::BACKENDS_V6,
-    map_names::REVERSE_NAT_V6,
-    map_names::CONNTRACK_V6
-);
+/// A reverse-NAT entry: the frontend's (address, port).
+impl<A: KernelFamily> Encode for (A, u16) {
+    type Raw = ReverseNat<A::Raw>;
+    fn encode(&self) -> Self::Raw {
+        ReverseNat::new(self.0, self.1)
+    }
+    fn decode(raw: &Self::Raw) -> Option<Self> {
+        Some((raw.address.to_ip(), u16::from_be(raw.port)))
+    }
+}
+
+/// Slot 0 as the model sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Head {
+    /// `None` for a value with no kind bit (never written by this agent).
+    pub kind: Option<FrontendKind>,
+    pub local: bool,
+    pub two_scopes: bool,
+    pub affinity_timeout: Option<u32>,
+}
+
+fn kind_flag(kind: FrontendKind) -> u16 {
+    match kind {
+        FrontendKind::ClusterIp => service_flags::CLUSTER_IP,
+        FrontendKind::NodePort => service_flags::NODE_PORT,
+        FrontendKind::ExternalIp => service_flags::EXTERNAL_IP,
+        FrontendKind::LoadBalancer => service_flags::LOAD_BALANCER,
+    }
+}
+
+/// The slot-0 value of `entry`, with its reverse-NAT id and `count` backend slots. Built here
+/// only, and compared whole: any attribute that changes rewrites slot 0.
+pub fn head<A>(entry: &ServiceEntry<A>, rev_nat_id: u32, count: u16) -> ServiceValue {
+    let mut flags = kind_flag(entry.kind);
+    if entry.local {
+        flags |= service_flags::LOCAL;
+    }
+    if entry.two_scopes {
+        flags |= service_flags::TWO_SCOPES;
+    }
+    ServiceValue {
+        backend_id: 0,
+        rev_nat_id,
+        count,
+        flags,
+        affinity_timeout: entry.affinity_timeout.unwrap_or(0),
+    }
+}
+
+pub fn decode_head(value: &ServiceValue) -> Head {
+    let kind = [
+        FrontendKind::ClusterIp,
+        FrontendKind::NodePort,
+        FrontendKind::ExternalIp,
+        FrontendKind::LoadBalancer,
+    ]
+    .into_iter()
+    .find(|k| value.flags & kind_flag(*k) != 0);
+    Head {
+        kind,
+        local: value.flags & service_flags::LOCAL != 0,
+        two_scopes: value.flags & service_flags::TWO_SCOPES != 0,
+        affinity_timeout: (value.affinity_timeout != 0).then_some(value.affinity_timeout),
+    }
+}
+
+/// A decoded conntrack key (host-order ports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackTuple<A> {
+    pub source: A,
+    pub destination: A,
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub protocol: u8,
+    pub direction: u8,
+}
+
+pub fn decode_conntrack_key<A: KernelFamily>(raw: &ConntrackKey<A::Raw>) -> ConntrackTuple<A> {
+    ConntrackTuple {
+        source: raw.source.to_ip(),
+        destination: raw.destination.to_ip(),
+        source_port: u16::from_be(raw.source_port),
+        destination_port: u16::from_be(raw.destination_port),
+        protocol: raw.protocol,
+        direction: raw.direction,
+    }
+}
+
+/// An address as a conntrack value holds it (IPv4 in the first 4 bytes).
+pub fn decode_conntrack_address<A: KernelFamily>(raw: &[u8; 16]) -> A {
+    A::Raw::from_wide(raw).to_ip()
+}
 
 #[cfg(test)]
 mod tests {
@@ -182,15 +235,20 @@ mod tests {
 
     #[test]
     fn ports_are_network_order_and_round_trip() {
-        let frontend = Frontend {
-            address: Ipv4Addr::new(10, 96, 0, 10),
-            port: 80,
-            protocol: Protocol::Tcp,
-        };
-        let key = Ipv4Addr::encode_service_key(&frontend, 3);
-        assert_eq!(bytemuck::bytes_of(&key)[4..6], [0, 80]);
-        assert_eq!(key.address, [10, 96, 0, 10]);
-        assert_eq!(Ipv4Addr::decode_service_key(&key), Some((frontend, 3)));
+        let key = SlotKey::new(
+            Frontend {
+                address: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                protocol: Protocol::Tcp,
+                scope: Scope::Internal,
+            },
+            3,
+        );
+        let raw = key.encode();
+        assert_eq!(bytemuck::bytes_of(&raw)[4..6], [0, 80]);
+        assert_eq!(raw.address, [10, 96, 0, 10]);
+        assert_eq!(raw.scope, scope::INTERNAL);
+        assert_eq!(SlotKey::decode(&raw), Some(key));
 
         let backend = Backend {
             address: "fd00:10:244::5".parse::<Ipv6Addr>().unwrap(),
@@ -198,8 +256,30 @@ mod tests {
             protocol: Protocol::Udp,
             state: BackendState::Terminating,
         };
-        let raw = Ipv6Addr::encode_backend(&backend);
+        let raw = backend.encode();
         assert_eq!(bytemuck::bytes_of(&raw)[16..18], [0x1f, 0x90]);
-        assert_eq!(Ipv6Addr::decode_backend(&raw), Some(backend));
+        assert_eq!(Backend::decode(&raw), Some(backend));
+    }
+
+    #[test]
+    fn slot_0_round_trips_every_attribute() {
+        let entry = ServiceEntry::<Ipv4Addr> {
+            kind: FrontendKind::LoadBalancer,
+            backends: Vec::new(),
+            local: true,
+            two_scopes: true,
+            affinity_timeout: Some(30),
+        };
+        let value = head(&entry, 7, 3);
+        assert_eq!((value.rev_nat_id, value.count), (7, 3));
+        assert_eq!(
+            decode_head(&value),
+            Head {
+                kind: Some(FrontendKind::LoadBalancer),
+                local: true,
+                two_scopes: true,
+                affinity_timeout: Some(30),
+            }
+        );
     }
 }

@@ -1,79 +1,61 @@
-//! [`LbMaps`] over the pinned kernel maps. The only code that writes kernel map state.
+//! [`Table`]s over the pinned kernel maps: one generic implementation, encoding through
+//! [`Encode`]. With the writer above it, the only userspace code that writes kernel map state.
 use std::{
     marker::PhantomData,
     os::fd::{AsFd as _, OwnedFd},
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use proxy_common::ServiceValue;
 
 use super::{
-    LbMaps, MapError, ReverseNatEntry, ServiceSlot, batch, codec::KernelFamily, pins::PinLayout,
+    LbMaps, MapError, Table, batch,
+    codec::{Encode, KernelFamily},
+    pins::PinLayout,
 };
-use crate::plan::{Backend, Frontend};
+use proxy_common::LbFamily;
 
 /// Opens a pinned hash (or LRU hash) map with typed keys and values.
 pub fn open_hash<K: aya::Pod, V: aya::Pod>(
     pins: &PinLayout,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, MapError> {
-    Ok(open_hash_with_fd(pins, name)?.0)
+    Ok(open_hash_with_fd(pins, name)?.map)
 }
 
-/// Like [`open_hash`], plus a second descriptor of the map for batch operations.
+/// A hash map opened from its pin, with a second descriptor for batch operations and its
+/// capacity.
+struct Opened<K, V> {
+    map: HashMap<MapData, K, V>,
+    fd: OwnedFd,
+    capacity: u32,
+}
+
 fn open_hash_with_fd<K: aya::Pod, V: aya::Pod>(
     pins: &PinLayout,
     name: &'static str,
-) -> Result<(HashMap<MapData, K, V>, OwnedFd), MapError> {
+) -> Result<Opened<K, V>, MapError> {
     let kernel = |operation, source| MapError::Kernel {
         map: name,
         operation,
         source,
     };
     let data = MapData::from_pin(pins.map(name)).map_err(|source| kernel("open pin", source))?;
-    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
-        kernel(
-            "dup",
-            aya::maps::MapError::from(aya::sys::SyscallError {
-                call: "dup",
-                io_error: e,
-            }),
-        )
-    })?;
+    let capacity = data
+        .info()
+        .map_err(|source| kernel("info", source))?
+        .max_entries();
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| io_error(name, "dup", e))?;
     let map = Map::from_map_data(data).map_err(|source| kernel("open pin", source))?;
     let hash = HashMap::try_from(map).map_err(|source| kernel("type check", source))?;
-    Ok((hash, fd))
-}
-
-/// One map: typed access for single entries, a raw descriptor for batches.
-struct Handle<K, V> {
-    map: HashMap<MapData, K, V>,
-    fd: OwnedFd,
-}
-
-impl<K: aya::Pod + bytemuck::Pod, V: aya::Pod + bytemuck::Pod> Handle<K, V> {
-    fn open(pins: &PinLayout, name: &'static str) -> Result<Self, MapError> {
-        let (map, fd) = open_hash_with_fd(pins, name)?;
-        Ok(Self { map, fd })
-    }
-
-    fn dump(&self, name: &'static str) -> Result<Vec<(K, V)>, MapError> {
-        batch::lookup_all(self.fd.as_fd()).map_err(|e| io_error(name, "dump", e))
-    }
-
-    fn put_batch(&self, name: &'static str, keys: &[K], values: &[V]) -> Result<(), MapError> {
-        batch::update(self.fd.as_fd(), keys, values).map_err(|(_, e)| match e.raw_os_error() {
-            Some(libc::E2BIG) | Some(libc::ENOMEM) | Some(libc::ENOSPC) => MapError::Full {
-                map: name,
-                capacity: 0,
-            },
-            _ => io_error(name, "batch update", e),
-        })
-    }
-
-    fn delete_batch(&self, name: &'static str, keys: &[K]) -> Result<(), MapError> {
-        batch::delete(self.fd.as_fd(), keys).map_err(|e| io_error(name, "batch delete", e))
-    }
+    Ok(Opened {
+        map: hash,
+        fd,
+        capacity,
+    })
 }
 
 fn io_error(map: &'static str, operation: &'static str, io_error: std::io::Error) -> MapError {
@@ -87,22 +69,8 @@ fn io_error(map: &'static str, operation: &'static str, io_error: std::io::Error
     }
 }
 
-pub struct KernelMaps<A: KernelFamily> {
-    services: Handle<A::ServiceKey, ServiceValue>,
-    backends: Handle<u32, A::Backend>,
-    reverse_nat: Handle<u32, A::ReverseNat>,
-    _family: PhantomData<A>,
-}
-
-impl<A: KernelFamily> KernelMaps<A> {
-    pub fn open(pins: &PinLayout) -> Result<Self, MapError> {
-        Ok(Self {
-            services: Handle::open(pins, A::SERVICES)?,
-            backends: Handle::open(pins, A::BACKENDS)?,
-            reverse_nat: Handle::open(pins, A::REVERSE_NAT)?,
-            _family: PhantomData,
-        })
-    }
+fn is_full(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::E2BIG | libc::ENOMEM | libc::ENOSPC))
 }
 
 fn errno(error: &aya::maps::MapError) -> Option<i32> {
@@ -112,157 +80,108 @@ fn errno(error: &aya::maps::MapError) -> Option<i32> {
     }
 }
 
-fn write_error(
-    map: &'static str,
-    operation: &'static str,
-    source: aya::maps::MapError,
-) -> MapError {
-    match errno(&source) {
-        Some(libc::E2BIG) | Some(libc::ENOMEM) | Some(libc::ENOSPC) => {
-            MapError::Full { map, capacity: 0 }
+/// One pinned hash map as a [`Table`] of `K` → `V`: typed access for single entries, a raw
+/// descriptor for batches.
+pub struct KernelTable<K: Encode, V: Encode> {
+    name: &'static str,
+    map: HashMap<MapData, K::Raw, V::Raw>,
+    fd: OwnedFd,
+    /// `max_entries`, for the error when the map is full.
+    capacity: u32,
+    _model: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: Encode, V: Encode> KernelTable<K, V> {
+    pub fn open(pins: &PinLayout, name: &'static str) -> Result<Self, MapError> {
+        let Opened { map, fd, capacity } = open_hash_with_fd(pins, name)?;
+        Ok(Self {
+            name,
+            map,
+            fd,
+            capacity,
+            _model: PhantomData,
+        })
+    }
+
+    fn invalid(&self, raw: &impl bytemuck::Pod) -> MapError {
+        MapError::Invalid {
+            map: self.name,
+            entry: format!("{:02x?}", bytemuck::bytes_of(raw)),
+            reason: "a key or value no agent writes (unknown protocol, scope or state)".into(),
         }
-        _ => MapError::Kernel {
-            map,
-            operation,
-            source,
-        },
     }
 }
 
-/// A delete of an absent key is not an error: the state we want holds.
-fn delete_result(
-    map: &'static str,
-    result: Result<(), aya::maps::MapError>,
-) -> Result<(), MapError> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
-        Err(source) => Err(MapError::Kernel {
-            map,
-            operation: "delete",
-            source,
-        }),
-    }
-}
-
-impl<A: KernelFamily> LbMaps<A> for KernelMaps<A> {
-    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
-        self.services
-            .dump(A::SERVICES)?
+impl<K: Encode, V: Encode> Table<K, V> for KernelTable<K, V> {
+    fn dump(&self) -> Result<Vec<(K, V)>, MapError> {
+        batch::lookup_all::<K::Raw, V::Raw>(self.fd.as_fd())
+            .map_err(|e| io_error(self.name, "dump", e))?
             .into_iter()
-            .map(|(key, value)| {
-                let (frontend, slot) =
-                    A::decode_service_key(&key).ok_or_else(|| MapError::Invalid {
-                        map: A::SERVICES,
-                        entry: format!("{:?}", bytemuck::bytes_of(&key)),
-                        reason: "unknown protocol".into(),
-                    })?;
-                Ok((frontend, slot, value))
+            .map(|(k, v)| {
+                let key = K::decode(&k).ok_or_else(|| self.invalid(&k))?;
+                let value = V::decode(&v).ok_or_else(|| self.invalid(&v))?;
+                Ok((key, value))
             })
             .collect()
     }
 
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
-        self.backends
-            .dump(A::BACKENDS)?
-            .into_iter()
-            .map(|(id, raw)| {
-                let backend = A::decode_backend(&raw).ok_or_else(|| MapError::Invalid {
-                    map: A::BACKENDS,
-                    entry: id.to_string(),
-                    reason: "unknown protocol or state".into(),
-                })?;
-                Ok((id, backend))
+    fn put(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+        self.map
+            .insert(key.encode(), value.encode(), 0)
+            .map_err(|source| {
+                if is_full(errno(&source)) {
+                    MapError::Full {
+                        map: self.name,
+                        capacity: self.capacity,
+                    }
+                } else {
+                    MapError::Kernel {
+                        map: self.name,
+                        operation: "update",
+                        source,
+                    }
+                }
             })
-            .collect()
     }
 
-    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
-        Ok(self
-            .reverse_nat
-            .dump(A::REVERSE_NAT)?
-            .into_iter()
-            .map(|(id, raw)| (id, A::decode_reverse_nat(&raw)))
-            .collect())
+    fn delete(&mut self, key: &K) -> Result<(), MapError> {
+        match self.map.remove(&key.encode()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(MapError::Kernel {
+                map: self.name,
+                operation: "delete",
+                source,
+            }),
+        }
     }
 
-    fn put_service(
-        &mut self,
-        frontend: &Frontend<A>,
-        slot: u16,
-        value: &ServiceValue,
-    ) -> Result<(), MapError> {
-        self.services
-            .map
-            .insert(A::encode_service_key(frontend, slot), value, 0)
-            .map_err(|e| write_error(A::SERVICES, "update", e))
+    fn put_many(&mut self, entries: &[(K, V)]) -> Result<(), MapError> {
+        let keys: Vec<K::Raw> = entries.iter().map(|(k, _)| k.encode()).collect();
+        let values: Vec<V::Raw> = entries.iter().map(|(_, v)| v.encode()).collect();
+        batch::update(self.fd.as_fd(), &keys, &values).map_err(|(_, e)| {
+            if is_full(e.raw_os_error()) {
+                MapError::Full {
+                    map: self.name,
+                    capacity: self.capacity,
+                }
+            } else {
+                io_error(self.name, "batch update", e)
+            }
+        })
     }
 
-    fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
-        delete_result(
-            A::SERVICES,
-            self.services
-                .map
-                .remove(&A::encode_service_key(frontend, slot)),
-        )
+    fn delete_many(&mut self, keys: &[K]) -> Result<(), MapError> {
+        let keys: Vec<K::Raw> = keys.iter().map(Encode::encode).collect();
+        batch::delete(self.fd.as_fd(), &keys).map_err(|e| io_error(self.name, "batch delete", e))
     }
+}
 
-    fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError> {
-        self.backends
-            .map
-            .insert(id, A::encode_backend(backend), 0)
-            .map_err(|e| write_error(A::BACKENDS, "update", e))
-    }
-
-    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
-        delete_result(A::BACKENDS, self.backends.map.remove(&id))
-    }
-
-    fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError> {
-        self.reverse_nat
-            .map
-            .insert(id, A::encode_reverse_nat(frontend.0, frontend.1), 0)
-            .map_err(|e| write_error(A::REVERSE_NAT, "update", e))
-    }
-
-    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
-        delete_result(A::REVERSE_NAT, self.reverse_nat.map.remove(&id))
-    }
-
-    fn put_services(&mut self, entries: &[ServiceSlot<A>]) -> Result<(), MapError> {
-        let keys: Vec<_> = entries
-            .iter()
-            .map(|(f, slot, _)| A::encode_service_key(f, *slot))
-            .collect();
-        let values: Vec<_> = entries.iter().map(|(_, _, v)| *v).collect();
-        self.services.put_batch(A::SERVICES, &keys, &values)
-    }
-
-    fn delete_services(&mut self, keys: &[(Frontend<A>, u16)]) -> Result<(), MapError> {
-        let keys: Vec<_> = keys
-            .iter()
-            .map(|(f, slot)| A::encode_service_key(f, *slot))
-            .collect();
-        self.services.delete_batch(A::SERVICES, &keys)
-    }
-
-    fn put_backends(&mut self, entries: &[(u32, Backend<A>)]) -> Result<(), MapError> {
-        let keys: Vec<u32> = entries.iter().map(|(id, _)| *id).collect();
-        let values: Vec<_> = entries.iter().map(|(_, b)| A::encode_backend(b)).collect();
-        self.backends.put_batch(A::BACKENDS, &keys, &values)
-    }
-
-    fn put_reverse_nats(&mut self, entries: &[ReverseNatEntry<A>]) -> Result<(), MapError> {
-        let keys: Vec<u32> = entries.iter().map(|(id, _)| *id).collect();
-        let values: Vec<_> = entries
-            .iter()
-            .map(|(_, (a, p))| A::encode_reverse_nat(*a, *p))
-            .collect();
-        self.reverse_nat.put_batch(A::REVERSE_NAT, &keys, &values)
-    }
-
-    fn delete_reverse_nats(&mut self, ids: &[u32]) -> Result<(), MapError> {
-        self.reverse_nat.delete_batch(A::REVERSE_NAT, ids)
-    }
+/// One family's load-balancing maps over the pins under `pins`.
+pub fn open<A: KernelFamily>(pins: &PinLayout) -> Result<LbMaps<A>, MapError> {
+    Ok(LbMaps {
+        services: Box::new(KernelTable::open(pins, A::Binding::SERVICES)?),
+        backends: Box::new(KernelTable::open(pins, A::Binding::BACKENDS)?),
+        reverse_nat: Box::new(KernelTable::open(pins, A::Binding::REVERSE_NAT)?),
+    })
 }

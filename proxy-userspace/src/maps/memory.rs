@@ -1,11 +1,16 @@
-//! The in-memory twin of the kernel maps. It records every operation and checks, after each
-//! one, the invariant the datapath relies on: a visible service entry (slot 0) always names
-//! `count` present slots, each naming a present backend, and a present reverse-NAT entry.
-use std::collections::BTreeMap;
+//! The in-memory twin of the kernel maps: one shared state behind a table per map
+//! ([`MemoryMaps::tables`]). It records every operation and checks, after each one, the
+//! invariant the datapath relies on ([`LbSnapshot::half_written`]), so a writer test sees any
+//! single write that would have shown a packet half a service.
+use std::{
+    collections::BTreeMap,
+    ops::{Deref, DerefMut},
+    sync::{Arc, Mutex},
+};
 
 use proxy_common::ServiceValue;
 
-use super::{LbMaps, MapError, ReverseNatEntry, ServiceSlot};
+use super::{FrontendAddress, LbMaps, LbSnapshot, MapError, SlotKey, Table};
 use crate::{
     family::Address,
     plan::{Backend, Frontend},
@@ -21,11 +26,10 @@ pub enum Op<A> {
     DeleteReverseNat(u32),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MemoryMaps<A> {
-    pub services: BTreeMap<(Frontend<A>, u16), ServiceValue>,
-    pub backends: BTreeMap<u32, Backend<A>>,
-    pub reverse_nat: BTreeMap<u32, (A, u16)>,
+    /// What the maps hold (also reachable through `Deref`).
+    pub maps: LbSnapshot<A>,
     pub ops: Vec<Op<A>>,
     /// Invariant violations seen after any single operation.
     pub violations: Vec<String>,
@@ -33,12 +37,17 @@ pub struct MemoryMaps<A> {
     pub service_capacity: Option<usize>,
 }
 
+/// A twin shared between the writer that owns its tables and a test that inspects it.
+pub type SharedMemoryMaps<A> = Arc<Mutex<MemoryMaps<A>>>;
+
 impl<A> Default for MemoryMaps<A> {
     fn default() -> Self {
         Self {
-            services: BTreeMap::new(),
-            backends: BTreeMap::new(),
-            reverse_nat: BTreeMap::new(),
+            maps: LbSnapshot {
+                services: BTreeMap::new(),
+                backends: BTreeMap::new(),
+                reverse_nat: BTreeMap::new(),
+            },
             ops: Vec::new(),
             violations: Vec::new(),
             service_capacity: None,
@@ -46,106 +55,141 @@ impl<A> Default for MemoryMaps<A> {
     }
 }
 
-impl<A: Address> MemoryMaps<A> {
-    fn record(&mut self, op: Op<A>) {
-        self.ops.push(op.clone());
-        for ((frontend, slot), value) in &self.services {
-            if *slot != 0 {
-                continue;
-            }
-            if !self.reverse_nat.contains_key(&value.rev_nat_id) {
-                self.violations.push(format!(
-                    "after {op:?}: {frontend} names missing reverse NAT {}",
-                    value.rev_nat_id
-                ));
-            }
-            for s in 1..=value.count {
-                match self.services.get(&(*frontend, s)) {
-                    None => self.violations.push(format!(
-                        "after {op:?}: {frontend} slot {s} of {} missing",
-                        value.count
-                    )),
-                    Some(v) if !self.backends.contains_key(&v.backend_id) => {
-                        self.violations.push(format!(
-                            "after {op:?}: {frontend} slot {s} names missing backend {}",
-                            v.backend_id
-                        ))
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
+impl<A> Deref for MemoryMaps<A> {
+    type Target = LbSnapshot<A>;
+    fn deref(&self) -> &LbSnapshot<A> {
+        &self.maps
     }
 }
 
-impl<A: Address> LbMaps<A> for MemoryMaps<A> {
-    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
-        Ok(self
+impl<A> DerefMut for MemoryMaps<A> {
+    fn deref_mut(&mut self) -> &mut LbSnapshot<A> {
+        &mut self.maps
+    }
+}
+
+impl<A: Address> MemoryMaps<A> {
+    /// A twin holding `maps` (what pinned maps would hold after an agent stopped), no history.
+    pub fn holding(maps: LbSnapshot<A>) -> Self {
+        Self {
+            maps,
+            ..Self::default()
+        }
+    }
+
+    pub fn shared(self) -> SharedMemoryMaps<A> {
+        Arc::new(Mutex::new(self))
+    }
+
+    /// A fresh shared twin and the tables a writer takes.
+    pub fn new_shared() -> (SharedMemoryMaps<A>, LbMaps<A>) {
+        let shared = Self::default().shared();
+        let tables = Self::tables(&shared);
+        (shared, tables)
+    }
+
+    /// Tables over `shared`.
+    pub fn tables(shared: &SharedMemoryMaps<A>) -> LbMaps<A> {
+        LbMaps {
+            services: Box::new(Services(shared.clone())),
+            backends: Box::new(Backends(shared.clone())),
+            reverse_nat: Box::new(ReverseNats(shared.clone())),
+        }
+    }
+
+    fn record(&mut self, op: Op<A>) {
+        for problem in self.maps.half_written() {
+            self.violations.push(format!("after {op:?}: {problem}"));
+        }
+        self.ops.push(op);
+    }
+}
+
+fn lock<A>(shared: &SharedMemoryMaps<A>) -> std::sync::MutexGuard<'_, MemoryMaps<A>> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Services<A>(SharedMemoryMaps<A>);
+struct Backends<A>(SharedMemoryMaps<A>);
+struct ReverseNats<A>(SharedMemoryMaps<A>);
+
+impl<A: Address> Table<SlotKey<A>, ServiceValue> for Services<A> {
+    fn dump(&self) -> Result<Vec<(SlotKey<A>, ServiceValue)>, MapError> {
+        Ok(lock(&self.0)
             .services
             .iter()
-            .map(|((f, s), v)| (*f, *s, *v))
+            .map(|(k, v)| (*k, *v))
             .collect())
     }
 
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
-        Ok(self.backends.iter().map(|(i, b)| (*i, *b)).collect())
-    }
-
-    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
-        Ok(self.reverse_nat.iter().map(|(i, f)| (*i, *f)).collect())
-    }
-
-    fn put_service(
-        &mut self,
-        frontend: &Frontend<A>,
-        slot: u16,
-        value: &ServiceValue,
-    ) -> Result<(), MapError> {
-        let key = (*frontend, slot);
-        if let Some(capacity) = self.service_capacity
-            && !self.services.contains_key(&key)
-            && self.services.len() >= capacity
+    fn put(&mut self, key: &SlotKey<A>, value: &ServiceValue) -> Result<(), MapError> {
+        let mut maps = lock(&self.0);
+        if let Some(capacity) = maps.service_capacity
+            && !maps.services.contains_key(key)
+            && maps.services.len() >= capacity
         {
             return Err(MapError::Full {
                 map: "memory services",
                 capacity: capacity as u32,
             });
         }
-        self.services.insert(key, *value);
-        self.record(Op::PutService(*frontend, slot));
+        maps.services.insert(*key, *value);
+        maps.record(Op::PutService(key.frontend, key.slot));
         Ok(())
     }
 
-    fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
-        self.services.remove(&(*frontend, slot));
-        self.record(Op::DeleteService(*frontend, slot));
-        Ok(())
-    }
-
-    fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError> {
-        self.backends.insert(id, *backend);
-        self.record(Op::PutBackend(id));
-        Ok(())
-    }
-
-    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
-        self.backends.remove(&id);
-        self.record(Op::DeleteBackend(id));
-        Ok(())
-    }
-
-    fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError> {
-        self.reverse_nat.insert(id, frontend);
-        self.record(Op::PutReverseNat(id));
-        Ok(())
-    }
-
-    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
-        self.reverse_nat.remove(&id);
-        self.record(Op::DeleteReverseNat(id));
+    fn delete(&mut self, key: &SlotKey<A>) -> Result<(), MapError> {
+        let mut maps = lock(&self.0);
+        maps.services.remove(key);
+        maps.record(Op::DeleteService(key.frontend, key.slot));
         Ok(())
     }
 }
 
-/// A twin shared between the writer that owns it and a test that inspects it.
-pub type SharedMemoryMaps<A> = std::sync::Arc<std::sync::Mutex<MemoryMaps<A>>>;
+impl<A: Address> Table<u32, Backend<A>> for Backends<A> {
+    fn dump(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
+        Ok(lock(&self.0)
+            .backends
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+
+    fn put(&mut self, id: &u32, backend: &Backend<A>) -> Result<(), MapError> {
+        let mut maps = lock(&self.0);
+        maps.backends.insert(*id, *backend);
+        maps.record(Op::PutBackend(*id));
+        Ok(())
+    }
+
+    fn delete(&mut self, id: &u32) -> Result<(), MapError> {
+        let mut maps = lock(&self.0);
+        maps.backends.remove(id);
+        maps.record(Op::DeleteBackend(*id));
+        Ok(())
+    }
+}
+
+impl<A: Address> Table<u32, FrontendAddress<A>> for ReverseNats<A> {
+    fn dump(&self) -> Result<Vec<(u32, FrontendAddress<A>)>, MapError> {
+        Ok(lock(&self.0)
+            .reverse_nat
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+
+    fn put(&mut self, id: &u32, frontend: &FrontendAddress<A>) -> Result<(), MapError> {
+        let mut maps = lock(&self.0);
+        maps.reverse_nat.insert(*id, *frontend);
+        maps.record(Op::PutReverseNat(*id));
+        Ok(())
+    }
+
+    fn delete(&mut self, id: &u32) -> Result<(), MapError> {
+        let mut maps = lock(&self.0);
+        maps.reverse_nat.remove(id);
+        maps.record(Op::DeleteReverseNat(*id));
+        Ok(())
+    }
+}

@@ -1,14 +1,20 @@
-//! Map I/O. [`LbMaps`] is the one interface to a family's load-balancing maps; the kernel
-//! implementation ([`kernel`]) and the in-memory twin ([`memory`]) both sit behind it, so the
-//! [`writer`]'s ordering is tested without root.
+//! Map I/O. A map is a [`Table`] of model-level keys and values; one family's load-balancing
+//! maps are a struct of tables ([`LbMaps`]). Tables have one kernel implementation
+//! ([`kernel`], over the pins, encoding through [`codec`]) and one in-memory twin ([`memory`]),
+//! so the [`writer`]'s ordering is tested without root. What the maps say as a whole (is any
+//! service half-written? what does a packet to a frontend see?) is [`snapshot`], shared by the
+//! twin, the tests and `twinstack bpf service list`.
 pub mod batch;
 pub mod codec;
 pub mod kernel;
 pub mod memory;
 pub mod pins;
+pub mod snapshot;
 pub mod writer;
 
 use proxy_common::ServiceValue;
+
+pub use snapshot::{LbSnapshot, Resolved};
 
 use crate::plan::{Backend, Frontend};
 
@@ -27,135 +33,58 @@ pub enum MapError {
         entry: String,
         reason: String,
     },
-    #[error("map {map} is missing from the loaded object or pins")]
-    Missing { map: &'static str },
     #[error("map {map} is full ({capacity} entries)")]
     Full { map: &'static str, capacity: u32 },
 }
 
-/// A service map entry as read back: frontend, slot, value.
-pub type ServiceSlot<A> = (Frontend<A>, u16, ServiceValue);
-/// A reverse-NAT entry as read back: ID, (address, port).
-pub type ReverseNatEntry<A> = (u32, (A, u16));
+/// One map, as the agent sees it: typed keys and values, whole-entry writes. Deleting an absent
+/// key succeeds (the state we want holds). The `_many` variants write in order and may stop
+/// part way on error; the kernel tables do each in one syscall.
+pub trait Table<K, V> {
+    fn dump(&self) -> Result<Vec<(K, V)>, MapError>;
+    fn put(&mut self, key: &K, value: &V) -> Result<(), MapError>;
+    fn delete(&mut self, key: &K) -> Result<(), MapError>;
 
-/// One family's service, backend and reverse-NAT maps.
-pub trait LbMaps<A: Copy> {
-    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError>;
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError>;
-    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError>;
-
-    fn put_service(
-        &mut self,
-        frontend: &Frontend<A>,
-        slot: u16,
-        value: &ServiceValue,
-    ) -> Result<(), MapError>;
-    fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError>;
-    fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError>;
-    fn delete_backend(&mut self, id: u32) -> Result<(), MapError>;
-    fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError>;
-    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError>;
-
-    // Many entries at once, in order. The kernel maps do each in one syscall; the defaults
-    // go one by one. On error some entries may have been written.
-    fn put_services(&mut self, entries: &[ServiceSlot<A>]) -> Result<(), MapError> {
-        entries
-            .iter()
-            .try_for_each(|(f, slot, value)| self.put_service(f, *slot, value))
+    fn put_many(&mut self, entries: &[(K, V)]) -> Result<(), MapError> {
+        entries.iter().try_for_each(|(k, v)| self.put(k, v))
     }
-    fn delete_services(&mut self, keys: &[(Frontend<A>, u16)]) -> Result<(), MapError> {
-        keys.iter()
-            .try_for_each(|(f, slot)| self.delete_service(f, *slot))
-    }
-    fn put_backends(&mut self, entries: &[(u32, Backend<A>)]) -> Result<(), MapError> {
-        entries
-            .iter()
-            .try_for_each(|(id, backend)| self.put_backend(*id, backend))
-    }
-    fn put_reverse_nats(&mut self, entries: &[ReverseNatEntry<A>]) -> Result<(), MapError> {
-        entries
-            .iter()
-            .try_for_each(|(id, frontend)| self.put_reverse_nat(*id, *frontend))
-    }
-    fn delete_reverse_nats(&mut self, ids: &[u32]) -> Result<(), MapError> {
-        ids.iter().try_for_each(|id| self.delete_reverse_nat(*id))
+    fn delete_many(&mut self, keys: &[K]) -> Result<(), MapError> {
+        keys.iter().try_for_each(|k| self.delete(k))
     }
 }
 
-/// Implements [`LbMaps`] for a wrapper by forwarding every call to what `$inner` reaches.
-macro_rules! forward_lb_maps {
-    ([$($generics:tt)*] $target:ty, |$this:ident| $inner:expr) => {
-impl<$($generics)*> LbMaps<A> for $target {
-    fn dump_services(&self) -> Result<Vec<ServiceSlot<A>>, MapError> {
-        let $this = self;
-        $inner.dump_services()
-    }
-    fn dump_backends(&self) -> Result<Vec<(u32, Backend<A>)>, MapError> {
-        let $this = self;
-        $inner.dump_backends()
-    }
-    fn dump_reverse_nat(&self) -> Result<Vec<ReverseNatEntry<A>>, MapError> {
-        let $this = self;
-        $inner.dump_reverse_nat()
-    }
-    fn put_service(
-        &mut self,
-        frontend: &Frontend<A>,
-        slot: u16,
-        value: &ServiceValue,
-    ) -> Result<(), MapError> {
-        let $this = self;
-        $inner.put_service(frontend, slot, value)
-    }
-    fn delete_service(&mut self, frontend: &Frontend<A>, slot: u16) -> Result<(), MapError> {
-        let $this = self;
-        $inner.delete_service(frontend, slot)
-    }
-    fn put_backend(&mut self, id: u32, backend: &Backend<A>) -> Result<(), MapError> {
-        let $this = self;
-        $inner.put_backend(id, backend)
-    }
-    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
-        let $this = self;
-        $inner.delete_backend(id)
-    }
-    fn put_reverse_nat(&mut self, id: u32, frontend: (A, u16)) -> Result<(), MapError> {
-        let $this = self;
-        $inner.put_reverse_nat(id, frontend)
-    }
-    fn delete_reverse_nat(&mut self, id: u32) -> Result<(), MapError> {
-        let $this = self;
-        $inner.delete_reverse_nat(id)
-    }
-    fn put_services(&mut self, entries: &[ServiceSlot<A>]) -> Result<(), MapError> {
-        let $this = self;
-        $inner.put_services(entries)
-    }
-    fn delete_services(&mut self, keys: &[(Frontend<A>, u16)]) -> Result<(), MapError> {
-        let $this = self;
-        $inner.delete_services(keys)
-    }
-    fn put_backends(&mut self, entries: &[(u32, Backend<A>)]) -> Result<(), MapError> {
-        let $this = self;
-        $inner.put_backends(entries)
-    }
-    fn put_reverse_nats(&mut self, entries: &[ReverseNatEntry<A>]) -> Result<(), MapError> {
-        let $this = self;
-        $inner.put_reverse_nats(entries)
-    }
-    fn delete_reverse_nats(&mut self, ids: &[u32]) -> Result<(), MapError> {
-        let $this = self;
-        $inner.delete_reverse_nats(ids)
-    }
-}
-    };
+pub type BoxedTable<K, V> = Box<dyn Table<K, V> + Send>;
+
+/// A services-map key: a frontend entry (with its scope) and a slot (0: the entry itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey<A> {
+    pub frontend: Frontend<A>,
+    pub slot: u16,
 }
 
-// A boxed twin or kernel maps, a borrowed one (the writer re-reads state through it), and a
-// twin shared between the writer that owns it and a test that inspects it.
-forward_lb_maps!([A: Copy, T: LbMaps<A> + ?Sized] Box<T>, |this| **this);
-forward_lb_maps!([A: Copy, T: LbMaps<A> + ?Sized] &mut T, |this| **this);
-forward_lb_maps!(
-    [A: crate::family::Address] memory::SharedMemoryMaps<A>,
-    |this| this.lock().expect("maps lock")
-);
+impl<A> SlotKey<A> {
+    pub fn new(frontend: Frontend<A>, slot: u16) -> Self {
+        Self { frontend, slot }
+    }
+}
+
+/// What a reverse-NAT entry restores: the frontend's (address, port).
+pub type FrontendAddress<A> = (A, u16);
+
+/// One family's load-balancing maps: adding a map is adding a table here.
+pub struct LbMaps<A> {
+    pub services: BoxedTable<SlotKey<A>, ServiceValue>,
+    pub backends: BoxedTable<u32, Backend<A>>,
+    pub reverse_nat: BoxedTable<u32, FrontendAddress<A>>,
+}
+
+impl<A: Ord + Copy> LbMaps<A> {
+    /// Everything the maps hold now.
+    pub fn snapshot(&self) -> Result<LbSnapshot<A>, MapError> {
+        Ok(LbSnapshot {
+            services: self.services.dump()?.into_iter().collect(),
+            backends: self.backends.dump()?.into_iter().collect(),
+            reverse_nat: self.reverse_nat.dump()?.into_iter().collect(),
+        })
+    }
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proxy_common::ServiceValue;
 
-use super::{LbMaps, MapError, ReverseNatEntry};
+use super::{FrontendAddress, LbMaps, MapError, SlotKey, codec};
 use crate::{
     family::Address,
     model::Protocol,
@@ -59,12 +59,11 @@ pub enum WriteError {
     IdsExhausted { what: &'static str },
 }
 
-/// What the maps hold for one frontend.
+/// What the maps hold for one frontend: slot 0 whole, and the backends its slots name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Programmed {
-    rev_nat_id: u32,
+    head: ServiceValue,
     backend_ids: Vec<u32>,
-    flags: u16,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -109,8 +108,8 @@ impl Ids {
     }
 }
 
-pub struct Writer<A, M> {
-    maps: M,
+pub struct Writer<A> {
+    maps: LbMaps<A>,
     frontends: HashMap<Frontend<A>, Programmed>,
     backends: HashMap<BackendKey<A>, BackendRecord>,
     backend_keys: HashMap<u32, BackendKey<A>>,
@@ -127,13 +126,40 @@ const MAX_BACKENDS: usize = u16::MAX as usize;
 /// Fewer new frontends than this are written one by one.
 const BATCH_MIN: usize = 16;
 
-impl<A: Address, M: LbMaps<A>> Writer<A, M> {
+/// What [`Writer::learn`] finds in the maps.
+struct Learned<A> {
+    frontends: HashMap<Frontend<A>, Programmed>,
+    backends: HashMap<BackendKey<A>, BackendRecord>,
+    backend_keys: HashMap<u32, BackendKey<A>>,
+    unreferenced: Vec<u32>,
+    backend_ids: Ids,
+    rev_nat_ids: Ids,
+    orphan_rev_nat: Vec<u32>,
+}
+
+impl<A: Address> Writer<A> {
     /// Takes over `maps`, learning what they already hold.
-    pub fn restore(mut maps: M) -> Result<Self, WriteError> {
+    pub fn restore(mut maps: LbMaps<A>) -> Result<Self, WriteError> {
+        let learned = Self::learn(&mut maps)?;
+        Ok(Self {
+            maps,
+            frontends: learned.frontends,
+            backends: learned.backends,
+            backend_keys: learned.backend_keys,
+            unreferenced: learned.unreferenced,
+            backend_ids: learned.backend_ids,
+            rev_nat_ids: learned.rev_nat_ids,
+            orphan_rev_nat: learned.orphan_rev_nat,
+            stats: WriterStats::default(),
+        })
+    }
+
+    /// Reads what `maps` hold, repairing what an interrupted writer left half-written.
+    fn learn(maps: &mut LbMaps<A>) -> Result<Learned<A>, WriteError> {
         let mut backend_ids = Ids::default();
         let mut backends = HashMap::new();
         let mut backend_by_id = HashMap::new();
-        for (id, backend) in maps.dump_backends()? {
+        for (id, backend) in maps.backends.dump()? {
             backend_ids.restore(id);
             backend_by_id.insert(id, backend.key());
             backends.insert(
@@ -146,14 +172,18 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             );
         }
         let mut rev_nat_ids = Ids::default();
-        let reverse_nat: HashMap<u32, (A, u16)> = maps.dump_reverse_nat()?.into_iter().collect();
+        let reverse_nat: HashMap<u32, FrontendAddress<A>> =
+            maps.reverse_nat.dump()?.into_iter().collect();
         for id in reverse_nat.keys() {
             rev_nat_ids.restore(*id);
         }
 
         let mut slots: BTreeMap<Frontend<A>, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
-        for (frontend, slot, value) in maps.dump_services()? {
-            slots.entry(frontend).or_default().insert(slot, value);
+        for (key, value) in maps.services.dump()? {
+            slots
+                .entry(key.frontend)
+                .or_default()
+                .insert(key.slot, value);
         }
         let mut frontends = HashMap::new();
         let mut used_rev_nat = HashSet::new();
@@ -168,11 +198,10 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                     })
                     .collect();
                 Some(Programmed {
-                    rev_nat_id: head.rev_nat_id,
+                    head: *head,
                     backend_ids: ids?,
-                    flags: head.flags,
                 })
-                .filter(|p| reverse_nat.contains_key(&p.rev_nat_id))
+                .filter(|p| reverse_nat.contains_key(&p.head.rev_nat_id))
             });
             match complete {
                 Some(programmed) => {
@@ -183,13 +212,13 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                             record.refs += 1;
                         }
                     }
-                    used_rev_nat.insert(programmed.rev_nat_id);
+                    used_rev_nat.insert(programmed.head.rev_nat_id);
                     // Trim slots beyond the count left by an interrupted write.
                     for slot in slots
                         .keys()
                         .filter(|s| **s > programmed.backend_ids.len() as u16)
                     {
-                        maps.delete_service(&frontend, *slot)?;
+                        maps.services.delete(&SlotKey::new(frontend, *slot))?;
                     }
                     frontends.insert(frontend, programmed);
                 }
@@ -197,7 +226,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                     // Half-written by an interrupted agent: remove it, slot 0 first so it
                     // disappears at once; the sync rewrites it whole.
                     for slot in slots.keys() {
-                        maps.delete_service(&frontend, *slot)?;
+                        maps.services.delete(&SlotKey::new(frontend, *slot))?;
                     }
                 }
             }
@@ -212,8 +241,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             .filter(|r| r.refs == 0)
             .map(|r| r.id)
             .collect();
-        Ok(Self {
-            maps,
+        Ok(Learned {
             frontends,
             backends,
             backend_keys: backend_by_id,
@@ -221,7 +249,6 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             backend_ids,
             rev_nat_ids,
             orphan_rev_nat,
-            stats: WriterStats::default(),
         })
     }
 
@@ -229,7 +256,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
     /// repairing half-written entries like a restart would. A following `reconcile` then
     /// writes exactly the difference to the desired state.
     pub fn refresh(&mut self) -> Result<(), WriteError> {
-        let Writer {
+        let Learned {
             frontends,
             backends,
             backend_keys,
@@ -237,8 +264,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             backend_ids,
             rev_nat_ids,
             orphan_rev_nat,
-            ..
-        } = Writer::restore(&mut self.maps)?;
+        } = Self::learn(&mut self.maps)?;
         self.frontends = frontends;
         self.backends = backends;
         self.backend_keys = backend_keys;
@@ -257,7 +283,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         self.stats
     }
 
-    pub fn maps(&self) -> &M {
+    pub fn maps(&self) -> &LbMaps<A> {
         &self.maps
     }
 
@@ -366,7 +392,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             ids_per_frontend.push(ids);
         }
         let prepared = started.elapsed();
-        if let Err(e) = self.maps.put_backends(&new_backends) {
+        if let Err(e) = self.maps.backends.put_many(&new_backends) {
             self.undo_batch(&ids_per_frontend, &[], &created, &[], &[]);
             return Err(e.into());
         }
@@ -382,7 +408,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             };
             reverse_nat.push((id, (frontend.address, frontend.port)));
         }
-        if let Err(e) = self.maps.put_reverse_nats(&reverse_nat) {
+        if let Err(e) = self.maps.reverse_nat.put_many(&reverse_nat) {
             self.undo_batch(&ids_per_frontend, &[], &created, &reverse_nat, &[]);
             return Err(e.into());
         }
@@ -393,29 +419,17 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             fresh.iter().zip(&ids_per_frontend).zip(&reverse_nat)
         {
             for (index, id) in ids.iter().enumerate() {
-                let value = ServiceValue {
-                    backend_id: *id,
-                    rev_nat_id: *rev_nat_id,
-                    ..ServiceValue::default()
-                };
-                slots.push((*frontend, index as u16 + 1, value));
+                slots.push((
+                    SlotKey::new(*frontend, index as u16 + 1),
+                    ServiceValue::slot(*id, *rev_nat_id),
+                ));
             }
-            let head = ServiceValue {
-                backend_id: 0,
-                rev_nat_id: *rev_nat_id,
-                count: ids.len() as u16,
-                flags: entry.flags,
-                affinity_timeout: 0,
-            };
-            heads.push((*frontend, 0, head));
+            let head = codec::head(entry, *rev_nat_id, ids.len() as u16);
+            heads.push((SlotKey::new(*frontend, 0), head));
         }
         for batch in [&slots, &heads] {
-            if let Err(e) = self.maps.put_services(batch) {
-                let written: Vec<_> = heads
-                    .iter()
-                    .chain(&slots)
-                    .map(|(f, slot, _)| (*f, *slot))
-                    .collect();
+            if let Err(e) = self.maps.services.put_many(batch) {
+                let written: Vec<_> = heads.iter().chain(&slots).map(|(key, _)| *key).collect();
                 self.undo_batch(&ids_per_frontend, &[], &created, &reverse_nat, &written);
                 return Err(e.into());
             }
@@ -432,15 +446,12 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         self.stats.reverse_nat_writes += reverse_nat.len() as u64;
         self.stats.service_writes += (slots.len() + heads.len()) as u64;
         self.stats.frontends_written += fresh.len() as u64;
-        for (((frontend, entry), ids), (rev_nat_id, _)) in
-            fresh.iter().zip(ids_per_frontend).zip(&reverse_nat)
-        {
+        for (((frontend, _), ids), (_, head)) in fresh.iter().zip(ids_per_frontend).zip(heads) {
             self.frontends.insert(
                 *frontend,
                 Programmed {
-                    rev_nat_id: *rev_nat_id,
+                    head,
                     backend_ids: ids,
-                    flags: entry.flags,
                 },
             );
         }
@@ -455,12 +466,12 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         ids_per_frontend: &[Vec<u32>],
         partial: &[u32],
         created: &[u32],
-        reverse_nat: &[ReverseNatEntry<A>],
-        written: &[(Frontend<A>, u16)],
+        reverse_nat: &[(u32, FrontendAddress<A>)],
+        written: &[SlotKey<A>],
     ) {
-        let _ = self.maps.delete_services(written);
+        let _ = self.maps.services.delete_many(written);
         let rev_ids: Vec<u32> = reverse_nat.iter().map(|(id, _)| *id).collect();
-        let _ = self.maps.delete_reverse_nats(&rev_ids);
+        let _ = self.maps.reverse_nat.delete_many(&rev_ids);
         for id in rev_ids {
             self.rev_nat_ids.release(id);
         }
@@ -474,7 +485,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             }
         }
         for id in created {
-            let _ = self.maps.delete_backend(*id);
+            let _ = self.maps.backends.delete(id);
             if let Some(key) = self.backend_keys.remove(id) {
                 self.backends.remove(&key);
             }
@@ -527,7 +538,12 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         let Some(programmed) = self.frontends.get(frontend) else {
             return false;
         };
-        programmed.flags == entry.flags
+        let head = codec::head(
+            entry,
+            programmed.head.rev_nat_id,
+            entry.backends.len() as u16,
+        );
+        programmed.head == head
             && programmed.backend_ids.len() == entry.backends.len()
             && programmed
                 .backend_ids
@@ -551,7 +567,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
     ) -> Result<(), Failure> {
         let old = self.frontends.get(frontend).cloned();
         let rev_nat_id = match &old {
-            Some(p) => p.rev_nat_id,
+            Some(p) => p.head.rev_nat_id,
             None => {
                 let id = self
                     .rev_nat_ids
@@ -562,7 +578,8 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                     .map_err(Failure::before_commit)?;
                 if let Err(e) = self
                     .maps
-                    .put_reverse_nat(id, (frontend.address, frontend.port))
+                    .reverse_nat
+                    .put(&id, &(frontend.address, frontend.port))
                 {
                     self.rev_nat_ids.release(id);
                     return Err(Failure::before_commit(e.into()));
@@ -575,11 +592,6 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             .as_ref()
             .map(|p| p.backend_ids.clone())
             .unwrap_or_default();
-        let slot_value = |backend_id| ServiceValue {
-            backend_id,
-            rev_nat_id,
-            ..ServiceValue::default()
-        };
         let mut written = Vec::new();
         let mut result = Ok(());
         for (index, id) in ids.iter().enumerate() {
@@ -587,21 +599,22 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
                 continue;
             }
             let slot = index as u16 + 1;
-            if let Err(e) = self.maps.put_service(frontend, slot, &slot_value(*id)) {
+            let key = SlotKey::new(*frontend, slot);
+            if let Err(e) = self
+                .maps
+                .services
+                .put(&key, &ServiceValue::slot(*id, rev_nat_id))
+            {
                 result = Err(e);
                 break;
             }
             written.push(slot);
             self.stats.service_writes += 1;
         }
-        let head = ServiceValue {
-            backend_id: 0,
-            rev_nat_id,
-            count: ids.len() as u16,
-            flags: entry.flags,
-            affinity_timeout: 0,
-        };
-        if let Err(e) = result.and_then(|()| self.maps.put_service(frontend, 0, &head)) {
+        let head = codec::head(entry, rev_nat_id, ids.len() as u16);
+        if let Err(e) =
+            result.and_then(|()| self.maps.services.put(&SlotKey::new(*frontend, 0), &head))
+        {
             self.roll_back(frontend, old.is_none(), rev_nat_id, &written, &old_ids);
             return Err(Failure::before_commit(e.into()));
         }
@@ -610,15 +623,18 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         self.frontends.insert(
             *frontend,
             Programmed {
-                rev_nat_id,
+                head,
                 backend_ids: ids.to_vec(),
-                flags: entry.flags,
             },
         );
         self.release_backends(&old_ids);
         // Stale slots beyond the new count are invisible now; trim them.
         for slot in ids.len() + 1..=old_ids.len() {
-            if let Err(e) = self.maps.delete_service(frontend, slot as u16) {
+            if let Err(e) = self
+                .maps
+                .services
+                .delete(&SlotKey::new(*frontend, slot as u16))
+            {
                 // Invisible leftovers: the next write of this frontend overwrites them and a
                 // restart trims them.
                 return Err(Failure {
@@ -643,22 +659,21 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         old_ids: &[u32],
     ) {
         for slot in written {
+            let key = SlotKey::new(*frontend, *slot);
             match old_ids.get(usize::from(*slot) - 1) {
                 Some(id) => {
-                    let value = ServiceValue {
-                        backend_id: *id,
-                        rev_nat_id,
-                        ..ServiceValue::default()
-                    };
-                    let _ = self.maps.put_service(frontend, *slot, &value);
+                    let _ = self
+                        .maps
+                        .services
+                        .put(&key, &ServiceValue::slot(*id, rev_nat_id));
                 }
                 None => {
-                    let _ = self.maps.delete_service(frontend, *slot);
+                    let _ = self.maps.services.delete(&key);
                 }
             }
         }
         if new {
-            let _ = self.maps.delete_reverse_nat(rev_nat_id);
+            let _ = self.maps.reverse_nat.delete(&rev_nat_id);
             self.rev_nat_ids.release(rev_nat_id);
         }
     }
@@ -669,18 +684,19 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
         let Some(programmed) = self.frontends.get(frontend).cloned() else {
             return Ok(false);
         };
-        self.maps.delete_service(frontend, 0)?;
+        self.maps.services.delete(&SlotKey::new(*frontend, 0))?;
         self.stats.service_deletes += 1;
         self.frontends.remove(frontend);
         self.stats.frontends_deleted += 1;
         self.release_backends(&programmed.backend_ids);
         for slot in 1..=programmed.backend_ids.len() as u16 {
-            self.maps.delete_service(frontend, slot)?;
+            self.maps.services.delete(&SlotKey::new(*frontend, slot))?;
             self.stats.service_deletes += 1;
         }
-        self.maps.delete_reverse_nat(programmed.rev_nat_id)?;
+        let rev_nat_id = programmed.head.rev_nat_id;
+        self.maps.reverse_nat.delete(&rev_nat_id)?;
         self.stats.reverse_nat_deletes += 1;
-        self.rev_nat_ids.release(programmed.rev_nat_id);
+        self.rev_nat_ids.release(rev_nat_id);
         self.collect_garbage()?;
         Ok(true)
     }
@@ -689,7 +705,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
     fn acquire_backend(&mut self, backend: &Backend<A>) -> Result<u32, WriteError> {
         if let Some(record) = self.backends.get_mut(&backend.key()) {
             if record.state != backend.state {
-                self.maps.put_backend(record.id, backend)?;
+                self.maps.backends.put(&record.id, backend)?;
                 self.stats.backend_writes += 1;
                 record.state = backend.state;
             }
@@ -700,7 +716,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             .backend_ids
             .allocate()
             .ok_or(WriteError::IdsExhausted { what: "backend" })?;
-        if let Err(e) = self.maps.put_backend(id, backend) {
+        if let Err(e) = self.maps.backends.put(&id, backend) {
             self.backend_ids.release(id);
             return Err(e.into());
         }
@@ -747,7 +763,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             if self.backends.get(&key).is_some_and(|r| r.refs > 0) {
                 continue; // Referenced again since.
             }
-            if let Err(e) = self.maps.delete_backend(id) {
+            if let Err(e) = self.maps.backends.delete(&id) {
                 self.unreferenced.push(id);
                 return Err(e.into());
             }
@@ -757,7 +773,7 @@ impl<A: Address, M: LbMaps<A>> Writer<A, M> {
             self.backend_ids.release(id);
         }
         for id in std::mem::take(&mut self.orphan_rev_nat) {
-            self.maps.delete_reverse_nat(id)?;
+            self.maps.reverse_nat.delete(&id)?;
             self.stats.reverse_nat_deletes += 1;
             self.rev_nat_ids.release(id);
         }

@@ -5,9 +5,15 @@ use std::{
     net::IpAddr,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use ipnet::IpNet;
+use k8s_openapi::api::{
+    core::v1::{Service, ServiceSpec, ServiceStatus},
+    discovery::v1::EndpointSlice,
+};
 
-use super::{Endpoint, Protocol, ServiceName, ServicePort, ServicePortName, SliceRecord};
+use super::{
+    Endpoint, Protocol, ServiceName, ServicePort, ServicePortName, SliceRecord, TrafficPolicy,
+};
 use crate::family::Family;
 
 /// Why a Service is skipped as a whole.
@@ -66,6 +72,13 @@ pub fn service_name(service: &Service) -> Result<ServiceName, ServiceError> {
     ))
 }
 
+/// Legacy spelling of `spec.loadBalancerSourceRanges` (comma-separated), read when the spec
+/// field is empty, as kube-proxy does.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
 /// Builds the service ports of `service` from the EndpointSlices that belong to it.
 pub fn service_ports(service: &Service, slices: &[&EndpointSlice]) -> Result<Built, ServiceError> {
     let records: Vec<SliceRecord> = slices.iter().map(|s| SliceRecord::from_slice(s)).collect();
@@ -73,19 +86,32 @@ pub fn service_ports(service: &Service, slices: &[&EndpointSlice]) -> Result<Bui
     service_ports_from_records(service, &records)
 }
 
-/// A Service as the tracker keeps it: the spec and the identity, without status,
-/// annotations or managed fields (which can be most of an object's size).
+/// A Service as the tracker keeps it: the spec, the identity and the load balancer status,
+/// without the rest of the status, other annotations or managed fields (which can be most of an
+/// object's size). A change of the load balancer's ingress IPs is a change.
 pub fn slim_service(service: Service) -> Service {
     let metadata = service.metadata;
+    let annotations = metadata.annotations.and_then(|mut all| {
+        let kept = all.remove_entry(SOURCE_RANGES_ANNOTATION)?;
+        Some(std::iter::once(kept).collect())
+    });
     Service {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: metadata.name,
             namespace: metadata.namespace,
             labels: metadata.labels,
+            annotations,
             ..Default::default()
         },
         spec: service.spec,
-        status: None,
+        status: service
+            .status
+            .and_then(|s| s.load_balancer)
+            .filter(|lb| lb.ingress.as_ref().is_some_and(|i| !i.is_empty()))
+            .map(|load_balancer| ServiceStatus {
+                load_balancer: Some(load_balancer),
+                conditions: None,
+            }),
     }
 }
 
@@ -120,6 +146,7 @@ pub fn service_ports_from_records(
     }
 
     let mut warnings = Vec::new();
+    let frontends = Frontends::of(service, spec, &cluster_ips, &mut warnings);
     let mut seen = BTreeSet::new();
     let mut ports = Vec::new();
     for port in spec.ports.iter().flatten() {
@@ -149,26 +176,180 @@ pub fn service_ports_from_records(
             ));
             continue;
         }
-        let endpoints = endpoints(&port_name, protocol, slices, &mut warnings);
-        ports.push(ServicePort {
-            name: ServicePortName {
-                service: name.clone(),
-                port: port_name,
-                protocol,
-            },
-            port: number,
+        let node_port = frontends
+            .node_ports
+            .then(|| port.node_port.and_then(|p| u16::try_from(p).ok()))
+            .flatten()
+            .filter(|p| *p != 0);
+        let name = ServicePortName {
+            service: name.clone(),
+            port: port_name.clone(),
             protocol,
-            cluster_ips: cluster_ips.clone(),
-            endpoints,
-        });
+        };
+        let endpoints = endpoints(&port_name, protocol, slices, &mut warnings);
+        for cluster_ip in &cluster_ips {
+            let family = Family::of(cluster_ip);
+            ports.push(ServicePort {
+                name: name.clone(),
+                family,
+                port: number,
+                protocol,
+                cluster_ip: *cluster_ip,
+                node_port,
+                external_ips: of_family(&frontends.external_ips, family),
+                load_balancer_ips: of_family(&frontends.load_balancer_ips, family),
+                source_ranges: frontends
+                    .source_ranges
+                    .iter()
+                    .filter(|r| Family::of(&r.addr()) == family)
+                    .copied()
+                    .collect(),
+                external_policy: frontends.external_policy,
+                internal_policy: frontends.internal_policy,
+                health_check_node_port: frontends.health_check_node_port,
+                affinity_timeout: frontends.affinity_timeout,
+                endpoints: endpoints
+                    .iter()
+                    .filter(|e| Family::of(&e.address) == family)
+                    .cloned()
+                    .collect(),
+            });
+        }
     }
     Ok(Built::Ports { ports, warnings })
 }
 
+fn of_family(addresses: &[IpAddr], family: Family) -> Vec<IpAddr> {
+    addresses
+        .iter()
+        .filter(|a| Family::of(a) == family)
+        .copied()
+        .collect()
+}
+
+/// What a Service's spec and status say beyond its cluster IPs, shared by all its ports.
+struct Frontends {
+    /// Whether the ports' `nodePort`s are served (a NodePort or LoadBalancer Service).
+    node_ports: bool,
+    external_ips: Vec<IpAddr>,
+    load_balancer_ips: Vec<IpAddr>,
+    source_ranges: Vec<IpNet>,
+    external_policy: TrafficPolicy,
+    internal_policy: TrafficPolicy,
+    health_check_node_port: Option<u16>,
+    affinity_timeout: Option<u32>,
+}
+
+impl Frontends {
+    /// Reads them as kube-proxy's `newBaseServiceInfo` does. An address that is not one, or of
+    /// a family the Service has no cluster IP of, is skipped with a warning; it never fails
+    /// the Service.
+    fn of(
+        service: &Service,
+        spec: &ServiceSpec,
+        cluster_ips: &[IpAddr],
+        warnings: &mut Vec<String>,
+    ) -> Self {
+        let families: Vec<Family> = cluster_ips.iter().map(Family::of).collect();
+        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let load_balancer = type_ == "LoadBalancer";
+        let node_ports = load_balancer || type_ == "NodePort";
+        let mut address = |what: &str, raw: &str| -> Option<IpAddr> {
+            let Ok(ip) = raw.trim().parse::<IpAddr>() else {
+                warnings.push(format!("{what} {raw:?} skipped: not an IP address"));
+                return None;
+            };
+            if !families.contains(&Family::of(&ip)) {
+                warnings.push(format!(
+                    "{what} {ip} skipped: the Service has no {} cluster IP",
+                    Family::of(&ip)
+                ));
+                return None;
+            }
+            Some(ip)
+        };
+        let external_ips: Vec<IpAddr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|raw| address("externalIP", raw))
+            .collect();
+        let load_balancer_ips = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            // Proxy mode: the load balancer proxies to the nodes itself (kube-proxy skips it).
+            .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|ingress| ingress.ip.as_deref())
+            .filter_map(|raw| address("load balancer ingress IP", raw))
+            .collect();
+        let annotation = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION));
+        let ranges: Vec<&str> = match spec.load_balancer_source_ranges.as_ref() {
+            Some(ranges) if !ranges.is_empty() => ranges.iter().map(String::as_str).collect(),
+            _ => annotation
+                .map(|a| a.split(',').filter(|r| !r.trim().is_empty()).collect())
+                .unwrap_or_default(),
+        };
+        let source_ranges = ranges
+            .iter()
+            .filter_map(|raw| match raw.trim().parse::<IpNet>() {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    warnings.push(format!(
+                        "loadBalancerSourceRange {raw:?} skipped: not a CIDR"
+                    ));
+                    None
+                }
+            })
+            .collect();
+        let externally_accessible = node_ports || !external_ips.is_empty();
+        let local = |policy: Option<&String>| match policy.map(String::as_str) {
+            Some("Local") => TrafficPolicy::Local,
+            _ => TrafficPolicy::Cluster,
+        };
+        let external_policy = if externally_accessible {
+            local(spec.external_traffic_policy.as_ref())
+        } else {
+            TrafficPolicy::Cluster
+        };
+        let health_check_node_port = (load_balancer && external_policy == TrafficPolicy::Local)
+            .then(|| {
+                spec.health_check_node_port
+                    .and_then(|p| u16::try_from(p).ok())
+            })
+            .flatten()
+            .filter(|p| *p != 0);
+        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+        });
+        Self {
+            node_ports,
+            external_ips,
+            load_balancer_ips,
+            source_ranges,
+            external_policy,
+            internal_policy: local(spec.internal_traffic_policy.as_ref()),
+            health_check_node_port,
+            affinity_timeout,
+        }
+    }
+}
+
 /// `Ok(None)` for a headless Service (`clusterIP: None`).
-fn cluster_ips(
-    spec: &k8s_openapi::api::core::v1::ServiceSpec,
-) -> Result<Option<Vec<IpAddr>>, ServiceError> {
+fn cluster_ips(spec: &ServiceSpec) -> Result<Option<Vec<IpAddr>>, ServiceError> {
     let raw: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
         (Some(ips), _) if !ips.is_empty() => ips.clone(),
         (_, Some(ip)) if !ip.is_empty() => vec![ip.clone()],
@@ -245,7 +426,7 @@ fn endpoints(
                     conditions: endpoint.conditions,
                     node_name: endpoint.node_name.clone(),
                     zone: endpoint.zone.clone(),
-                    zone_hints: endpoint.zone_hints.clone(),
+                    hints: endpoint.hints.clone(),
                 });
         }
     }

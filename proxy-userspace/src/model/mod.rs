@@ -1,5 +1,6 @@
-//! The service model: what Kubernetes asks for, per service port, in words of the problem
-//! (cluster IPs, endpoints and their conditions), independent of maps and families.
+//! The service model: what Kubernetes asks for, per service port and family, in words of the
+//! problem (frontends of every kind, policies, endpoints and their conditions), independent of
+//! maps and of this node.
 mod build;
 mod slice;
 
@@ -10,11 +11,16 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use ipnet::IpNet;
+
+use crate::family::Family;
+
 pub use build::{
-    Built, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, ServiceError,
-    service_name, service_ports, service_ports_from_records, slim_service,
+    Built, DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
+    SOURCE_RANGES_ANNOTATION, ServiceError, service_name, service_ports,
+    service_ports_from_records, slim_service,
 };
-pub use slice::{SliceEndpoint, SliceEntry, SlicePort, SliceRecord};
+pub use slice::{Hints, SliceEndpoint, SliceEntry, SlicePort, SliceRecord};
 
 /// `namespace/name` of a Service (or of an EndpointSlice). Shared strings: the same name is
 /// held by the tracker, the plan and the proxier's ownership records, so a clone is cheap.
@@ -116,15 +122,43 @@ impl fmt::Display for ServicePortName {
     }
 }
 
-/// One port of one Service, with its frontends and endpoints in every family it has.
+/// A traffic policy (`externalTrafficPolicy`, `internalTrafficPolicy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum TrafficPolicy {
+    /// Every usable endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// This node's endpoints only; none → the traffic is dropped.
+    Local,
+}
+
+/// One port of one Service in one family: what kube-proxy's `ServicePort` holds, every frontend
+/// kind with its addresses filtered to [`Self::family`] when the model is built. A dual-stack
+/// Service has one of these per port and family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
     pub name: ServicePortName,
+    /// The family of every address below.
+    pub family: Family,
     pub port: u16,
     pub protocol: Protocol,
-    /// At most one per family, in `spec.clusterIPs` order.
-    pub cluster_ips: Vec<IpAddr>,
-    /// Every endpoint of every family, deduplicated, sorted.
+    pub cluster_ip: IpAddr,
+    /// `spec.ports[].nodePort` of a NodePort or LoadBalancer Service.
+    pub node_port: Option<u16>,
+    /// `spec.externalIPs` of this family.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of this family, in VIP mode (`ipMode: Proxy` skipped).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` (or the legacy annotation) of this family.
+    pub source_ranges: Vec<IpNet>,
+    /// `Local` only for an externally reachable Service asking for it, as kube-proxy reads it.
+    pub external_policy: TrafficPolicy,
+    pub internal_policy: TrafficPolicy,
+    /// `spec.healthCheckNodePort` (a LoadBalancer Service with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
+    /// `sessionAffinity: ClientIP`: the affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// This family's endpoints, deduplicated, sorted.
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -136,8 +170,20 @@ pub struct Endpoint {
     pub conditions: Conditions,
     pub node_name: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
+    /// Topology hints (`None`: the endpoint has none).
+    pub hints: Option<Arc<Hints>>,
+}
+
+impl Endpoint {
     /// `hints.forZones[].name`.
-    pub zone_hints: Vec<Arc<str>>,
+    pub fn zone_hints(&self) -> &[Arc<str>] {
+        self.hints.as_deref().map_or(&[], |h| &h.zones)
+    }
+
+    /// `hints.forNodes[].name`.
+    pub fn node_hints(&self) -> &[Arc<str>] {
+        self.hints.as_deref().map_or(&[], |h| &h.nodes)
+    }
 }
 
 /// EndpointSlice conditions, with Kubernetes' defaults applied (`ready`/`serving` unset mean

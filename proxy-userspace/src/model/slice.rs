@@ -24,7 +24,31 @@ pub struct SliceEndpoint {
     pub conditions: Conditions,
     pub node_name: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
-    pub zone_hints: Vec<Arc<str>>,
+    /// Most endpoints have none; one pointer keeps the ones without small (the tracker holds
+    /// every endpoint of the cluster).
+    pub hints: Option<Arc<Hints>>,
+}
+
+/// An endpoint's topology hints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hints {
+    /// `hints.forZones[].name`.
+    pub zones: Box<[Arc<str>]>,
+    /// `hints.forNodes[].name`.
+    pub nodes: Box<[Arc<str>]>,
+}
+
+impl Hints {
+    fn of(hints: Option<&k8s_openapi::api::discovery::v1::EndpointHints>) -> Option<Arc<Self>> {
+        let hints = hints?;
+        let zones = hints.for_zones.iter().flatten().map(|z| intern(&z.name));
+        let nodes = hints.for_nodes.iter().flatten().map(|n| intern(&n.name));
+        let hints = Self {
+            zones: zones.collect(),
+            nodes: nodes.collect(),
+        };
+        (!hints.zones.is_empty() || !hints.nodes.is_empty()).then(|| Arc::new(hints))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,12 +134,7 @@ impl SliceRecord {
                     },
                     node_name: endpoint.node_name.as_deref().map(intern),
                     zone: endpoint.zone.as_deref().map(intern),
-                    zone_hints: endpoint
-                        .hints
-                        .as_ref()
-                        .and_then(|h| h.for_zones.as_ref())
-                        .map(|zones| zones.iter().map(|z| intern(&z.name)).collect())
-                        .unwrap_or_default(),
+                    hints: Hints::of(endpoint.hints.as_ref()),
                 });
             }
         }

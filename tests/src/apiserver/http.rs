@@ -39,7 +39,11 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Serves `listener` until `stop` fires (or its sender is dropped), then closes every
 /// connection it accepted before returning.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {

@@ -32,10 +32,10 @@ impl Requirement {
 /// A parsed `labelSelector`: equality (`k=v`, `k==v`, `k!=v`), existence (`k`, `!k`) and
 /// set-based (`k in (a,b)`, `k notin (a,b)`) requirements joined by commas (AND).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelSelector(Vec<Requirement>);
+pub(super) struct LabelSelector(Vec<Requirement>);
 
 impl LabelSelector {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
         let mut requirements = Vec::new();
         for term in split_terms(text)? {
             let term = term.trim();
@@ -47,11 +47,11 @@ impl LabelSelector {
         Ok(Self(requirements))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(super) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| r.matches(labels))
     }
 }
@@ -155,7 +155,7 @@ fn label_value(value: &str) -> Result<String, String> {
 /// which every kind of the real server supports; any other field is refused like the real
 /// server refuses an unsupported field label.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FieldSelector(Vec<(Field, bool, String)>);
+pub(super) struct FieldSelector(Vec<(Field, bool, String)>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
@@ -164,7 +164,7 @@ enum Field {
 }
 
 impl FieldSelector {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
         let mut terms = Vec::new();
         for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
@@ -184,11 +184,11 @@ impl FieldSelector {
         Ok(Self(terms))
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn matches(&self, object: &Object) -> bool {
+    pub(super) fn matches(&self, object: &Object) -> bool {
         self.0.iter().all(|(field, equal, value)| {
             let actual = match field {
                 Field::Name => &object.name,

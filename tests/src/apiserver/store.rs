@@ -15,12 +15,12 @@ use super::{ApiServerError, Kind};
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped kinds. The table order is
 /// the order of list items.
-pub type Key = (String, String);
-pub type Table = BTreeMap<Key, Arc<Object>>;
+pub(super) type Key = (String, String);
+pub(super) type Table = BTreeMap<Key, Arc<Object>>;
 
 /// One stored object, immutable once stored (an update stores a new one).
 #[derive(Debug)]
-pub struct Object {
+pub(super) struct Object {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
@@ -63,12 +63,12 @@ impl Object {
         }
     }
 
-    pub fn key(&self) -> Key {
+    pub(super) fn key(&self) -> Key {
         (self.namespace.clone(), self.name.clone())
     }
 
     /// Appends the object with its `kind` and `apiVersion`, as a watch event carries it.
-    pub fn write_full(&self, out: &mut Vec<u8>) {
+    pub(super) fn write_full(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"kind\":\"");
         out.extend_from_slice(self.kind.kind().as_bytes());
         out.extend_from_slice(b"\",\"apiVersion\":\"");
@@ -80,7 +80,7 @@ impl Object {
     }
 
     /// The same content at another resourceVersion: what a DELETED event carries.
-    pub fn at_rv(&self, rv: u64) -> Self {
+    pub(super) fn at_rv(&self, rv: u64) -> Self {
         let mut value = self.value.clone();
         value["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         Self::new(self.kind, value)
@@ -104,7 +104,7 @@ impl Serialize for ListItem<'_> {
 
 /// One change. `object` is `None` for a deletion; `prev` is `None` for a creation.
 #[derive(Debug)]
-pub struct Event {
+pub(super) struct Event {
     pub rv: u64,
     pub kind: Kind,
     pub object: Option<Arc<Object>>,
@@ -113,12 +113,12 @@ pub struct Event {
 
 /// A request for a state the store no longer has.
 #[derive(Debug)]
-pub struct TooOld {
+pub(super) struct TooOld {
     pub requested: u64,
     pub oldest: u64,
 }
 
-pub struct Store {
+pub(super) struct Store {
     rv: u64,
     /// The oldest resourceVersion a watch or an exact list may start from: `history` holds
     /// every event newer than it.
@@ -133,7 +133,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(window: usize) -> Self {
+    pub(super) fn new(window: usize) -> Self {
         Self {
             // Start where a fresh cluster's store roughly is, so no RV is "0" (which means "any").
             rv: 100,
@@ -146,36 +146,36 @@ impl Store {
         }
     }
 
-    pub fn rv(&self) -> u64 {
+    pub(super) fn rv(&self) -> u64 {
         self.rv
     }
 
-    pub fn compacted(&self) -> u64 {
+    pub(super) fn compacted(&self) -> u64 {
         self.compacted
     }
 
-    pub fn last_dropped(&self) -> u64 {
+    pub(super) fn last_dropped(&self) -> u64 {
         self.last_dropped
     }
 
-    pub fn table(&self, kind: Kind) -> &Table {
+    pub(super) fn table(&self, kind: Kind) -> &Table {
         &self.tables[kind.index()]
     }
 
-    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Arc<Object>> {
+    pub(super) fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Arc<Object>> {
         self.table(kind)
             .get(&(namespace.to_owned(), name.to_owned()))
     }
 
     /// The events newer than `rv`, oldest first.
-    pub fn events_after(&self, rv: u64) -> impl Iterator<Item = &Event> {
+    pub(super) fn events_after(&self, rv: u64) -> impl Iterator<Item = &Event> {
         let start = self.history.partition_point(|e| e.rv <= rv);
         self.history.range(start..)
     }
 
     /// The table of `kind` as it was at `rv` (at most the current RV), rebuilt by undoing the
     /// newer events; `TooOld` once the events needed are gone.
-    pub fn table_at(&self, kind: Kind, rv: u64) -> Result<Cow<'_, Table>, TooOld> {
+    pub(super) fn table_at(&self, kind: Kind, rv: u64) -> Result<Cow<'_, Table>, TooOld> {
         if rv >= self.rv {
             return Ok(Cow::Borrowed(self.table(kind)));
         }
@@ -207,7 +207,7 @@ impl Store {
 
     /// Checks an object and puts it in the shape the store keeps: a known kind, a name, a
     /// namespace for namespaced kinds (default `default`) and none for the others.
-    pub fn prepare(value: Value) -> Result<(Kind, Value), ApiServerError> {
+    pub(super) fn prepare(value: Value) -> Result<(Kind, Value), ApiServerError> {
         let Value::Object(mut map) = value else {
             return Err(ApiServerError::Invalid("not a JSON object".into()));
         };
@@ -259,7 +259,7 @@ impl Store {
     /// Creates or replaces an object prepared by [`Store::prepare`]. Keeps the `uid` and
     /// `creationTimestamp` of the object it replaces unless the new one sets them; an update
     /// that changes nothing is a no-op (no new RV, no event), as on the real server.
-    pub fn put(&mut self, kind: Kind, mut value: Value) -> Arc<Object> {
+    pub(super) fn put(&mut self, kind: Kind, mut value: Value) -> Arc<Object> {
         let meta = value["metadata"].as_object_mut().expect("prepared");
         let key = (
             meta.get("namespace")
@@ -305,7 +305,12 @@ impl Store {
         object
     }
 
-    pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Object>> {
+    pub(super) fn delete(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Object>> {
         let namespace = if kind.namespaced() { namespace } else { "" };
         let prev = self.tables[kind.index()].remove(&(namespace.to_owned(), name.to_owned()))?;
         self.rv += 1;
@@ -321,7 +326,7 @@ impl Store {
     /// Forgets every event and moves the RV on by one (as if another object in the cluster
     /// changed), so every watch or exact list from an earlier RV is answered `410 Expired`
     /// while a client that lists afresh can watch from the list's RV.
-    pub fn compact(&mut self) {
+    pub(super) fn compact(&mut self) {
         if let Some(newest) = self.history.back() {
             self.last_dropped = newest.rv;
         }
@@ -354,7 +359,7 @@ fn uid(n: u64) -> String {
 }
 
 /// `2006-01-02T15:04:05Z`, as Kubernetes prints timestamps.
-pub fn rfc3339(time: SystemTime) -> String {
+pub(super) fn rfc3339(time: SystemTime) -> String {
     let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -7,7 +7,7 @@ use anyhow::bail;
 
 use crate::{cargo, exec, root, setup};
 
-pub fn run(quick: bool, smoke: bool) -> anyhow::Result<()> {
+pub(crate) fn run(quick: bool, smoke: bool) -> anyhow::Result<()> {
     setup::run()?;
     if !setup::is_root() {
         bail!("the bench loads BPF programs and builds network namespaces: run it as root");

@@ -20,7 +20,7 @@ const COLORS: [RGBColor; 5] = [
     RGBColor(148, 103, 189),
 ];
 
-pub fn register_font() -> anyhow::Result<()> {
+pub(crate) fn register_font() -> anyhow::Result<()> {
     let bytes = std::fs::read(FONT).with_context(|| {
         format!("reading {FONT} (cargo xtask setup installs fonts-dejavu-core)")
     })?;
@@ -35,7 +35,7 @@ fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// ns/packet against the number of Services (log scale), one panel per family.
-pub fn per_packet(results: &datapath::Results, path: &Path) -> anyhow::Result<()> {
+pub(crate) fn per_packet(results: &datapath::Results, path: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let panels = root.split_evenly((1, 2));
@@ -105,7 +105,7 @@ pub fn per_packet(results: &datapath::Results, path: &Path) -> anyhow::Result<()
 }
 
 /// One test's rate per mode (grouped bars) per number of Services, one panel per family.
-pub fn rates(results: &e2e::Results, test: Test, path: &Path) -> anyhow::Result<()> {
+pub(crate) fn rates(results: &e2e::Results, test: Test, path: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let panels = root.split_evenly((1, 2));

@@ -10,15 +10,15 @@ use std::{
 
 use twinstack_lab::manifests;
 
-pub const SERVICE_PORT: u16 = 80;
-pub const BACKEND_PORT: u16 = 8080;
-pub const FILLER_ENDPOINTS: usize = 10;
-pub const CLUSTER_CIDR_V4: &str = "10.244.0.0/16";
-pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/56";
-pub const SERVICE_CIDR_V4: &str = "10.96.0.0/12";
-pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
+pub(crate) const SERVICE_PORT: u16 = 80;
+pub(crate) const BACKEND_PORT: u16 = 8080;
+pub(crate) const FILLER_ENDPOINTS: usize = 10;
+pub(crate) const CLUSTER_CIDR_V4: &str = "10.244.0.0/16";
+pub(crate) const CLUSTER_CIDR_V6: &str = "fd00:10:244::/56";
+pub(crate) const SERVICE_CIDR_V4: &str = "10.96.0.0/12";
+pub(crate) const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 
-pub struct Service {
+pub(crate) struct Service {
     pub name: String,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
@@ -29,11 +29,11 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn cluster_ip(&self, v6: bool) -> IpAddr {
+    pub(crate) fn cluster_ip(&self, v6: bool) -> IpAddr {
         if v6 { self.v6.into() } else { self.v4.into() }
     }
 
-    pub fn endpoints(&self, v6: bool) -> Vec<IpAddr> {
+    pub(crate) fn endpoints(&self, v6: bool) -> Vec<IpAddr> {
         if v6 {
             self.endpoints_v6.iter().map(|&a| a.into()).collect()
         } else {
@@ -42,13 +42,13 @@ impl Service {
     }
 }
 
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub services: Vec<Service>,
 }
 
 impl Cluster {
     /// `count` Services; the last one's endpoints are `target_v4` / `target_v6`.
-    pub fn new(count: usize, target_v4: &[Ipv4Addr], target_v6: &[Ipv6Addr]) -> Self {
+    pub(crate) fn new(count: usize, target_v4: &[Ipv4Addr], target_v6: &[Ipv6Addr]) -> Self {
         // 10.244.16.0–10.244.255.255 has 61,440 addresses, a multiple of 10: Services whose
         // endpoints wrap around use the next port, so every (address, port) stays distinct.
         const ROOM: usize = 240 * 256;
@@ -98,13 +98,13 @@ impl Cluster {
         Self { services }
     }
 
-    pub fn target(&self) -> &Service {
+    pub(crate) fn target(&self) -> &Service {
         self.services.last().expect("at least one Service")
     }
 
     /// Writes the Services and their EndpointSlices (one per family) as one multi-document
     /// YAML file in a new directory, removed when the guard drops.
-    pub fn write_manifests(&self) -> std::io::Result<ManifestDir> {
+    pub(crate) fn write_manifests(&self) -> std::io::Result<ManifestDir> {
         let dir = std::env::temp_dir().join(twinstack_lab::unique("twinstack-bench-manifests-"));
         std::fs::create_dir_all(&dir)?;
         let guard = ManifestDir(dir);
@@ -134,10 +134,10 @@ impl Cluster {
     }
 }
 
-pub struct ManifestDir(PathBuf);
+pub(crate) struct ManifestDir(PathBuf);
 
 impl ManifestDir {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }

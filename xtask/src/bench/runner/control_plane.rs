@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// Twinstack's control-plane figures.
-pub struct TwinstackFigures {
+pub(crate) struct TwinstackFigures {
     pub services: usize,
     /// The agent's own work for the cold start: waiting for and reading the first lists, then
     /// programming every Service (from its log).
@@ -34,7 +34,7 @@ pub struct TwinstackFigures {
 /// (`twinstack_lab::controlplane::measure`), `plan.load_services` dual-stack Services × 10
 /// endpoints per family, `plan.load_reps` cold starts, each followed by timed EndpointSlice
 /// updates with `--min-sync-period 0` (so the latency is the pipeline's own).
-pub fn twinstack_figures(plan: &crate::Plan) -> Option<TwinstackFigures> {
+pub(crate) fn twinstack_figures(plan: &crate::Plan) -> Option<TwinstackFigures> {
     use twinstack_lab::controlplane::{ControlPlaneConfig, measure};
     let config = ControlPlaneConfig {
         services: plan.load_services,
@@ -74,7 +74,7 @@ pub fn twinstack_figures(plan: &crate::Plan) -> Option<TwinstackFigures> {
 }
 
 /// What loading kube-proxy's layouts took, seconds per family, several loads each.
-pub struct LoadTimes {
+pub(crate) struct LoadTimes {
     pub services: usize,
     pub rows: Vec<(Layout, Summary, Summary)>,
 }
@@ -82,7 +82,7 @@ pub struct LoadTimes {
 /// Loads each layout of `services` Services into a fresh, empty namespace (the rules are
 /// removed between loads), as kube-proxy's first full sync does, until there are `reps` loads
 /// counting the `earlier` ones the end-to-end runs made of the same size.
-pub fn kube_proxy_load_times(
+pub(crate) fn kube_proxy_load_times(
     services: usize,
     reps: usize,
     earlier: &[LoadSample],
@@ -118,7 +118,7 @@ pub fn kube_proxy_load_times(
 }
 
 /// The section's Markdown.
-pub fn section(loads: &LoadTimes, twinstack: Option<&TwinstackFigures>) -> String {
+pub(crate) fn section(loads: &LoadTimes, twinstack: Option<&TwinstackFigures>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,

@@ -15,23 +15,25 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
-use proxy_common::{capacity, map_names, program_names, service_flags};
+use proxy_common::{maps::MAPS, programs as program_names};
 use proxy_userspace::{
-    loader::{self, Datapath},
-    maps::{codec::KernelFamily, kernel::KernelMaps, pins::PinLayout, writer::Writer},
+    loader::{self, LoadOptions, Programs},
+    maps::{codec::KernelFamily, kernel, pins::PinLayout, writer::Writer},
     model::Protocol,
     plan::{Backend, BackendState, Frontend, ServiceEntry},
 };
 
+use proxy_common::{LbFamily, V4, V6};
+
 use crate::{Plan, stats::Summary};
 
-pub const BACKENDS_PER_SERVICE: usize = 10;
+pub(crate) const BACKENDS_PER_SERVICE: usize = 10;
 const PAYLOAD: [u8; 64] = [b'x'; 64];
 /// The service every hit goes to (index 0); the others are filler.
 const TARGET: usize = 0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Case {
+pub(crate) enum Case {
     /// A SYN of a flow conntrack has never seen: service lookup, backend pick, two inserts.
     New,
     /// A later packet of a known flow: service lookup, conntrack hit, rewrite.
@@ -45,7 +47,7 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 5] = [
+    pub(crate) const ALL: [Case; 5] = [
         Case::New,
         Case::Established,
         Case::ReverseNat,
@@ -53,7 +55,7 @@ impl Case {
         Case::MissRepeat,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Case::New => "ClusterIP hit, new flow",
             Case::Established => "ClusterIP hit, established flow",
@@ -64,14 +66,14 @@ impl Case {
     }
 }
 
-pub struct Row {
+pub(crate) struct Row {
     pub family: &'static str,
     pub case: Case,
     /// One summary (ns per packet) per entry of [`Results::sizes`].
     pub by_size: Vec<Summary>,
 }
 
-pub struct Results {
+pub(crate) struct Results {
     pub sizes: Vec<usize>,
     pub rows: Vec<Row>,
     /// Seconds the map writer took to go from the previous size to each size, per family.
@@ -82,7 +84,7 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn row(&self, family: &str, case: Case) -> Option<&Row> {
+    pub(crate) fn row(&self, family: &str, case: Case) -> Option<&Row> {
         self.rows
             .iter()
             .find(|r| r.family == family && r.case == case)
@@ -161,7 +163,7 @@ impl Drop for Pins {
     }
 }
 
-pub fn run(plan: &Plan) -> anyhow::Result<Results> {
+pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
     twinstack_lab::ensure_bpffs();
     let largest = plan.datapath_sizes.iter().copied().max().unwrap_or(1);
     let pins = Pins(PinLayout::new(format!(
@@ -169,47 +171,34 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
         twinstack_lab::unique("twinstack-bench-")
     )));
     // Room for the largest size; the same maps serve every size, so only their contents differ.
-    let services = (largest * (BACKENDS_PER_SERVICE + 1) + 1024) as u32;
-    let backends = (largest * BACKENDS_PER_SERVICE + 1024) as u32;
-    let reverse_nat = (largest + 1024) as u32;
-    let conntrack = 1 << 20;
-    let mut capacities = Vec::new();
-    for (v4, v6, needed, default) in [
-        (
-            map_names::SERVICES_V4,
-            map_names::SERVICES_V6,
-            services,
-            capacity::SERVICES,
-        ),
-        (
-            map_names::BACKENDS_V4,
-            map_names::BACKENDS_V6,
-            backends,
-            capacity::BACKENDS,
-        ),
-        (
-            map_names::REVERSE_NAT_V4,
-            map_names::REVERSE_NAT_V6,
-            reverse_nat,
-            capacity::REVERSE_NAT,
-        ),
-        (
-            map_names::CONNTRACK_V4,
-            map_names::CONNTRACK_V6,
-            conntrack,
-            capacity::CONNTRACK,
-        ),
-    ] {
-        capacities.push((v4, needed.max(default)));
-        capacities.push((v6, needed.max(default)));
-    }
-    let datapath = Datapath::load(&pins.0, &capacities).context("loading the BPF object")?;
+    let needed = |name: &str| -> Option<u32> {
+        let is = |v4: &str, v6: &str| name == v4 || name == v6;
+        Some(if is(V4::SERVICES, V6::SERVICES) {
+            (largest * (BACKENDS_PER_SERVICE + 1) + 1024) as u32
+        } else if is(V4::BACKENDS, V6::BACKENDS) {
+            (largest * BACKENDS_PER_SERVICE + 1024) as u32
+        } else if is(V4::REVERSE_NAT, V6::REVERSE_NAT) {
+            (largest + 1024) as u32
+        } else if is(V4::CONNTRACK, V6::CONNTRACK) {
+            1 << 20
+        } else {
+            return None;
+        })
+    };
+    let options = LoadOptions {
+        max_entries: MAPS
+            .iter()
+            .filter_map(|spec| Some((spec.name, needed(spec.name)?.max(spec.capacity))))
+            .collect(),
+        ..LoadOptions::default()
+    };
+    let datapath = Programs::load(&pins.0, &options).context("loading the BPF object")?;
     let mut bench = Bench {
         datapath,
         next_flow: 0,
     };
-    let mut v4: Writer<Ipv4Addr, _> = Writer::restore(KernelMaps::open(&pins.0)?)?;
-    let mut v6: Writer<Ipv6Addr, _> = Writer::restore(KernelMaps::open(&pins.0)?)?;
+    let mut v4: Writer<Ipv4Addr> = Writer::restore(kernel::open(&pins.0)?)?;
+    let mut v6: Writer<Ipv6Addr> = Writer::restore(kernel::open(&pins.0)?)?;
 
     let mut rows: Vec<Row> = Vec::new();
     for family in [Ipv4Addr::NAME, Ipv6Addr::NAME] {
@@ -268,18 +257,11 @@ fn push(rows: &mut [Row], family: &str, case: Case, summary: Summary) {
 }
 
 /// Writes Services `range` (each with its 10 backends) as the agent would; returns seconds.
-fn fill<A: Family>(
-    writer: &mut Writer<A, KernelMaps<A>>,
-    range: std::ops::Range<usize>,
-) -> anyhow::Result<f64> {
+fn fill<A: Family>(writer: &mut Writer<A>, range: std::ops::Range<usize>) -> anyhow::Result<f64> {
     let started = Instant::now();
     for i in range {
         let (address, port) = A::service(i);
-        let frontend = Frontend {
-            address,
-            port,
-            protocol: Protocol::Tcp,
-        };
+        let frontend = Frontend::new(address, port, Protocol::Tcp);
         let backends = (0..BACKENDS_PER_SERVICE)
             .map(|j| {
                 let (address, port) = A::backend(i * BACKENDS_PER_SERVICE + j);
@@ -292,13 +274,7 @@ fn fill<A: Family>(
             })
             .collect();
         writer
-            .upsert(
-                &frontend,
-                &ServiceEntry {
-                    backends,
-                    flags: service_flags::CLUSTER_IP,
-                },
-            )
+            .upsert(&frontend, &ServiceEntry::cluster_ip(backends))
             .with_context(|| format!("writing {frontend}"))?;
     }
     Ok(started.elapsed().as_secs_f64())
@@ -312,7 +288,7 @@ struct Flow {
 }
 
 struct Bench {
-    datapath: Datapath,
+    datapath: Programs,
     /// Source tuples handed out so far for new flows (each is used once).
     next_flow: usize,
 }
@@ -326,7 +302,7 @@ impl Bench {
         repeat: u32,
         keep_output: bool,
     ) -> anyhow::Result<(Duration, Vec<u8>)> {
-        let prog = self.datapath.program(program)?;
+        let prog = self.datapath.classifier(program)?;
         let mut out = vec![0u8; if keep_output { packet.len() + 256 } else { 0 }];
         let result = prog
             .test_run(TestRunOptions {

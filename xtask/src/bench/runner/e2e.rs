@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Direct,
     Twinstack,
     Iptables,
@@ -29,7 +29,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [
+    pub(crate) const ALL: [Mode; 4] = [
         Mode::Direct,
         Mode::Twinstack,
         Mode::Iptables,
@@ -42,7 +42,7 @@ impl Mode {
         (1024 + i * 16_000, 1024 + i * 16_000 + 15_999)
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
             Mode::Twinstack => "twinstack",
@@ -52,9 +52,9 @@ impl Mode {
     }
 }
 
-pub const TESTS: [Test; 2] = [Test::NewConnections, Test::RequestResponse];
+pub(crate) const TESTS: [Test; 2] = [Test::NewConnections, Test::RequestResponse];
 
-pub struct Cell {
+pub(crate) struct Cell {
     pub mode: Mode,
     pub size: usize,
     pub v6: bool,
@@ -67,13 +67,13 @@ pub struct Cell {
 
 /// One load of a kube-proxy layout.
 #[derive(Clone, Copy)]
-pub struct LoadSample {
+pub(crate) struct LoadSample {
     pub layout: Layout,
     pub services: usize,
     pub times: LoadTimes,
 }
 
-pub struct Results {
+pub(crate) struct Results {
     pub sizes: Vec<usize>,
     pub cells: Vec<Cell>,
     /// Seconds from starting the agent to its first full sync, per size.
@@ -89,7 +89,7 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn cell(&self, mode: Mode, size: usize, v6: bool, test: Test) -> Option<&Cell> {
+    pub(crate) fn cell(&self, mode: Mode, size: usize, v6: bool, test: Test) -> Option<&Cell> {
         self.cells
             .iter()
             .find(|c| c.mode == mode && c.size == size && c.v6 == v6 && c.test == test)
@@ -105,7 +105,7 @@ struct Active<'a> {
     _rules: Option<Rules<'a>>,
 }
 
-pub fn run(plan: &Plan) -> anyhow::Result<Results> {
+pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
     let topology = Topology::new(2);
     let _servers: Vec<Server> = topology
         .backends

@@ -30,13 +30,13 @@ const NAMESPACE: &str = "default";
 const PORT_NAME: &str = "http";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
+pub(crate) enum Layout {
     Iptables,
     Nftables,
 }
 
 impl Layout {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Layout::Iptables => "iptables",
             Layout::Nftables => "nftables",
@@ -74,7 +74,7 @@ fn socket(address: IpAddr, port: u16) -> String {
 }
 
 /// `iptables-restore` input (filter and nat tables) for one family.
-pub fn iptables_rules(cluster: &Cluster, v6: bool) -> String {
+pub(crate) fn iptables_rules(cluster: &Cluster, v6: bool) -> String {
     let (cluster_cidr, host_bits) = if v6 {
         (CLUSTER_CIDR_V6, 128)
     } else {
@@ -158,7 +158,7 @@ COMMIT\n",
 }
 
 /// `nft -f` input (one `kube-proxy` table) for one family.
-pub fn nftables_script(cluster: &Cluster, v6: bool) -> String {
+pub(crate) fn nftables_script(cluster: &Cluster, v6: bool) -> String {
     let (family, ip, addr_type, cluster_cidr, service_cidr, loopback) = if v6 {
         (
             "ip6",
@@ -410,14 +410,14 @@ fn load(netns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::Res
 
 /// What loading one layout took, per family.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct LoadTimes {
+pub(crate) struct LoadTimes {
     pub v4: Duration,
     pub v6: Duration,
 }
 
 /// Programs `layout` for `cluster` in `netns` (both families), returning the load times. The
 /// returned guard removes every table when dropped.
-pub fn program<'a>(
+pub(crate) fn program<'a>(
     netns: &'a Netns,
     layout: Layout,
     cluster: &Cluster,
@@ -446,7 +446,7 @@ pub fn program<'a>(
 }
 
 /// The node's whole netfilter ruleset: iptables-nft and nft tables alike.
-pub fn ruleset(netns: &Netns) -> String {
+pub(crate) fn ruleset(netns: &Netns) -> String {
     let mut command = Command::new("nft");
     command.args(["list", "ruleset"]);
     netns.command(&mut command);
@@ -457,7 +457,7 @@ pub fn ruleset(netns: &Netns) -> String {
 }
 
 /// Removes every netfilter table of the node namespace (ours are the only ones there).
-pub struct Rules<'a> {
+pub(crate) struct Rules<'a> {
     netns: &'a Netns,
 }
 

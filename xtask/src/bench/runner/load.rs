@@ -21,14 +21,14 @@ use twinstack_lab::topology::Pod;
 
 use crate::stats::percentile_sorted;
 
-pub const MESSAGE: usize = 64;
+pub(crate) const MESSAGE: usize = 64;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL_MS: i32 = 50;
 
 /// The client's threads run on the first CPU, the servers' on the last: on a small machine
 /// this keeps the scheduler from moving them about, which otherwise swings the rates by tens
 /// of percent from one round to the next. Packet processing runs on the sender's CPU.
-pub fn pin_to_cpu(server: bool) {
+pub(crate) fn pin_to_cpu(server: bool) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = if server { cpus - 1 } else { 0 };
     // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
@@ -39,7 +39,7 @@ pub fn pin_to_cpu(server: bool) {
     }
 }
 
-pub struct Server {
+pub(crate) struct Server {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -47,7 +47,7 @@ pub struct Server {
 
 impl Server {
     /// Listens on `[::]:port` (both families) in `pod` with `workers` accepting threads.
-    pub fn start(pod: &Pod, port: u16, workers: usize) -> Self {
+    pub(crate) fn start(pod: &Pod, port: u16, workers: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let listener = pod
@@ -161,7 +161,7 @@ fn serve_persistent(mut stream: TcpStream, first: [u8; MESSAGE], stop: &AtomicBo
 
 /// What one load run achieved.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Completed transactions per second.
     pub rate: f64,
     pub p50_us: f64,
@@ -171,7 +171,7 @@ pub struct Outcome {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Test {
+pub(crate) enum Test {
     /// connect, 64-byte request, 64-byte reply, close.
     NewConnections,
     /// 64-byte request / 64-byte reply on connections opened beforehand.
@@ -179,7 +179,7 @@ pub enum Test {
 }
 
 impl Test {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Test::NewConnections => "new connections/s",
             Test::RequestResponse => "requests/s (persistent)",
@@ -189,7 +189,7 @@ impl Test {
 
 /// Runs `test` against `targets` (round robin) from `threads` threads, for `duration` or
 /// `max_count` transactions, whichever comes first. Call it inside the client namespace.
-pub fn run(
+pub(crate) fn run(
     test: Test,
     targets: &[SocketAddr],
     threads: usize,

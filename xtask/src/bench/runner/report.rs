@@ -38,7 +38,7 @@ fn family(v6: bool) -> &'static str {
     if v6 { "IPv6" } else { "IPv4" }
 }
 
-pub fn write(
+pub(crate) fn write(
     plan: &Plan,
     datapath: &datapath::Results,
     e2e: &e2e::Results,

@@ -2,7 +2,7 @@
 
 /// The median of several runs, with the smallest and largest run.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -10,7 +10,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(values: &[f64]) -> Self {
+    pub(crate) fn of(values: &[f64]) -> Self {
         if values.is_empty() {
             return Self::default();
         }
@@ -25,7 +25,7 @@ impl Summary {
     }
 
     /// "123 (118–130)" with `decimals` digits.
-    pub fn show(&self, decimals: usize) -> String {
+    pub(crate) fn show(&self, decimals: usize) -> String {
         if self.runs == 0 {
             return "–".to_owned();
         }
@@ -39,7 +39,7 @@ impl Summary {
 }
 
 /// The `p`th percentile (0–100) of sorted values, by linear interpolation.
-pub fn percentile_sorted(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile_sorted(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -48,14 +48,14 @@ pub fn percentile_sorted(sorted: &[f64], p: f64) -> f64 {
     sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64)
 }
 
-pub fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     percentile_sorted(&sorted, 50.0)
 }
 
 /// A number with thousands separators: 12,345.6.
-pub fn number(value: f64, decimals: usize) -> String {
+pub(crate) fn number(value: f64, decimals: usize) -> String {
     if !value.is_finite() {
         return "–".to_owned();
     }
@@ -77,7 +77,7 @@ pub fn number(value: f64, decimals: usize) -> String {
 }
 
 /// "1 Service", "1,000 Services".
-pub fn services(count: usize) -> String {
+pub(crate) fn services(count: usize) -> String {
     if count == 1 {
         "1 Service".to_owned()
     } else {
@@ -86,7 +86,7 @@ pub fn services(count: usize) -> String {
 }
 
 /// A ratio of medians, "0.97×".
-pub fn ratio(numerator: &Summary, denominator: &Summary) -> f64 {
+pub(crate) fn ratio(numerator: &Summary, denominator: &Summary) -> f64 {
     if denominator.median == 0.0 {
         f64::NAN
     } else {

@@ -1,0 +1,51 @@
+//! The datapath's per-CPU outcome counters: one enum, so an index and its name cannot drift
+//! apart. The kernel programs count a [`Counter`]; the agent's metrics and tests read them by
+//! [`Counter::name`].
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Index of each counter in the per-CPU `counters` array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// The name in metrics (`outcome` label) and in the CLI.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+
+            #[inline(always)]
+            pub const fn index(self) -> u32 {
+                self as u32
+            }
+        }
+    };
+}
+
+counters! {
+    /// A packet that is not service traffic (or not parseable) passed untouched.
+    Pass => "pass",
+    /// A new flow was load-balanced to a backend.
+    DnatNew => "dnat_new",
+    /// A packet of a known flow was translated to its backend.
+    DnatEstablished => "dnat_established",
+    /// A reply was translated back to the service address.
+    ReverseNat => "reverse_nat",
+    /// A packet to a service with no usable backend.
+    NoBackend => "no_backend",
+    /// A known flow's backend had gone and a new one was picked.
+    Repick => "repick",
+    /// A rewrite helper failed; the packet passed untouched.
+    RewriteError => "rewrite_error",
+    /// A conntrack entry could not be created (map full or out of memory); the packet passed
+    /// untouched.
+    ConntrackError => "conntrack_error",
+}

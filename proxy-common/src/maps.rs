@@ -1,0 +1,86 @@
+//! The map list, declared once: every map the object must hold, with its family, kind, shape
+//! and default capacity. The loader checks the object against it; `twinstack bpf map list`,
+//! the metrics and the benchmark read it instead of keeping lists of their own.
+use core::mem::size_of;
+
+use crate::{
+    BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ConntrackValue, ReverseNatV4,
+    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, capacity, counter::Counter, map_names,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash,
+    LruHash,
+    PerCpuArray,
+}
+
+/// The family a map belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MapFamily {
+    V4,
+    V6,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MapSpec {
+    pub name: &'static str,
+    /// `None` for a map both families share.
+    pub family: Option<MapFamily>,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// Default `max_entries` (what the object declares).
+    pub capacity: u32,
+}
+
+const fn spec<K, V>(
+    name: &'static str,
+    family: Option<MapFamily>,
+    kind: MapKind,
+    capacity: u32,
+) -> MapSpec {
+    MapSpec {
+        name,
+        family,
+        kind,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        capacity,
+    }
+}
+
+use MapFamily::{V4, V6};
+use MapKind::{Hash, LruHash, PerCpuArray};
+
+pub const MAPS: &[MapSpec] = &[
+    spec::<ServiceKeyV4, ServiceValue>(map_names::SERVICES_V4, Some(V4), Hash, capacity::SERVICES),
+    spec::<u32, BackendV4>(map_names::BACKENDS_V4, Some(V4), Hash, capacity::BACKENDS),
+    spec::<u32, ReverseNatV4>(
+        map_names::REVERSE_NAT_V4,
+        Some(V4),
+        Hash,
+        capacity::REVERSE_NAT,
+    ),
+    spec::<ConntrackKeyV4, ConntrackValue>(
+        map_names::CONNTRACK_V4,
+        Some(V4),
+        LruHash,
+        capacity::CONNTRACK,
+    ),
+    spec::<ServiceKeyV6, ServiceValue>(map_names::SERVICES_V6, Some(V6), Hash, capacity::SERVICES),
+    spec::<u32, BackendV6>(map_names::BACKENDS_V6, Some(V6), Hash, capacity::BACKENDS),
+    spec::<u32, ReverseNatV6>(
+        map_names::REVERSE_NAT_V6,
+        Some(V6),
+        Hash,
+        capacity::REVERSE_NAT,
+    ),
+    spec::<ConntrackKeyV6, ConntrackValue>(
+        map_names::CONNTRACK_V6,
+        Some(V6),
+        LruHash,
+        capacity::CONNTRACK,
+    ),
+    spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
+];

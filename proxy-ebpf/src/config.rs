@@ -1,0 +1,28 @@
+//! The load-time configuration: the agent sets [`CONFIG`] when it loads the object
+//! (`EbpfLoader::set_global`); programs read it through [`get`]. It lives in `.rodata`, so a
+//! read costs no map lookup.
+use proxy_common::config::DatapathConfig;
+
+/// Zero until the loader sets it. `#[used]` keeps the symbol in the object, so the loader can
+/// always find it (it refuses to load an object without it).
+#[unsafe(no_mangle)]
+#[used]
+static CONFIG: DatapathConfig = DatapathConfig {
+    cluster_v4: [0; 4],
+    cluster_v6: [0; 16],
+    cluster_v4_prefix: 0,
+    cluster_v6_prefix: 0,
+    flags: 0,
+    _pad: [0; 4],
+};
+
+/// The configuration the agent loaded the programs with.
+#[inline(always)]
+#[allow(
+    dead_code,
+    reason = "the first reader is the socket-LB host-namespace switch"
+)]
+pub(crate) fn get() -> DatapathConfig {
+    // SAFETY: a volatile read of a static, so the compiler cannot fold the zeros above in.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}

@@ -1,0 +1,127 @@
+//! Per-family connection tracking: a forward entry (client → service, keyed as the client sent
+//! it) pins a flow to its backend; a reverse entry (backend → client, keyed as the backend sends
+//! it) names the frontend to restore on replies. Both live in one LRU map per family. Keys are
+//! built from addresses and ports only, so any hook can use them.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use proxy_common::{ConntrackKey, ConntrackValue, RawAddress, ct_flags, direction};
+
+use crate::{family::Family, lb::Chosen};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// A flow as its client sent it: (address, port) pairs, ports in network order.
+#[derive(Clone, Copy)]
+pub(crate) struct Tuple<A> {
+    pub client: (A, u16),
+    pub frontend: (A, u16),
+    pub protocol: u8,
+}
+
+#[inline(always)]
+pub(crate) fn now() -> u64 {
+    // SAFETY: no arguments, always safe to call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The conntrack flag bits a TCP flags byte contributes.
+#[inline(always)]
+fn flags_of(tcp_flags: u8) -> u8 {
+    let mut flags = 0;
+    if tcp_flags & TCP_SYN != 0 {
+        flags |= ct_flags::SEEN_SYN;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        flags |= ct_flags::SEEN_FIN;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        flags |= ct_flags::SEEN_RST;
+    }
+    flags
+}
+
+/// A SYN on a tuple whose previous connection closed starts a new connection (port reuse):
+/// it is load-balanced afresh instead of following the old entry.
+#[inline(always)]
+pub(crate) fn reopens(entry: &ConntrackValue, tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && entry.flags & (ct_flags::SEEN_FIN | ct_flags::SEEN_RST) != 0
+}
+
+#[inline(always)]
+pub(crate) fn touch(entry: &mut ConntrackValue, tcp_flags: u8, now: u64) {
+    entry.last_seen = now;
+    let flags = flags_of(tcp_flags);
+    if entry.flags | flags != entry.flags {
+        entry.flags |= flags;
+    }
+}
+
+/// The forward entry of `tuple`, for update in place.
+#[inline(always)]
+pub(crate) fn forward<F: Family>(tuple: &Tuple<F::Addr>) -> Option<&'static mut ConntrackValue> {
+    let key = ConntrackKey::raw(
+        tuple.client,
+        tuple.frontend,
+        tuple.protocol,
+        direction::FORWARD,
+    );
+    // SAFETY: a map value pointer; concurrent updates are benign (timestamps and flags).
+    F::conntrack().get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// The reverse entry of a packet from `source` to `destination`, for update in place.
+#[inline(always)]
+pub(crate) fn reverse<F: Family>(
+    source: (F::Addr, u16),
+    destination: (F::Addr, u16),
+    protocol: u8,
+) -> Option<&'static mut ConntrackValue> {
+    let key = ConntrackKey::raw(source, destination, protocol, direction::REVERSE);
+    // SAFETY: as in `forward`.
+    F::conntrack().get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// Records a new flow of `tuple` to `chosen` for frontend `rev_nat_id`: the reverse entry
+/// first, so once the backend can answer, its reply finds the entry.
+#[inline(always)]
+pub(crate) fn create<F: Family>(
+    tuple: &Tuple<F::Addr>,
+    rev_nat_id: u32,
+    chosen: &Chosen<F::Addr>,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<(), i64> {
+    let backend = (chosen.backend.address, chosen.backend.port);
+    let entry = ConntrackValue {
+        last_seen: now,
+        backend_id: chosen.id,
+        rev_nat_id,
+        backend_address: backend.0.to_wide(),
+        backend_port: backend.1,
+        flags: flags_of(tcp_flags),
+        _pad: [0; 5],
+    };
+    let reverse = ConntrackKey::raw(backend, tuple.client, tuple.protocol, direction::REVERSE);
+    F::conntrack()
+        .insert(reverse, entry, 0)
+        .map_err(i64::from)?;
+    let forward = ConntrackKey::raw(
+        tuple.client,
+        tuple.frontend,
+        tuple.protocol,
+        direction::FORWARD,
+    );
+    F::conntrack().insert(forward, entry, 0).map_err(i64::from)
+}
+
+/// The backend (address, port) a conntrack entry pins its flow to.
+#[inline(always)]
+pub(crate) fn backend_of<F: Family>(entry: &ConntrackValue) -> (F::Addr, u16) {
+    (
+        F::Addr::from_wide(&entry.backend_address),
+        entry.backend_port,
+    )
+}

@@ -1,0 +1,86 @@
+//! TC ingress on a pod interface: packets a pod sends. Service traffic is DNATed to a backend
+//! and tracked, so the rest of the flow follows and the replies can be translated back.
+use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::classifier, programs::TcContext};
+use proxy_common::{V4, V6, protocol};
+
+use crate::{
+    ct::{self, Tuple},
+    ctx::PacketCtx,
+    family::Family,
+    lb,
+    nat::{self, Side},
+    outcome::{Outcome, rewrite_error},
+    parse::{self, Packet, Parsed},
+};
+
+#[classifier]
+pub(crate) fn from_pod(ctx: TcContext) -> i32 {
+    super::finish_tc(match parse::parse(&ctx) {
+        Some(Parsed::V4(packet)) => forward::<V4, _>(&ctx, &packet),
+        Some(Parsed::V6(packet)) => forward::<V6, _>(&ctx, &packet),
+        None => Ok(Outcome::Pass),
+    })
+}
+
+/// Translates a packet addressed to a service frontend.
+#[inline(always)]
+fn forward<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<Outcome, Outcome> {
+    // The service entry is looked up first: a deleted service stops translation at once, even
+    // for flows that still have conntrack entries. Pods are inside the cluster.
+    let Some(service) = lb::lookup::<F>(
+        packet.destination,
+        packet.destination_port,
+        packet.protocol,
+        true,
+    ) else {
+        return Ok(Outcome::Pass);
+    };
+    let tuple = Tuple {
+        client: packet.source(),
+        frontend: packet.destination(),
+        protocol: packet.protocol,
+    };
+    let now = ct::now();
+
+    let mut outcome = Outcome::DnatNew;
+    if let Some(entry) = ct::forward::<F>(&tuple)
+        && entry.rev_nat_id == service.entry.rev_nat_id
+        && !ct::reopens(entry, packet.tcp_flags)
+    {
+        // A TCP connection keeps its backend for life, like a netfilter NAT binding, even
+        // once the backend has left the Service. Other flows follow the Service: if their
+        // backend is gone they are balanced again (kube-proxy clears their conntrack).
+        if packet.protocol == protocol::TCP || lb::backend_exists::<F>(entry.backend_id) {
+            ct::touch(entry, packet.tcp_flags, now);
+            let (address, port) = ct::backend_of::<F>(entry);
+            nat::rewrite::<F, C>(ctx, packet, Side::Destination, address, port)
+                .map_err(rewrite_error)?;
+            return Ok(Outcome::DnatEstablished);
+        }
+        outcome = Outcome::Repick;
+    }
+
+    // SAFETY: no arguments.
+    let random = unsafe { bpf_get_prandom_u32() };
+    let Some(chosen) = lb::select::<F>(&service, random) else {
+        return Ok(Outcome::NoBackend);
+    };
+    ct::create::<F>(
+        &tuple,
+        service.entry.rev_nat_id,
+        &chosen,
+        packet.tcp_flags,
+        now,
+    )
+    .map_err(|_| Outcome::ConntrackError)?;
+    let backend = chosen.backend;
+    nat::rewrite::<F, C>(
+        ctx,
+        packet,
+        Side::Destination,
+        backend.address,
+        backend.port,
+    )
+    .map_err(rewrite_error)?;
+    Ok(outcome)
+}
