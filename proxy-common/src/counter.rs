@@ -48,4 +48,19 @@ counters! {
     /// A conntrack entry could not be created (map full or out of memory); the packet passed
     /// untouched.
     ConntrackError => "conntrack_error",
+    /// A `connect()` (TCP or UDP) to a frontend was sent straight to a backend.
+    SockConnect => "sock_connect",
+    /// An unconnected UDP datagram to a frontend was sent straight to a backend.
+    SockSendmsg => "sock_sendmsg",
+    /// A `connect()` or datagram to a frontend with no usable backend was refused
+    /// (ECONNREFUSED).
+    SockRefused => "sock_refused",
+    /// A reply's source (`recvmsg`) or a peer name (`getpeername`) was restored to the frontend.
+    SockReverse => "sock_reverse",
+    /// A socket's reverse entry named a frontend that is gone or changed; it was dropped and
+    /// the backend's address shown.
+    SockReverseStale => "sock_reverse_stale",
+    /// A socket reverse or stickiness entry could not be written; the socket was translated
+    /// all the same.
+    SockMapError => "sock_map_error",
 }

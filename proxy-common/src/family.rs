@@ -78,6 +78,8 @@ pub trait LbFamily: 'static {
     const BACKENDS: &'static str;
     const REVERSE_NAT: &'static str;
     const CONNTRACK: &'static str;
+    const SOCK_REV: &'static str;
+    const SOCK_UDP: &'static str;
 }
 
 pub enum V4 {}
@@ -90,6 +92,8 @@ impl LbFamily for V4 {
     const BACKENDS: &'static str = map_names::BACKENDS_V4;
     const REVERSE_NAT: &'static str = map_names::REVERSE_NAT_V4;
     const CONNTRACK: &'static str = map_names::CONNTRACK_V4;
+    const SOCK_REV: &'static str = map_names::SOCK_REV_V4;
+    const SOCK_UDP: &'static str = map_names::SOCK_UDP_V4;
 }
 
 impl LbFamily for V6 {
@@ -99,4 +103,6 @@ impl LbFamily for V6 {
     const BACKENDS: &'static str = map_names::BACKENDS_V6;
     const REVERSE_NAT: &'static str = map_names::REVERSE_NAT_V6;
     const CONNTRACK: &'static str = map_names::CONNTRACK_V6;
+    const SOCK_REV: &'static str = map_names::SOCK_REV_V6;
+    const SOCK_UDP: &'static str = map_names::SOCK_UDP_V6;
 }

@@ -34,6 +34,10 @@ pub mod map_names {
     pub const REVERSE_NAT_V6: &str = "lb6_reverse_nat";
     pub const CONNTRACK_V4: &str = "ct4";
     pub const CONNTRACK_V6: &str = "ct6";
+    pub const SOCK_REV_V4: &str = "lb4_sock_rev";
+    pub const SOCK_REV_V6: &str = "lb6_sock_rev";
+    pub const SOCK_UDP_V4: &str = "lb4_sock_udp";
+    pub const SOCK_UDP_V6: &str = "lb6_sock_udp";
     pub const COUNTERS: &str = "counters";
 }
 
@@ -43,6 +47,11 @@ pub mod capacity {
     pub const BACKENDS: u32 = 131_072;
     pub const REVERSE_NAT: u32 = 65_536;
     pub const CONNTRACK: u32 = 262_144;
+    /// Translated sockets whose replies or peer name the socket hooks restore (Cilium's
+    /// default too).
+    pub const SOCK_REV: u32 = 262_144;
+    /// Unconnected UDP sockets' chosen backend per frontend.
+    pub const SOCK_UDP: u32 = 65_536;
 }
 
 /// IANA protocol numbers used in keys.
@@ -250,6 +259,62 @@ impl<A: Copy> ConntrackKey<A> {
     }
 }
 
+/// Key of the socket reverse-NAT maps: a socket (its cookie) and the backend it was sent to.
+/// What `recvmsg` and `getpeername` see is looked up here to show the frontend instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevKey<A> {
+    /// `bpf_get_socket_cookie`, native order (bytes, to keep the key 2-aligned and unpadded).
+    pub cookie: [u8; 8],
+    pub address: A,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
+impl<A: Copy> SockRevKey<A> {
+    #[inline(always)]
+    pub fn new(cookie: u64, address: A, port: u16) -> Self {
+        Self {
+            cookie: cookie.to_ne_bytes(),
+            address,
+            port,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of the socket reverse-NAT maps: the frontend the socket addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevValue<A> {
+    pub address: A,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// The frontend entry's reverse-NAT id when the socket was translated: a different id now
+    /// means the entry is stale.
+    pub rev_nat_id: u32,
+}
+
+/// Key of the UDP stickiness maps: an unconnected UDP socket and a frontend entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockUdpKey {
+    pub cookie: [u8; 8],
+    pub rev_nat_id: u32,
+}
+
+impl SockUdpKey {
+    #[inline(always)]
+    pub fn new(cookie: u64, rev_nat_id: u32) -> Self {
+        Self {
+            cookie: cookie.to_ne_bytes(),
+            rev_nat_id,
+        }
+    }
+}
+
 pub type ServiceKeyV4 = ServiceKey<[u8; 4]>;
 pub type ServiceKeyV6 = ServiceKey<[u8; 16]>;
 pub type BackendV4 = Backend<[u8; 4]>;
@@ -258,6 +323,10 @@ pub type ReverseNatV4 = ReverseNat<[u8; 4]>;
 pub type ReverseNatV6 = ReverseNat<[u8; 16]>;
 pub type ConntrackKeyV4 = ConntrackKey<[u8; 4]>;
 pub type ConntrackKeyV6 = ConntrackKey<[u8; 16]>;
+pub type SockRevKeyV4 = SockRevKey<[u8; 4]>;
+pub type SockRevKeyV6 = SockRevKey<[u8; 16]>;
+pub type SockRevValueV4 = SockRevValue<[u8; 4]>;
+pub type SockRevValueV6 = SockRevValue<[u8; 16]>;
 
 /// Conntrack value (both families and directions).
 ///
@@ -304,7 +373,12 @@ assert_layout! {
     ConntrackKeyV4 => 16, fields: [u8; 4], [u8; 4], u16, u16, u8, u8, [u8; 2];
     ConntrackKeyV6 => 40, fields: [u8; 16], [u8; 16], u16, u16, u8, u8, [u8; 2];
     ConntrackValue => 40;
-    config::DatapathConfig => 28;
+    SockRevKeyV4 => 16, fields: [u8; 8], [u8; 4], u16, [u8; 2];
+    SockRevKeyV6 => 28, fields: [u8; 8], [u8; 16], u16, [u8; 2];
+    SockRevValueV4 => 12, fields: [u8; 4], u16, [u8; 2], u32;
+    SockRevValueV6 => 24, fields: [u8; 16], u16, [u8; 2], u32;
+    SockUdpKey => 12;
+    config::DatapathConfig => 32;
 }
 
 /// `Pod` for the generic key and value types. [`RawAddress`] is sealed: it holds for
@@ -322,7 +396,14 @@ macro_rules! pod {
     };
 }
 
-pod!(ServiceKey, Backend, ReverseNat, ConntrackKey);
+pod!(
+    ServiceKey,
+    Backend,
+    ReverseNat,
+    ConntrackKey,
+    SockRevKey,
+    SockRevValue
+);
 
 #[cfg(feature = "user")]
 mod user {
@@ -331,5 +412,6 @@ mod user {
     // SAFETY: repr(C), padding explicit, and bytemuck::Pod holds.
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for ConntrackValue {}
+    unsafe impl aya::Pod for SockUdpKey {}
     unsafe impl aya::Pod for config::DatapathConfig {}
 }

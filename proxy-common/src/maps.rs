@@ -5,7 +5,8 @@ use core::mem::size_of;
 
 use crate::{
     BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ConntrackValue, ReverseNatV4,
-    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, capacity, counter::Counter, map_names,
+    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, SockRevKeyV4, SockRevKeyV6,
+    SockRevValueV4, SockRevValueV6, SockUdpKey, capacity, counter::Counter, map_names,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +82,30 @@ pub const MAPS: &[MapSpec] = &[
         Some(V6),
         LruHash,
         capacity::CONNTRACK,
+    ),
+    spec::<SockRevKeyV4, SockRevValueV4>(
+        map_names::SOCK_REV_V4,
+        Some(V4),
+        LruHash,
+        capacity::SOCK_REV,
+    ),
+    spec::<SockRevKeyV6, SockRevValueV6>(
+        map_names::SOCK_REV_V6,
+        Some(V6),
+        LruHash,
+        capacity::SOCK_REV,
+    ),
+    spec::<SockUdpKey, u32>(
+        map_names::SOCK_UDP_V4,
+        Some(V4),
+        LruHash,
+        capacity::SOCK_UDP,
+    ),
+    spec::<SockUdpKey, u32>(
+        map_names::SOCK_UDP_V6,
+        Some(V6),
+        LruHash,
+        capacity::SOCK_UDP,
     ),
     spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
 ];

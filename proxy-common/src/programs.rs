@@ -10,6 +10,23 @@ pub enum Hook {
     TcIngress,
     /// TC (TCX) egress: packets the interface sends (to a pod).
     TcEgress,
+    /// A cgroup socket-address hook (`cgroup/<name>`).
+    SockAddr(SockAddrHook),
+    /// `cgroup/sock_release`: a socket of the cgroup is closed for good.
+    SockRelease,
+}
+
+/// The cgroup socket-address hooks socket-level load balancing uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SockAddrHook {
+    Connect4,
+    Connect6,
+    SendMsg4,
+    SendMsg6,
+    RecvMsg4,
+    RecvMsg6,
+    GetPeerName4,
+    GetPeerName6,
 }
 
 /// Where the agent attaches a program.
@@ -17,6 +34,8 @@ pub enum Hook {
 pub enum AttachPoint {
     /// Every interface matching `--pod-interfaces`.
     PodInterfaces,
+    /// The cgroup v2 directory `--cgroup-root` (with `--socket-lb true`).
+    Cgroup,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +50,14 @@ pub const FROM_POD: &str = "from_pod";
 /// TC egress on a pod interface: packets going to a pod (reverse NAT).
 pub const TO_POD: &str = "to_pod";
 
+const fn sock(name: &'static str, hook: SockAddrHook) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        hook: Hook::SockAddr(hook),
+        on: AttachPoint::Cgroup,
+    }
+}
+
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: FROM_POD,
@@ -41,5 +68,20 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         name: TO_POD,
         hook: Hook::TcEgress,
         on: AttachPoint::PodInterfaces,
+    },
+    // Socket-level load balancing: translate once per connection (per datagram for
+    // unconnected UDP), restore the frontend in replies and peer names.
+    sock("sock_connect4", SockAddrHook::Connect4),
+    sock("sock_connect6", SockAddrHook::Connect6),
+    sock("sock_sendmsg4", SockAddrHook::SendMsg4),
+    sock("sock_sendmsg6", SockAddrHook::SendMsg6),
+    sock("sock_recvmsg4", SockAddrHook::RecvMsg4),
+    sock("sock_recvmsg6", SockAddrHook::RecvMsg6),
+    sock("sock_getpeername4", SockAddrHook::GetPeerName4),
+    sock("sock_getpeername6", SockAddrHook::GetPeerName6),
+    ProgramSpec {
+        name: "sock_release",
+        hook: Hook::SockRelease,
+        on: AttachPoint::Cgroup,
     },
 ];

@@ -8,12 +8,12 @@ use proxy_common::config::DatapathConfig;
 #[unsafe(no_mangle)]
 #[used]
 static CONFIG: DatapathConfig = DatapathConfig {
+    host_netns_cookie: 0,
     cluster_v4: [0; 4],
     cluster_v6: [0; 16],
     cluster_v4_prefix: 0,
     cluster_v6_prefix: 0,
     flags: 0,
-    _pad: [0; 4],
 };
 
 /// The configuration the agent loaded the programs with.

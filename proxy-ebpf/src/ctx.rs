@@ -1,9 +1,11 @@
-//! Packet access behind one trait, so parsing and rewriting are written once for every hook
-//! that sees packets: TC ([`TcContext`], with the skb helpers) now, XDP (direct access plus
-//! `bpf_csum_diff`) when the device path lands. This is Cilium's `overloadable_{skb,xdp}.h`.
+//! Hook contexts. Packet access is behind one trait, so parsing and rewriting are written once
+//! for every hook that sees packets: TC ([`TcContext`], with the skb helpers) now, XDP (direct
+//! access plus `bpf_csum_diff`) when the device path lands (Cilium's
+//! `overloadable_{skb,xdp}.h`). The socket hooks see an address, not a packet: [`SockAddr`].
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_sock_addr},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::{SockAddrContext, TcContext},
 };
 
 /// How a field change affects an L4 checksum.
@@ -92,5 +94,126 @@ impl PacketCtx for TcContext {
     fn l4_csum_add(&self, check: usize, diff: u32, change: L4Change) -> Result<(), i64> {
         // Size 0: `to` is a checksum difference, not a value.
         TcContext::l4_csum_replace(self, check, 0, diff.into(), l4_flags(change))
+    }
+}
+
+/// A cgroup socket-address hook's context (`struct bpf_sock_addr`): the address the caller
+/// passed (connect, sendmsg) or is about to receive (recvmsg, getpeername), read and written
+/// with the 4-byte accesses the verifier requires (a narrower or merged access is refused).
+pub(crate) struct SockAddr {
+    raw: *mut bpf_sock_addr,
+}
+
+/// `::ffff:0:0/96`, as the first three 32-bit words of an address in network order.
+const V4_MAPPED: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];
+
+impl SockAddr {
+    #[inline(always)]
+    pub(crate) fn new(ctx: &SockAddrContext) -> Self {
+        Self { raw: ctx.sock_addr }
+    }
+
+    #[inline(always)]
+    fn read(field: *const u32) -> u32 {
+        // SAFETY: a field of the context the kernel handed us.
+        unsafe { core::ptr::read_volatile(field) }
+    }
+
+    #[inline(always)]
+    fn write(field: *mut u32, value: u32) {
+        // SAFETY: a writable field of the context the kernel handed us.
+        unsafe { core::ptr::write_volatile(field, value) }
+    }
+
+    /// The socket's protocol (`IPPROTO_*`).
+    #[inline(always)]
+    pub(crate) fn protocol(&self) -> u32 {
+        Self::read(unsafe { core::ptr::addr_of!((*self.raw).protocol) })
+    }
+
+    /// `user_port`'s low 16 bits: the port in network order.
+    #[inline(always)]
+    pub(crate) fn port(&self) -> u16 {
+        Self::read(unsafe { core::ptr::addr_of!((*self.raw).user_port) }) as u16
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_port(&self, port: u16) {
+        Self::write(
+            unsafe { core::ptr::addr_of_mut!((*self.raw).user_port) },
+            u32::from(port),
+        );
+    }
+
+    #[inline(always)]
+    pub(crate) fn ip4(&self) -> [u8; 4] {
+        Self::read(unsafe { core::ptr::addr_of!((*self.raw).user_ip4) }).to_ne_bytes()
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_ip4(&self, address: [u8; 4]) {
+        Self::write(
+            unsafe { core::ptr::addr_of_mut!((*self.raw).user_ip4) },
+            u32::from_ne_bytes(address),
+        );
+    }
+
+    /// The IPv6 address as four network-order words.
+    #[inline(always)]
+    fn ip6_words(&self) -> [u32; 4] {
+        let words = unsafe { core::ptr::addr_of!((*self.raw).user_ip6) }.cast::<u32>();
+        // SAFETY: four consecutive u32 fields of the context.
+        [0, 1, 2, 3].map(|i| Self::read(unsafe { words.add(i) }))
+    }
+
+    #[inline(always)]
+    fn set_ip6_words(&self, address: [u32; 4]) {
+        let words = unsafe { core::ptr::addr_of_mut!((*self.raw).user_ip6) }.cast::<u32>();
+        for (i, word) in address.into_iter().enumerate() {
+            // SAFETY: as in `ip6_words`; one 4-byte store each (volatile: never merged).
+            Self::write(unsafe { words.add(i) }, word);
+        }
+    }
+
+    /// The IPv6 address, or `Err` with the IPv4 address it maps (`::ffff:a.b.c.d`): an
+    /// `AF_INET6` socket talking to an IPv4 peer, served from the IPv4 maps.
+    #[inline(always)]
+    pub(crate) fn ip6(&self) -> Result<[u8; 16], [u8; 4]> {
+        let words = self.ip6_words();
+        if words[..3] == V4_MAPPED {
+            return Err(words[3].to_ne_bytes());
+        }
+        // Each word holds its four bytes in network order: together, the address.
+        Ok(bytemuck::cast(words))
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_ip6(&self, address: [u8; 16]) {
+        self.set_ip6_words(bytemuck::cast(address));
+    }
+
+    /// Writes `::ffff:<address>`.
+    #[inline(always)]
+    pub(crate) fn set_ip6_mapped(&self, address: [u8; 4]) {
+        self.set_ip6_words([
+            V4_MAPPED[0],
+            V4_MAPPED[1],
+            V4_MAPPED[2],
+            u32::from_ne_bytes(address),
+        ]);
+    }
+
+    /// The socket's cookie (unique for the kernel's uptime).
+    #[inline(always)]
+    pub(crate) fn cookie(&self) -> u64 {
+        // SAFETY: the helper takes the hook's context.
+        unsafe { bpf_get_socket_cookie(self.raw.cast()) }
+    }
+
+    /// The cookie of the socket's network namespace.
+    #[inline(always)]
+    pub(crate) fn netns_cookie(&self) -> u64 {
+        // SAFETY: the helper takes the hook's context.
+        unsafe { bpf_get_netns_cookie(self.raw.cast()) }
     }
 }

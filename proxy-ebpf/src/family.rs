@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use proxy_common::{
-    Backend, ConntrackKey, ConntrackValue, LbFamily, ReverseNat, ServiceKey, ServiceValue, V4, V6,
+    Backend, ConntrackKey, ConntrackValue, LbFamily, ReverseNat, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, SockUdpKey, V4, V6,
 };
 
 use crate::{
@@ -21,6 +22,8 @@ pub(crate) trait Family: LbFamily {
     fn backends() -> &'static HashMap<u32, Backend<Addr<Self>>>;
     fn reverse_nat() -> &'static HashMap<u32, ReverseNat<Addr<Self>>>;
     fn conntrack() -> &'static LruHashMap<ConntrackKey<Addr<Self>>, ConntrackValue>;
+    fn sock_rev() -> &'static LruHashMap<SockRevKey<Addr<Self>>, SockRevValue<Addr<Self>>>;
+    fn sock_udp() -> &'static LruHashMap<SockUdpKey, u32>;
 
     /// Offsets of the source and destination addresses in the IP header.
     const SOURCE_OFFSET: usize;
@@ -41,7 +44,8 @@ pub(crate) trait Family: LbFamily {
 const IPV4_CHECK_OFFSET: usize = 10;
 
 macro_rules! maps_of {
-    ($services:path, $backends:path, $reverse_nat:path, $conntrack:path) => {
+    ($services:path, $backends:path, $reverse_nat:path, $conntrack:path, $sock_rev:path,
+     $sock_udp:path) => {
         #[inline(always)]
         fn services() -> &'static HashMap<ServiceKey<Addr<Self>>, ServiceValue> {
             &$services
@@ -58,6 +62,14 @@ macro_rules! maps_of {
         fn conntrack() -> &'static LruHashMap<ConntrackKey<Addr<Self>>, ConntrackValue> {
             &$conntrack
         }
+        #[inline(always)]
+        fn sock_rev() -> &'static LruHashMap<SockRevKey<Addr<Self>>, SockRevValue<Addr<Self>>> {
+            &$sock_rev
+        }
+        #[inline(always)]
+        fn sock_udp() -> &'static LruHashMap<SockUdpKey, u32> {
+            &$sock_udp
+        }
     };
 }
 
@@ -66,7 +78,9 @@ impl Family for V4 {
         maps::SERVICES_V4,
         maps::BACKENDS_V4,
         maps::REVERSE_NAT_V4,
-        maps::CONNTRACK_V4
+        maps::CONNTRACK_V4,
+        maps::SOCK_REV_V4,
+        maps::SOCK_UDP_V4
     );
 
     const SOURCE_OFFSET: usize = 12;
@@ -95,7 +109,9 @@ impl Family for V6 {
         maps::SERVICES_V6,
         maps::BACKENDS_V6,
         maps::REVERSE_NAT_V6,
-        maps::CONNTRACK_V6
+        maps::CONNTRACK_V6,
+        maps::SOCK_REV_V6,
+        maps::SOCK_UDP_V6
     );
 
     const SOURCE_OFFSET: usize = 8;

@@ -72,11 +72,18 @@ pub(crate) fn select<F: Family>(
     backend_in_slot::<F>(service, (random % count) as u16 + 1)
 }
 
-/// Whether backend `id` still exists (it leaves the map when no Service names it).
+/// Backend `id`, while it exists (it leaves the map when no Service names it).
+#[inline(always)]
+pub(crate) fn backend<F: Family>(id: u32) -> Option<Chosen<F::Addr>> {
+    // SAFETY: a map value read.
+    let backend = *unsafe { F::backends().get(id) }?;
+    Some(Chosen { id, backend })
+}
+
+/// Whether backend `id` still exists.
 #[inline(always)]
 pub(crate) fn backend_exists<F: Family>(id: u32) -> bool {
-    // SAFETY: a map value read.
-    unsafe { F::backends().get(id) }.is_some()
+    backend::<F>(id).is_some()
 }
 
 /// The frontend (address, port) a reverse-NAT id restores.

@@ -1,7 +1,8 @@
 //! Twinstack's kernel programs. One module per concern, as DESIGN.md lays out: packet access
 //! ([`ctx`]) and parsing ([`parse`]); service lookup and backend selection ([`lb`]), conntrack
 //! ([`ct`]) and rewrites ([`nat`]), the first two free of any packet context so every hook
-//! shares them; the typed [`outcome`] of a packet; and one file per program under [`programs`].
+//! shares them; socket-level load balancing over the same lookup ([`sock`]); the typed
+//! [`outcome`] of a packet or socket call; and one file per program under [`programs`].
 #![no_std]
 #![no_main]
 
@@ -16,6 +17,7 @@ mod nat;
 mod outcome;
 mod parse;
 mod programs;
+mod sock;
 
 #[cfg(not(test))]
 #[panic_handler]

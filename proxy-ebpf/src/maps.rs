@@ -10,7 +10,8 @@ use aya_ebpf::{
 };
 use proxy_common::{
     BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ConntrackValue, ReverseNatV4,
-    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, capacity, counter::Counter,
+    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, SockRevKeyV4, SockRevKeyV6,
+    SockRevValueV4, SockRevValueV6, SockUdpKey, capacity, counter::Counter,
 };
 
 #[map(name = "lb4_services")]
@@ -38,6 +39,20 @@ pub(crate) static CONNTRACK_V4: LruHashMap<ConntrackKeyV4, ConntrackValue> =
 #[map(name = "ct6")]
 pub(crate) static CONNTRACK_V6: LruHashMap<ConntrackKeyV6, ConntrackValue> =
     LruHashMap::pinned(capacity::CONNTRACK, 0);
+
+#[map(name = "lb4_sock_rev")]
+pub(crate) static SOCK_REV_V4: LruHashMap<SockRevKeyV4, SockRevValueV4> =
+    LruHashMap::pinned(capacity::SOCK_REV, 0);
+#[map(name = "lb6_sock_rev")]
+pub(crate) static SOCK_REV_V6: LruHashMap<SockRevKeyV6, SockRevValueV6> =
+    LruHashMap::pinned(capacity::SOCK_REV, 0);
+
+#[map(name = "lb4_sock_udp")]
+pub(crate) static SOCK_UDP_V4: LruHashMap<SockUdpKey, u32> =
+    LruHashMap::pinned(capacity::SOCK_UDP, 0);
+#[map(name = "lb6_sock_udp")]
+pub(crate) static SOCK_UDP_V6: LruHashMap<SockUdpKey, u32> =
+    LruHashMap::pinned(capacity::SOCK_UDP, 0);
 
 #[map(name = "counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

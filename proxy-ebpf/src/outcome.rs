@@ -17,13 +17,28 @@ pub(crate) enum Outcome {
     RewriteError,
     /// No conntrack entry could be made; the packet goes on untranslated.
     ConntrackError,
+    /// A socket's `connect()` was sent straight to a backend.
+    SockConnect,
+    /// An unconnected UDP datagram was sent straight to a backend.
+    SockSendmsg,
+    /// A `connect()` or datagram to a frontend with no usable backend: refused.
+    SockRefused,
+    /// A reply's source or a peer name was restored to the frontend.
+    SockReverse,
+    /// A socket's reverse entry was stale (its frontend gone or changed) and was dropped.
+    SockReverseStale,
+    /// Translated, but a socket map could not be updated.
+    SockMapError,
 }
 
-/// What the hook is told to do with the packet.
+/// What the hook is told to do with the packet (or the socket call).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Hand the packet (translated or not) on to the next program or the stack.
+    /// Hand the packet (translated or not) on to the next program or the stack; let the
+    /// socket call go on.
     Next,
+    /// Fail the socket call with ECONNREFUSED, as kube-proxy's REJECT makes it fail.
+    Refuse,
 }
 
 /// `TC_ACT_UNSPEC`, which TCX reads as `TCX_NEXT`: the next program on the hook, or the stack
@@ -42,14 +57,23 @@ impl Outcome {
             Outcome::Repick => Counter::Repick,
             Outcome::RewriteError => Counter::RewriteError,
             Outcome::ConntrackError => Counter::ConntrackError,
+            Outcome::SockConnect => Counter::SockConnect,
+            Outcome::SockSendmsg => Counter::SockSendmsg,
+            Outcome::SockRefused => Counter::SockRefused,
+            Outcome::SockReverse => Counter::SockReverse,
+            Outcome::SockReverseStale => Counter::SockReverseStale,
+            Outcome::SockMapError => Counter::SockMapError,
         }
     }
 
-    /// A proxy must never black-hole traffic that is not a service's: every outcome so far,
-    /// errors included, hands the packet on.
+    /// A proxy must never black-hole traffic that is not a service's: every outcome but a
+    /// refused socket call, errors included, hands the packet (or the call) on.
     #[inline(always)]
     pub(crate) fn verdict(self) -> Verdict {
-        Verdict::Next
+        match self {
+            Outcome::SockRefused => Verdict::Refuse,
+            _ => Verdict::Next,
+        }
     }
 }
 
@@ -57,7 +81,18 @@ impl Verdict {
     #[inline(always)]
     pub(crate) fn tc(self) -> i32 {
         match self {
-            Verdict::Next => TC_ACT_UNSPEC,
+            // No packet program refuses: reject (RST/ICMP) comes with its own verdict.
+            Verdict::Next | Verdict::Refuse => TC_ACT_UNSPEC,
+        }
+    }
+
+    /// A cgroup socket hook's return value: 1 lets the call go on, 0 fails it with the errno
+    /// set by `bpf_set_retval`.
+    #[inline(always)]
+    pub(crate) fn sock(self) -> i32 {
+        match self {
+            Verdict::Next => 1,
+            Verdict::Refuse => 0,
         }
     }
 }

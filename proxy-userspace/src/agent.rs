@@ -34,9 +34,20 @@ pub enum SourceConfig {
     Api { kubeconfig: Option<PathBuf> },
 }
 
+/// Socket-level load balancing, when on.
+#[derive(Clone, Debug)]
+pub struct SocketLb {
+    /// The cgroup v2 directory whose processes are served.
+    pub cgroup_root: PathBuf,
+    /// Only sockets of the agent's (the node's) network namespace.
+    pub hostns_only: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub source: SourceConfig,
+    /// `None`: `--socket-lb false`.
+    pub socket_lb: Option<SocketLb>,
     pub node_name: String,
     pub cluster_cidrs: ClusterCidrs,
     pub pod_interfaces: InterfacePatterns,
@@ -57,9 +68,38 @@ pub fn open_meta_proxier(pins: &PinLayout, config: &AgentConfig) -> anyhow::Resu
     )?)
 }
 
+/// `SO_NETNS_COOKIE` of the network namespace the agent runs in: the node's.
+fn own_netns_cookie() -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie = 0u64;
+    let mut length = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and an 8-byte buffer with its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut length,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 /// The programs' load-time configuration, from the flags.
-fn datapath_config(config: &AgentConfig) -> DatapathConfig {
+fn datapath_config(config: &AgentConfig) -> anyhow::Result<DatapathConfig> {
     let mut datapath = DatapathConfig::default();
+    if let Some(socket_lb) = &config.socket_lb
+        && socket_lb.hostns_only
+    {
+        datapath.flags |= proxy_common::config::flags::SOCKET_LB_HOSTNS_ONLY;
+        datapath.host_netns_cookie = own_netns_cookie()
+            .context("--socket-lb-hostns-only: reading this network namespace's cookie")?;
+    }
     for net in [config.cluster_cidrs.v4, config.cluster_cidrs.v6]
         .into_iter()
         .flatten()
@@ -75,7 +115,7 @@ fn datapath_config(config: &AgentConfig) -> DatapathConfig {
             }
         }
     }
-    datapath
+    Ok(datapath)
 }
 
 /// Starts the configured source; its events arrive on the returned channel.
@@ -108,7 +148,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         "starting"
     );
     let options = LoadOptions {
-        config: datapath_config(&config),
+        config: datapath_config(&config)?,
         ..LoadOptions::default()
     };
     let mut programs = Programs::load(&pins, &options).context("loading the datapath")?;
@@ -190,6 +230,28 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     // Maps first, then the programs that read them; healthy once both are in place.
     report_interfaces(&mut programs);
+    match &config.socket_lb {
+        Some(socket_lb) => {
+            programs
+                .attach_cgroup(&socket_lb.cgroup_root)
+                .with_context(|| {
+                    format!(
+                        "--cgroup-root {}: attaching the socket programs",
+                        socket_lb.cgroup_root.display()
+                    )
+                })?;
+            tracing::info!(
+                cgroup = %socket_lb.cgroup_root.display(),
+                hostns_only = socket_lb.hostns_only,
+                "socket-level load balancing attached"
+            );
+        }
+        None => {
+            if programs.detach_cgroup()? > 0 {
+                tracing::info!("socket-level load balancing detached (--socket-lb false)");
+            }
+        }
+    }
     health.synced();
     publish(&syncer);
     // The first lists and sync are the agent's biggest transient allocations; hand the freed

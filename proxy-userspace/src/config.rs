@@ -1,5 +1,10 @@
-//! Node configuration from flags, validated once: cluster CIDRs per family, interface globs.
-use std::{fmt, str::FromStr};
+//! Node configuration from flags, validated once: cluster CIDRs per family, interface globs,
+//! the cgroup v2 directory socket-level load balancing serves.
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use ipnet::IpNet;
 
@@ -96,6 +101,48 @@ impl FromStr for InterfacePatterns {
 impl InterfacePatterns {
     pub fn matches(&self, name: &str) -> bool {
         self.0.iter().any(|p| p.matches(name))
+    }
+}
+
+/// `statfs(2)`'s `f_type` of a cgroup v2 filesystem.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Whether `path` is a directory of a cgroup v2 filesystem.
+pub fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c_path.as_ptr(), &mut stat) }) == 0
+        && stat.f_type as i64 == CGROUP2_SUPER_MAGIC
+}
+
+/// Where cgroup v2 is mounted, from `/proc/self/mounts` (`/sys/fs/cgroup` on a pure v2 host,
+/// `/sys/fs/cgroup/unified` on a hybrid one).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
+
+/// `--cgroup-root`: checked to be a cgroup v2 directory, or found.
+pub fn cgroup_root(flag: Option<PathBuf>) -> Result<PathBuf, String> {
+    match flag {
+        Some(path) if is_cgroup2(&path) => Ok(path),
+        Some(path) => Err(format!(
+            "--cgroup-root {}: not a cgroup v2 directory; expected the cgroup v2 mount or a \
+             directory under it, e.g. /sys/fs/cgroup",
+            path.display()
+        )),
+        None => cgroup2_mount().ok_or_else(|| {
+            "no cgroup v2 filesystem is mounted (socket-level load balancing needs one): mount \
+             it or pass --socket-lb false"
+                .to_owned()
+        }),
     }
 }
 

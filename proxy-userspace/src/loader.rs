@@ -14,7 +14,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
@@ -53,6 +53,8 @@ pub enum LoadError {
     MapMissing(&'static str),
     #[error("map {name} does not have the declared shape: {detail}")]
     MapShape { name: &'static str, detail: String },
+    #[error("program {name}: link: {detail}")]
+    Link { name: &'static str, detail: String },
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
@@ -118,16 +120,22 @@ pub struct LoadOptions {
     pub config: DatapathConfig,
 }
 
-fn tc_attach_type(hook: Hook) -> TcAttachType {
+fn tc_attach_type(hook: Hook) -> Option<TcAttachType> {
     match hook {
-        Hook::TcIngress => TcAttachType::Ingress,
-        Hook::TcEgress => TcAttachType::Egress,
+        Hook::TcIngress => Some(TcAttachType::Ingress),
+        Hook::TcEgress => Some(TcAttachType::Egress),
+        Hook::SockAddr(_) | Hook::SockRelease => None,
     }
 }
 
-/// A link pin's file name: `<program>-<ifindex>-<ifname>`.
+/// A TC link pin's file name: `<program>-<ifindex>-<ifname>`.
 fn link_pin_name(program: &str, ifindex: u32, ifname: &str) -> String {
     format!("{program}-{ifindex}-{ifname}")
+}
+
+/// A cgroup link pin's file name: `<program>-cgroup`.
+fn cgroup_pin_name(program: &str) -> String {
+    format!("{program}-cgroup")
 }
 
 /// The name the first layout gave a TC link pin: `<ifindex>-<ingress|egress>-<ifname>`.
@@ -135,23 +143,37 @@ fn legacy_link_pin_name(spec: &ProgramSpec, ifindex: u32, ifname: &str) -> Optio
     let direction = match spec.hook {
         Hook::TcIngress => "ingress",
         Hook::TcEgress => "egress",
+        Hook::SockAddr(_) | Hook::SockRelease => return None,
     };
     Some(format!("{ifindex}-{direction}-{ifname}"))
 }
 
-/// (program, interface index, interface name) of a link pin, in either naming.
-fn parse_link_pin_name(name: &str) -> Option<(&'static str, u32, String)> {
+/// What a link pin under the links directory is.
+#[derive(Debug, PartialEq, Eq)]
+enum LinkPin {
+    /// A TC program on an interface: (program, interface index, interface name), in either
+    /// naming.
+    Interface(&'static str, u32, String),
+    /// A program on `--cgroup-root`.
+    Cgroup(&'static str),
+}
+
+fn parse_link_pin_name(name: &str) -> Option<LinkPin> {
+    if let Some(program) = name.strip_suffix("-cgroup") {
+        let spec = PROGRAMS.iter().find(|p| p.name == program)?;
+        return Some(LinkPin::Cgroup(spec.name));
+    }
     let mut parts = name.splitn(3, '-');
     let (first, second, rest) = (parts.next()?, parts.next()?, parts.next()?.to_owned());
     if let Some(spec) = PROGRAMS.iter().find(|p| p.name == first) {
-        return Some((spec.name, second.parse().ok()?, rest));
+        return Some(LinkPin::Interface(spec.name, second.parse().ok()?, rest));
     }
     let program = match second {
         "ingress" => program_names::FROM_POD,
         "egress" => program_names::TO_POD,
         _ => return None,
     };
-    Some((program, first.parse().ok()?, rest))
+    Some(LinkPin::Interface(program, first.parse().ok()?, rest))
 }
 
 /// What one interface pass did.
@@ -190,14 +212,23 @@ impl Programs {
         let mut ebpf = loader.load(BPF_OBJECT)?;
         check_maps(&ebpf, pins)?;
         for spec in PROGRAMS {
-            match spec.hook {
-                Hook::TcIngress | Hook::TcEgress => Self::classifier_of(&mut ebpf, spec.name)?
-                    .load()
-                    .map_err(|source| LoadError::Program {
-                        name: spec.name,
-                        source,
-                    })?,
-            }
+            let program = ebpf.program_mut(spec.name).ok_or(LoadError::Program {
+                name: spec.name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?;
+            let loaded = match spec.hook {
+                Hook::TcIngress | Hook::TcEgress => {
+                    <&mut SchedClassifier>::try_from(program).and_then(|p| p.load())
+                }
+                Hook::SockAddr(_) => {
+                    <&mut CgroupSockAddr>::try_from(program).and_then(|p| p.load())
+                }
+                Hook::SockRelease => <&mut CgroupSock>::try_from(program).and_then(|p| p.load()),
+            };
+            loaded.map_err(|source| LoadError::Program {
+                name: spec.name,
+                source,
+            })?;
         }
         Ok(Self {
             ebpf,
@@ -248,14 +279,17 @@ impl Programs {
             for entry in entries.filter_map(Result::ok) {
                 let file = entry.file_name().to_string_lossy().into_owned();
                 let parsed = parse_link_pin_name(&file);
-                let keep = parsed
-                    .as_ref()
-                    .is_some_and(|(_, index, name)| wanted.get(index) == Some(name));
+                let keep = match &parsed {
+                    Some(LinkPin::Interface(_, index, name)) => wanted.get(index) == Some(name),
+                    // Not an interface's: `attach_cgroup`/`detach_cgroup` own these.
+                    Some(LinkPin::Cgroup(_)) => true,
+                    None => false,
+                };
                 if !keep {
                     if let Err(e) = std::fs::remove_file(entry.path()) {
                         report.errors.push(format!("{file}: removing pin: {e}"));
                     }
-                    if let Some((_, index, name)) = parsed
+                    if let Some(LinkPin::Interface(_, index, name)) = parsed
                         && self.attached.remove(&index).is_some()
                     {
                         report.detached.push(name);
@@ -297,6 +331,7 @@ impl Programs {
             .chain(legacy_link_pin_name(spec, ifindex, ifname).map(|n| links.join(n)))
             .find_map(|path| PinnedLink::from_pin(&path).ok());
         let program = Self::classifier_of(&mut self.ebpf, spec.name).map_err(|e| e.to_string())?;
+        let attach_type = tc_attach_type(spec.hook).ok_or("not a TC program")?;
         let link_id = match earlier {
             // An earlier agent's link: swap our program in atomically.
             Some(old) => {
@@ -309,7 +344,7 @@ impl Programs {
             None => program
                 .attach_with_options(
                     ifname,
-                    tc_attach_type(spec.hook),
+                    attach_type,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(|e| e.to_string())?,
@@ -324,6 +359,79 @@ impl Programs {
 
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attached.values().map(String::as_str)
+    }
+
+    /// Attaches the socket programs to the cgroup v2 directory `cgroup` (every socket its
+    /// processes create from now on is served) and pins their links as `<program>-cgroup`. An
+    /// earlier agent's links (to this cgroup or another) are replaced: ours are attached first,
+    /// then theirs removed, so no socket call goes unserved (a second translation of one call
+    /// is a miss: its destination is a backend by then).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        let directory = std::fs::File::open(cgroup).map_err(io_error(cgroup))?;
+        for spec in PROGRAMS.iter().filter(|p| p.on == AttachPoint::Cgroup) {
+            let program = self.ebpf.program_mut(spec.name).ok_or(LoadError::Program {
+                name: spec.name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?;
+            let error = |source| LoadError::Program {
+                name: spec.name,
+                source,
+            };
+            // `Single`: aya passes the mode as link flags, which cgroup links refuse; a link
+            // is multi-attach anyway.
+            let link: FdLink = match spec.hook {
+                // The attach type comes from the program's section (`cgroup/connect4`, ...).
+                Hook::SockAddr(_) => {
+                    let program = <&mut CgroupSockAddr>::try_from(program).map_err(error)?;
+                    let id = program
+                        .attach(&directory, CgroupAttachMode::Single)
+                        .map_err(error)?;
+                    FdLink::try_from(program.take_link(id).map_err(error)?).map_err(|e| {
+                        LoadError::Link {
+                            name: spec.name,
+                            detail: e.to_string(),
+                        }
+                    })?
+                }
+                Hook::SockRelease => {
+                    let program = <&mut CgroupSock>::try_from(program).map_err(error)?;
+                    let id = program
+                        .attach(&directory, CgroupAttachMode::Single)
+                        .map_err(error)?;
+                    FdLink::try_from(program.take_link(id).map_err(error)?).map_err(|e| {
+                        LoadError::Link {
+                            name: spec.name,
+                            detail: e.to_string(),
+                        }
+                    })?
+                }
+                Hook::TcIngress | Hook::TcEgress => continue,
+            };
+            let pin = self.pins.links_dir().join(cgroup_pin_name(spec.name));
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                // Dropping the unpinned link detaches it.
+                drop(old.unpin());
+            }
+            link.pin(&pin).map_err(|e| LoadError::Link {
+                name: spec.name,
+                detail: format!("pinning at {}: {e}", pin.display()),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the socket programs (`--socket-lb false`): removes their link pins.
+    pub fn detach_cgroup(&self) -> Result<usize, LoadError> {
+        let links = self.pins.links_dir();
+        let mut removed = 0;
+        for spec in PROGRAMS.iter().filter(|p| p.on == AttachPoint::Cgroup) {
+            let pin = links.join(cgroup_pin_name(spec.name));
+            if pin.exists() {
+                std::fs::remove_file(&pin).map_err(io_error(&pin))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{netns::Netns, topology::POD_INTERFACES, twinstack_binary, unique};
+use crate::{cgroup::Cgroup, netns::Netns, topology::POD_INTERFACES, twinstack_binary, unique};
 
 pub const HEALTHZ_PORT: u16 = 10256;
 pub const METRICS_PORT: u16 = 10249;
@@ -16,6 +16,9 @@ pub const METRICS_PORT: u16 = 10249;
 pub struct Agent {
     child: Option<Child>,
     pub bpf_root: PathBuf,
+    /// The cgroup the agent's socket programs serve (`--cgroup-root`): this agent's own, so a
+    /// lab agent never touches a process it did not start.
+    pub cgroup: Cgroup,
     node_path: String,
     log: PathBuf,
     arguments: Vec<std::ffi::OsString>,
@@ -46,6 +49,7 @@ impl Agent {
     pub fn launch(node: &Netns, options: AgentOptions<'_>) -> Self {
         crate::ensure_bpffs();
         let bpf_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("twinstack-test-")));
+        let cgroup = Cgroup::create("twinstack-test-");
         let log = std::env::temp_dir().join(format!("{}.log", unique("twinstack-agent-")));
         let mut arguments: Vec<std::ffi::OsString> = vec!["run".into()];
         match options.source {
@@ -72,10 +76,13 @@ impl Agent {
             arguments.push(flag.into());
         }
         arguments.push(bpf_root.clone().into());
+        arguments.push("--cgroup-root".into());
+        arguments.push(cgroup.path().into());
         arguments.extend(options.extra.iter().map(Into::into));
         let mut agent = Self {
             child: None,
             bpf_root,
+            cgroup,
             node_path: node.path(),
             log,
             arguments,

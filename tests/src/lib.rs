@@ -6,6 +6,7 @@
 //! default route, so a mistake cannot send test traffic off the machine; every wait is bounded.
 pub mod agent;
 pub mod apiserver;
+pub mod cgroup;
 pub mod controlplane;
 pub mod manifests;
 pub mod netns;

@@ -32,11 +32,21 @@ impl Servers {
                 let listener = TcpListener::bind(("::", tcp_port)).expect("bind TCP");
                 listener.set_nonblocking(true).expect("nonblocking");
                 ready.send(()).expect("ready");
+                // A thread per connection: a long-lived stream must not hold up the others.
+                let mut connections = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((stream, _)) => serve_tcp(stream, &name),
+                        Ok((stream, _)) => {
+                            let (stop, name) = (stop.clone(), name.clone());
+                            connections
+                                .push(std::thread::spawn(move || serve_tcp(stream, &name, &stop)));
+                            connections.retain(|c: &JoinHandle<()>| !c.is_finished());
+                        }
                         Err(_) => std::thread::sleep(POLL),
                     }
+                }
+                for connection in connections {
+                    let _ = connection.join();
                 }
             }));
         }
@@ -70,9 +80,11 @@ fn reply(name: &str, peer: SocketAddr) -> String {
     format!("{name} {}\n", peer.ip().to_canonical())
 }
 
-fn serve_tcp(mut stream: TcpStream, name: &str) {
+/// One connection: a request line, answered with [`reply`]; or `stream`, answered the same
+/// way and then echoed byte for byte until the client closes (or the servers stop).
+fn serve_tcp(mut stream: TcpStream, name: &str, stop: &AtomicBool) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let peer = match stream.peer_addr() {
         Ok(p) => p,
         Err(_) => return,
@@ -83,11 +95,35 @@ fn serve_tcp(mut stream: TcpStream, name: &str) {
     let mut got = Vec::new();
     while Instant::now() < deadline && !got.contains(&b'\n') {
         match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => got.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(_) => break,
         }
     }
     let _ = stream.write_all(reply(name, peer).as_bytes());
+    if !got.starts_with(b"stream\n") {
+        return;
+    }
+    // Bounded like every loop of the lab: a stream lives at most a minute.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match stream.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(n) => {
+                if stream.write_all(&buffer[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 impl Drop for Servers {

@@ -1,4 +1,4 @@
-//! `twinstack bpf service list`, `twinstack bpf ct list`.
+//! `twinstack bpf service|ct|map|link|sock list`.
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -25,6 +25,16 @@ enum BpfCommand {
     },
     /// The maps themselves: shape, entries, kernel memory.
     Map {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// The pinned links: which program is attached to which interface or cgroup.
+    Link {
+        #[command(subcommand)]
+        command: ListCommand,
+    },
+    /// Sockets the socket hooks sent to a backend, and the frontend they are shown instead.
+    Sock {
         #[command(subcommand)]
         command: ListCommand,
     },
@@ -77,6 +87,24 @@ pub(super) fn main(args: BpfArgs) -> anyhow::Result<()> {
             let rows = debug::maps(&PinLayout::new(&list.bpf_root))?;
             match list.output {
                 Output::Table => print!("{}", debug::maps_table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+        }
+        BpfCommand::Link {
+            command: ListCommand::List(list),
+        } => {
+            let rows = debug::links(&PinLayout::new(&list.bpf_root))?;
+            match list.output {
+                Output::Table => print!("{}", debug::links_table(&rows)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+        }
+        BpfCommand::Sock {
+            command: ListCommand::List(list),
+        } => {
+            let rows = debug::sockets(&PinLayout::new(&list.bpf_root))?;
+            match list.output {
+                Output::Table => print!("{}", debug::sockets_table(&rows)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             }
         }

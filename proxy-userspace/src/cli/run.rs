@@ -2,11 +2,11 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{ArgAction, Args};
 
 use crate::{
-    agent::{self, AgentConfig, SourceConfig},
-    config::{ClusterCidrs, InterfacePatterns},
+    agent::{self, AgentConfig, SocketLb, SourceConfig},
+    config::{self, ClusterCidrs, InterfacePatterns},
 };
 
 fn duration(value: &str) -> Result<Duration, String> {
@@ -54,6 +54,20 @@ pub struct RunArgs {
     /// Period of the full reconcile that repairs drift between the maps and the model.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
     sync_period: Duration,
+    /// Socket-level load balancing: connections (and unconnected UDP datagrams) of processes
+    /// under --cgroup-root go straight to a backend, translated once at connect() instead of
+    /// per packet; the node's own processes reach Services through it.
+    #[arg(long, value_name = "true|false", default_value_t = true, action = ArgAction::Set)]
+    socket_lb: bool,
+    /// The cgroup v2 directory whose processes socket-level load balancing serves (default: the
+    /// cgroup v2 root, found in /proc/mounts: every process of the node).
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+    /// Socket-level load balancing for the node's own network namespace only (hostNetwork
+    /// pods, node agents); pods go through the TC path (for a sidecar proxy or a sandboxed
+    /// runtime in them).
+    #[arg(long)]
+    socket_lb_hostns_only: bool,
 }
 
 fn hostname() -> anyhow::Result<String> {
@@ -88,7 +102,16 @@ pub(super) fn main(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let socket_lb = if args.socket_lb {
+        Some(SocketLb {
+            cgroup_root: config::cgroup_root(args.cgroup_root).map_err(anyhow::Error::msg)?,
+            hostns_only: args.socket_lb_hostns_only,
+        })
+    } else {
+        None
+    };
     let config = AgentConfig {
+        socket_lb,
         source,
         node_name,
         cluster_cidrs: args.cluster_cidr,

@@ -1,15 +1,18 @@
 //! `twinstack bpf …`: read the pinned maps like bpftool, without the agent, and render them
 //! with human-readable addresses. Logic here; the CLI only parses flags.
+mod links;
 mod table;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proxy_common::{
-    ConntrackKey, ConntrackValue, LbFamily, ct_flags, direction,
+    ConntrackKey, ConntrackValue, LbFamily, RawAddress, SockRevKey, SockRevValue, ct_flags,
+    direction,
     maps::{MAPS, MapKind},
 };
 use serde::Serialize;
 
+pub use links::{LinkRow, links, links_table};
 pub use table::Table;
 
 use crate::{
@@ -237,6 +240,53 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> Table {
             row.rev_nat_id.to_string(),
             format!("{:.1}s", row.idle_seconds),
             row.flags.join(","),
+        ]);
+    }
+    table
+}
+
+/// A socket the socket hooks translated: what it is shown instead of its backend.
+#[derive(Debug, Serialize)]
+pub struct SockRow {
+    pub family: Family,
+    pub cookie: u64,
+    pub backend: String,
+    pub frontend: String,
+    pub rev_nat_id: u32,
+}
+
+fn sockets_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<SockRow>, MapError> {
+    let map = open_hash::<SockRevKey<A::Raw>, SockRevValue<A::Raw>>(pins, A::Binding::SOCK_REV)?;
+    let mut rows = Vec::new();
+    for entry in map.iter() {
+        let Ok((key, value)) = entry else { continue };
+        rows.push(SockRow {
+            family: A::FAMILY,
+            cookie: u64::from_ne_bytes(key.cookie),
+            backend: socket_display(key.address.to_ip().into(), u16::from_be(key.port)),
+            frontend: socket_display(value.address.to_ip().into(), u16::from_be(value.port)),
+            rev_nat_id: value.rev_nat_id,
+        });
+    }
+    Ok(rows)
+}
+
+/// The socket hooks' reverse entries of both families.
+pub fn sockets(pins: &PinLayout) -> Result<Vec<SockRow>, MapError> {
+    let mut rows = sockets_of::<Ipv4Addr>(pins)?;
+    rows.extend(sockets_of::<Ipv6Addr>(pins)?);
+    rows.sort_by(|a, b| (a.family, a.cookie, &a.backend).cmp(&(b.family, b.cookie, &b.backend)));
+    Ok(rows)
+}
+
+pub fn sockets_table(rows: &[SockRow]) -> Table {
+    let mut table = Table::new(["COOKIE", "BACKEND", "SHOWN AS", "REVNAT"]);
+    for row in rows {
+        table.row([
+            row.cookie.to_string(),
+            row.backend.clone(),
+            row.frontend.clone(),
+            row.rev_nat_id.to_string(),
         ]);
     }
     table

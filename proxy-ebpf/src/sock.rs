@@ -1,0 +1,109 @@
+//! Socket-level load balancing, at the level of addresses and ports: what a socket hook does
+//! with the frontend a socket addresses (pick a backend with [`lb`], once per connection or per
+//! unconnected datagram, and remember what to show the socket instead), and the reverse (which
+//! frontend a reply's source or a peer name stands for). No context here: the hooks adapt.
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use proxy_common::{SockRevKey, SockRevValue, SockUdpKey};
+
+use crate::{
+    family::Family,
+    lb::{self, Chosen},
+};
+
+/// What to do with a socket's destination.
+pub(crate) enum Forward<A> {
+    /// Not a frontend: untouched.
+    Untouched,
+    /// Send to this backend (address, port in network order) instead. `map_error`: a socket
+    /// map could not be updated (replies may show the backend).
+    Backend(A, u16, bool),
+    /// A frontend with no usable backend.
+    Refused,
+}
+
+/// The backend for a socket (`cookie`) addressing `address:port/protocol` (port in network
+/// order). `sticky`: an unconnected UDP socket, which keeps its backend per frontend while that
+/// backend lives, like a flow (each datagram comes through here).
+#[inline(always)]
+pub(crate) fn forward<F: Family>(
+    cookie: u64,
+    address: F::Addr,
+    port: u16,
+    protocol: u8,
+    sticky: bool,
+) -> Forward<F::Addr> {
+    // Every socket is inside the cluster: pods and the node's own processes.
+    let Some(service) = lb::lookup::<F>(address, port, protocol, true) else {
+        return Forward::Untouched;
+    };
+    if service.entry.count == 0 {
+        return Forward::Refused;
+    }
+    let rev_nat_id = service.entry.rev_nat_id;
+    let mut map_error = false;
+    let udp_key = SockUdpKey::new(cookie, rev_nat_id);
+    // SAFETY: a map value read.
+    let kept = sticky
+        .then(|| unsafe { F::sock_udp().get(udp_key) }.copied())
+        .flatten()
+        .and_then(lb::backend::<F>);
+    let chosen: Chosen<F::Addr> = match kept {
+        Some(chosen) => chosen,
+        None => {
+            // SAFETY: no arguments.
+            let Some(chosen) = lb::select::<F>(&service, unsafe { bpf_get_prandom_u32() }) else {
+                return Forward::Refused;
+            };
+            if sticky && F::sock_udp().insert(udp_key, chosen.id, 0).is_err() {
+                map_error = true;
+            }
+            chosen
+        }
+    };
+    let backend = chosen.backend;
+    let key = SockRevKey::new(cookie, backend.address, backend.port);
+    let value = SockRevValue {
+        address,
+        port,
+        _pad: [0; 2],
+        rev_nat_id,
+    };
+    // Most datagrams of a UDP socket find their entry already right: no write then.
+    // SAFETY: a map value read.
+    if unsafe { F::sock_rev().get(key) } != Some(&value)
+        && F::sock_rev().insert(key, value, 0).is_err()
+    {
+        map_error = true;
+    }
+    Forward::Backend(backend.address, backend.port, map_error)
+}
+
+/// What a socket sees instead of the backend `address:port` (network order) it talks to: the
+/// frontend it addressed, while that frontend still exists as it was. A stale entry is
+/// dropped (`Err`), and the backend shown.
+#[inline(always)]
+pub(crate) fn reverse<F: Family>(
+    cookie: u64,
+    address: F::Addr,
+    port: u16,
+    protocol: u8,
+) -> Option<Result<(F::Addr, u16), ()>> {
+    let key = SockRevKey::new(cookie, address, port);
+    // SAFETY: a map value read.
+    let value = *unsafe { F::sock_rev().get(key) }?;
+    match lb::lookup::<F>(value.address, value.port, protocol, true) {
+        Some(service) if service.entry.rev_nat_id == value.rev_nat_id => {
+            Some(Ok((value.address, value.port)))
+        }
+        _ => {
+            let _ = F::sock_rev().remove(key);
+            Some(Err(()))
+        }
+    }
+}
+
+/// Forgets a closed socket's reverse entry for the backend it was connected to.
+#[inline(always)]
+pub(crate) fn release<F: Family>(cookie: u64, address: F::Addr, port: u16) {
+    let _ = F::sock_rev().remove(SockRevKey::new(cookie, address, port));
+}

@@ -1,0 +1,166 @@
+//! A client process for the socket-LB tests: it is started inside a pod's (or the node's)
+//! network namespace and, when a test wants, inside the test cgroup, before it makes any
+//! socket, so the socket hooks see its sockets (threads of the test process could not join a
+//! cgroup alone). One JSON line per request on stdout.
+//!
+//! ```text
+//! lab-client tcp ADDR COUNT [--mapped]          connect, request, reply, getpeername; close
+//! lab-client udp ADDR COUNT [--mapped] [--one]  sendto/recvfrom (unconnected); --one: one socket
+//! lab-client udp-connected ADDR COUNT [--mapped] connect, getpeername, send, recvfrom
+//! lab-client hold ADDR SECONDS tcp|udp          one echoed stream (or UDP socket), every 20 ms
+//! ```
+//! `--mapped`: an `AF_INET6` socket addressing the IPv4 `ADDR` as `::ffff:a.b.c.d`.
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let (mode, address, amount) = match &args[..] {
+        [mode, address, amount, ..] => (mode.as_str(), address, amount),
+        _ => usage(),
+    };
+    let mut target: SocketAddr = address.parse().unwrap_or_else(|_| usage());
+    if flag("--mapped")
+        && let IpAddr::V4(v4) = target.ip()
+    {
+        target = SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), target.port());
+    }
+    let amount: u64 = amount.parse().unwrap_or_else(|_| usage());
+    match mode {
+        "tcp" => (0..amount).for_each(|_| print(tcp(target))),
+        "udp" if flag("--one") => {
+            let socket = udp_socket(target).expect("UDP socket");
+            (0..amount).for_each(|_| print(udp_unconnected(&socket, target)));
+        }
+        "udp" => (0..amount)
+            .for_each(|_| print(udp_socket(target).and_then(|s| udp_unconnected(&s, target)))),
+        "udp-connected" => (0..amount).for_each(|_| print(udp_connected(target))),
+        "hold" => print(hold(target, Duration::from_secs(amount), args.get(3))),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: lab-client tcp|udp|udp-connected|hold ADDR COUNT|SECONDS [...]");
+    std::process::exit(2)
+}
+
+fn print(result: std::io::Result<Value>) {
+    let line = result.unwrap_or_else(|e| json!({"error": format!("{:?}", e.kind())}));
+    println!("{line}");
+}
+
+/// The servers answer `<backend> <client address as seen>`.
+fn answer(text: &str) -> (String, String) {
+    let mut parts = text.split_whitespace();
+    let backend = parts.next().unwrap_or_default().to_owned();
+    (backend, parts.next().unwrap_or_default().to_owned())
+}
+
+fn tcp(target: SocketAddr) -> std::io::Result<Value> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT).map_err(|e| {
+        eprintln!("connect failed after {:?}", started.elapsed());
+        e
+    })?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let peer = stream.peer_addr()?;
+    stream.write_all(b"hello\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let (backend, client_seen) = answer(&text);
+    Ok(json!({"backend": backend, "client_seen": client_seen, "peer": peer.to_string()}))
+}
+
+fn udp_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    Ok(socket)
+}
+
+fn udp_unconnected(socket: &UdpSocket, target: SocketAddr) -> std::io::Result<Value> {
+    socket.send_to(b"hello\n", target)?;
+    let mut buffer = [0u8; 512];
+    let (n, from) = socket.recv_from(&mut buffer)?;
+    let (backend, client_seen) = answer(&String::from_utf8_lossy(&buffer[..n]));
+    Ok(json!({"backend": backend, "client_seen": client_seen, "reply_from": from.to_string()}))
+}
+
+fn udp_connected(target: SocketAddr) -> std::io::Result<Value> {
+    let socket = udp_socket(target)?;
+    socket.connect(target)?;
+    let peer = socket.peer_addr()?;
+    socket.send(b"hello\n")?;
+    let mut buffer = [0u8; 512];
+    let (n, from) = socket.recv_from(&mut buffer)?;
+    let (backend, client_seen) = answer(&String::from_utf8_lossy(&buffer[..n]));
+    Ok(json!({
+        "backend": backend, "client_seen": client_seen,
+        "peer": peer.to_string(), "reply_from": from.to_string(),
+    }))
+}
+
+/// One long-lived TCP stream (echoed by the servers' `stream` mode: every exchange must come
+/// back whole) or one unconnected UDP socket, exchanging every 20 ms for `duration`.
+fn hold(target: SocketAddr, duration: Duration, kind: Option<&String>) -> std::io::Result<Value> {
+    let deadline = Instant::now() + duration;
+    let (mut exchanges, mut errors) = (0u64, 0u64);
+    let mut backends = std::collections::BTreeSet::new();
+    if kind.map(String::as_str) == Some("udp") {
+        let socket = udp_socket(target)?;
+        while Instant::now() < deadline {
+            match udp_unconnected(&socket, target) {
+                Ok(answer) if answer["reply_from"] == target.to_string() => {
+                    exchanges += 1;
+                    backends.insert(answer["backend"].as_str().unwrap_or("").to_owned());
+                }
+                _ => errors += 1,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return Ok(json!({"exchanges": exchanges, "errors": errors, "backends": backends}));
+    }
+    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let peer = stream.peer_addr()?;
+    stream.write_all(b"stream\n")?;
+    let mut header = Vec::new();
+    let mut byte = [0u8; 1];
+    while !header.ends_with(b"\n") && stream.read(&mut byte)? == 1 {
+        header.push(byte[0]);
+    }
+    let (backend, _) = answer(&String::from_utf8_lossy(&header));
+    backends.insert(backend);
+    let mut counter = 0u64;
+    while Instant::now() < deadline {
+        counter += 1;
+        let sent = counter.to_be_bytes();
+        let mut echoed = [0u8; 8];
+        match stream
+            .write_all(&sent)
+            .and_then(|()| stream.read_exact(&mut echoed))
+        {
+            Ok(()) if echoed == sent => exchanges += 1,
+            _ => {
+                errors += 1;
+                break; // A broken stream stays broken.
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(json!({
+        "exchanges": exchanges, "errors": errors, "peer": peer.to_string(), "backends": backends,
+    }))
+}

@@ -1,0 +1,397 @@
+//! Socket-level load balancing with the real agent, in network namespaces, in a cgroup of the
+//! test's own: clients are `lab-client` processes that join the agent's cgroup before they make
+//! a socket (or stay out of it, to show the TC path), in a pod's or the node's namespace.
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use twinstack_lab::{
+    agent::{Agent, AgentOptions, AgentSource},
+    netns::Netns,
+    objects::ServiceBuilder,
+    require_root,
+    servers::Servers,
+    topology::Topology,
+};
+
+const CLUSTER_CIDR: &str = "10.244.0.0/16,fd00:10:244::/56";
+const VIP4: &str = "10.96.0.10";
+const VIP6: &str = "fd00:10:96::10";
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+struct Lab {
+    agent: Agent,
+    manifests: tempfile::TempDir,
+    _servers: Vec<Servers>,
+    topology: Topology,
+}
+
+impl Lab {
+    fn start(extra: &[&str]) -> Self {
+        require_root();
+        let topology = Topology::new(2);
+        let servers = topology
+            .backends
+            .iter()
+            .map(|pod| Servers::start(pod, 8080, 5353))
+            .collect();
+        let manifests = tempfile::tempdir().expect("temp dir");
+        for file in ["service.yaml", "endpointslices.yaml"] {
+            std::fs::copy(examples().join(file), manifests.path().join(file))
+                .expect("copy example");
+        }
+        let agent = Agent::start(
+            &topology.node,
+            AgentOptions {
+                source: AgentSource::Manifests(manifests.path()),
+                cluster_cidr: CLUSTER_CIDR,
+                extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            },
+        );
+        Self {
+            agent,
+            manifests,
+            _servers: servers,
+            topology,
+        }
+    }
+
+    /// A datapath counter, summed over CPUs, from /metrics.
+    fn counter(&self, outcome: &str) -> u64 {
+        self.agent
+            .metric(&format!(
+                "twinstack_datapath_packets_total{{outcome=\"{outcome}\"}}"
+            ))
+            .unwrap_or_else(|| panic!("no counter {outcome}:\n{}", self.agent.metrics()))
+            as u64
+    }
+
+    fn counters(&self, outcomes: &[&'static str]) -> Vec<(&'static str, u64)> {
+        outcomes.iter().map(|o| (*o, self.counter(o))).collect()
+    }
+}
+
+/// Where a client runs.
+#[derive(Clone, Copy)]
+enum In<'a> {
+    /// In this namespace and in the agent's cgroup: the socket hooks see it.
+    Cgroup(&'a Netns),
+    /// In this namespace, outside every cgroup of ours: only the TC path can serve it.
+    Outside(&'a Netns),
+}
+
+fn client(lab: &Lab, place: In<'_>, args: &[&str]) -> Vec<Value> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lab-client"));
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match place {
+        In::Cgroup(netns) => {
+            lab.agent.cgroup.command(&mut command);
+            netns.command(&mut command);
+        }
+        In::Outside(netns) => netns.command(&mut command),
+    }
+    let output = command.output().expect("running lab-client");
+    assert!(
+        output.status.success(),
+        "lab-client {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+fn target(vip: &str, port: u16) -> String {
+    SocketAddr::new(vip.parse().expect("VIP"), port).to_string()
+}
+
+fn backends(answers: &[Value]) -> BTreeSet<String> {
+    answers
+        .iter()
+        .map(|a| {
+            a["backend"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a failed request: {a}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+fn both() -> BTreeSet<String> {
+    BTreeSet::from(["backend-a".to_owned(), "backend-b".to_owned()])
+}
+
+fn all_equal(answers: &[Value], field: &str, expected: &str) {
+    for answer in answers {
+        assert_eq!(answer[field], expected, "{field} of {answer}");
+    }
+}
+
+/// The TC path's translation counters do not move while `f` runs; the socket ones do.
+fn through_the_socket_hooks(lab: &Lab, f: impl FnOnce()) {
+    let tc = ["dnat_new", "dnat_established", "reverse_nat"];
+    let before = lab.counters(&tc);
+    let sockets = lab.counter("sock_connect") + lab.counter("sock_sendmsg");
+    f();
+    assert_eq!(
+        lab.counters(&tc),
+        before,
+        "the TC path translated packets the socket hooks had already sent to a backend"
+    );
+    assert!(
+        lab.counter("sock_connect") + lab.counter("sock_sendmsg") > sockets,
+        "the socket hooks translated nothing"
+    );
+}
+
+#[test]
+fn pods_in_the_cgroup_reach_both_families_through_the_socket_hooks() {
+    let lab = Lab::start(&[]);
+    let pod = &lab.topology.client;
+    through_the_socket_hooks(&lab, || {
+        for (vip, address) in [(VIP4, pod.v4.to_string()), (VIP6, pod.v6.to_string())] {
+            let (http, echo) = (target(vip, 80), target(vip, 5353));
+            let tcp = client(&lab, In::Cgroup(&pod.netns), &["tcp", &http, "30"]);
+            assert_eq!(backends(&tcp), both(), "TCP to {http}");
+            all_equal(&tcp, "peer", &http);
+            all_equal(&tcp, "client_seen", &address);
+
+            let udp = client(&lab, In::Cgroup(&pod.netns), &["udp", &echo, "30"]);
+            assert_eq!(backends(&udp), both(), "unconnected UDP to {echo}");
+            all_equal(&udp, "reply_from", &echo);
+            all_equal(&udp, "client_seen", &address);
+
+            let connected = client(
+                &lab,
+                In::Cgroup(&pod.netns),
+                &["udp-connected", &echo, "30"],
+            );
+            assert_eq!(backends(&connected), both(), "connected UDP to {echo}");
+            all_equal(&connected, "peer", &echo);
+            all_equal(&connected, "reply_from", &echo);
+
+            // One unconnected socket keeps its backend, datagram after datagram.
+            let one = client(&lab, In::Cgroup(&pod.netns), &["udp", &echo, "20", "--one"]);
+            assert_eq!(backends(&one).len(), 1, "one socket, one backend: {one:?}");
+        }
+    });
+    // What the hooks did is visible: attached links and the reverse entries they keep.
+    let links: Value =
+        serde_json::from_str(&lab.agent.twinstack(&["bpf", "link", "list", "-o", "json"])).unwrap();
+    let cgroup = lab.agent.cgroup.path().display().to_string();
+    let hooked: BTreeSet<&str> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "cgroup" && l["target"] == cgroup.as_str())
+        .filter_map(|l| l["pin"].as_str())
+        .collect();
+    assert_eq!(hooked.len(), 9, "{links:#}");
+    let sockets = lab.agent.twinstack(&["bpf", "sock", "list"]);
+    assert!(
+        sockets.contains("10.96.0.10:5353") && sockets.contains("[fd00:10:96::10]:5353"),
+        "{sockets}"
+    );
+}
+
+/// hostNetwork pods and node agents: processes of the node's own namespace, which has no route
+/// for a cluster IP. In the cgroup they reach the Service; outside it, they cannot.
+#[test]
+fn the_nodes_own_processes_reach_the_service_through_the_socket_hooks() {
+    let lab = Lab::start(&[]);
+    let node = &lab.topology.node;
+    through_the_socket_hooks(&lab, || {
+        for vip in [VIP4, VIP6] {
+            let (http, echo) = (target(vip, 80), target(vip, 5353));
+            assert_eq!(
+                backends(&client(&lab, In::Cgroup(node), &["tcp", &http, "20"])),
+                both()
+            );
+            let udp = client(&lab, In::Cgroup(node), &["udp", &echo, "20"]);
+            assert_eq!(backends(&udp), both());
+            all_equal(&udp, "reply_from", &echo);
+        }
+    });
+    let outside = client(&lab, In::Outside(node), &["tcp", &target(VIP4, 80), "1"]);
+    assert_eq!(
+        outside[0]["error"], "NetworkUnreachable",
+        "outside the cgroup the node has no way to the cluster IP: {outside:?}"
+    );
+}
+
+#[test]
+fn an_ipv6_socket_reaches_the_ipv4_cluster_ip_through_its_mapped_address() {
+    let lab = Lab::start(&[]);
+    let pod = &lab.topology.client.netns;
+    let (http, echo) = (target(VIP4, 80), target(VIP4, 5353));
+    let (mapped_http, mapped_echo) = ("[::ffff:10.96.0.10]:80", "[::ffff:10.96.0.10]:5353");
+    through_the_socket_hooks(&lab, || {
+        let tcp = client(&lab, In::Cgroup(pod), &["tcp", &http, "20", "--mapped"]);
+        assert_eq!(backends(&tcp), both());
+        all_equal(&tcp, "peer", mapped_http);
+        let udp = client(&lab, In::Cgroup(pod), &["udp", &echo, "20", "--mapped"]);
+        assert_eq!(backends(&udp), both());
+        all_equal(&udp, "reply_from", mapped_echo);
+        let connected = client(
+            &lab,
+            In::Cgroup(pod),
+            &["udp-connected", &echo, "20", "--mapped"],
+        );
+        assert_eq!(backends(&connected), both());
+        all_equal(&connected, "peer", mapped_echo);
+        all_equal(&connected, "reply_from", mapped_echo);
+    });
+}
+
+#[test]
+fn a_service_with_no_endpoints_refuses_at_once_in_both_families() {
+    let lab = Lab::start(&[]);
+    let empty = ServiceBuilder::new("empty")
+        .cluster_ips(&[
+            "10.96.0.30".parse().unwrap(),
+            "fd00:10:96::30".parse().unwrap(),
+        ])
+        .port("http", "TCP", 80, 8080)
+        .port("echo", "UDP", 5353, 5353);
+    std::fs::write(lab.manifests.path().join("empty.yaml"), empty.yaml()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab
+        .agent
+        .twinstack(&["bpf", "service", "list"])
+        .contains("10.96.0.30:80")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not programmed:\n{}",
+            lab.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pod = &lab.topology.client.netns;
+    let refused = lab.counter("sock_refused");
+    for vip in ["10.96.0.30", "fd00:10:96::30"] {
+        for args in [
+            ["tcp", &target(vip, 80), "1"],
+            ["udp", &target(vip, 5353), "1"],
+            ["udp-connected", &target(vip, 5353), "1"],
+        ] {
+            let started = Instant::now();
+            let answer = client(&lab, In::Cgroup(pod), &args);
+            assert_eq!(
+                answer[0]["error"], "ConnectionRefused",
+                "{args:?}: {answer:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{args:?} took {:?}: refused at once, not timed out",
+                started.elapsed()
+            );
+        }
+    }
+    assert_eq!(lab.counter("sock_refused"), refused + 6);
+}
+
+#[test]
+fn a_client_outside_the_cgroup_is_served_by_the_tc_path() {
+    let lab = Lab::start(&[]);
+    let pod = &lab.topology.client.netns;
+    let (new, sockets) = (lab.counter("dnat_new"), lab.counter("sock_connect"));
+    for vip in [VIP4, VIP6] {
+        let answers = client(&lab, In::Outside(pod), &["tcp", &target(vip, 80), "20"]);
+        assert_eq!(backends(&answers), both());
+        all_equal(&answers, "peer", &target(vip, 80));
+    }
+    assert_eq!(
+        lab.counter("dnat_new"),
+        new + 40,
+        "every connection DNATed at TC"
+    );
+    assert_eq!(lab.counter("sock_connect"), sockets, "no socket hook ran");
+}
+
+#[test]
+fn with_socket_lb_off_everything_goes_through_the_tc_path() {
+    let lab = Lab::start(&["--socket-lb", "false"]);
+    let pod = &lab.topology.client.netns;
+    let new = lab.counter("dnat_new");
+    for vip in [VIP4, VIP6] {
+        let http = target(vip, 80);
+        let answers = client(&lab, In::Cgroup(pod), &["tcp", &http, "20"]);
+        assert_eq!(backends(&answers), both());
+        let udp = client(&lab, In::Cgroup(pod), &["udp", &target(vip, 5353), "20"]);
+        assert_eq!(backends(&udp), both());
+    }
+    assert_eq!(lab.counter("dnat_new"), new + 80);
+    assert_eq!(lab.counter("sock_connect") + lab.counter("sock_sendmsg"), 0);
+    let links = lab.agent.twinstack(&["bpf", "link", "list"]);
+    assert!(
+        !links.contains("cgroup"),
+        "socket programs attached:\n{links}"
+    );
+}
+
+/// Closed sockets take their reverse entries with them (cgroup/sock_release): 100 short TCP
+/// connections leave none behind.
+#[test]
+fn closed_sockets_leave_no_reverse_entry_behind() {
+    let lab = Lab::start(&[]);
+    let pod = &lab.topology.client.netns;
+    for vip in [VIP4, VIP6] {
+        let answers = client(&lab, In::Cgroup(pod), &["tcp", &target(vip, 80), "50"]);
+        assert_eq!(answers.len(), 50);
+    }
+    let sockets: Value =
+        serde_json::from_str(&lab.agent.twinstack(&["bpf", "sock", "list", "-o", "json"])).unwrap();
+    assert_eq!(
+        sockets,
+        serde_json::json!([]),
+        "entries of closed sockets remain"
+    );
+}
+
+/// A TCP stream and a UDP exchange open through the socket path while the agent restarts
+/// twice: no exchange fails, and the stream stays on its backend.
+#[test]
+fn an_agent_restart_keeps_socket_lb_streams_and_exchanges_working() {
+    let mut lab = Lab::start(&[]);
+    let spawn = |kind: &str, vip: &str, port: u16| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lab-client"));
+        command
+            .args(["hold", &target(vip, port), "6", kind])
+            .stdout(Stdio::piped());
+        lab.agent.cgroup.command(&mut command);
+        lab.topology.client.netns.command(&mut command);
+        command.spawn().expect("lab-client")
+    };
+    let holders = [
+        spawn("tcp", VIP4, 80),
+        spawn("udp", VIP4, 5353),
+        spawn("tcp", VIP6, 80),
+        spawn("udp", VIP6, 5353),
+    ];
+    std::thread::sleep(Duration::from_millis(1500));
+    let node = &lab.topology.node;
+    lab.agent.restart(node);
+    std::thread::sleep(Duration::from_millis(500));
+    lab.agent.restart(node);
+    for holder in holders {
+        let output = holder.wait_with_output().expect("lab-client");
+        let result: Value =
+            serde_json::from_slice(&output.stdout).expect("the holder's JSON summary");
+        assert_eq!(result["errors"], 0, "{result}");
+        assert!(result["exchanges"].as_u64().unwrap() > 100, "{result}");
+        assert_eq!(result["backends"].as_array().unwrap().len(), 1, "{result}");
+    }
+}
