@@ -361,8 +361,9 @@ fn closed_sockets_leave_no_reverse_entry_behind() {
     );
 }
 
-/// A TCP stream and a UDP exchange open through the socket path while the agent restarts
-/// twice: no exchange fails, and the stream stays on its backend.
+/// A TCP stream and UDP exchanges (unconnected, and connected: its reverse entry is written
+/// once, at connect) open through the socket path while the agent restarts twice: no exchange
+/// fails, every reply comes from the frontend, and each stays on its backend.
 #[test]
 fn an_agent_restart_keeps_socket_lb_streams_and_exchanges_working() {
     let mut lab = Lab::start(&[]);
@@ -378,8 +379,10 @@ fn an_agent_restart_keeps_socket_lb_streams_and_exchanges_working() {
     let holders = [
         spawn("tcp", VIP4, 80),
         spawn("udp", VIP4, 5353),
+        spawn("udp-connected", VIP4, 5353),
         spawn("tcp", VIP6, 80),
         spawn("udp", VIP6, 5353),
+        spawn("udp-connected", VIP6, 5353),
     ];
     std::thread::sleep(Duration::from_millis(1500));
     let node = &lab.topology.node;
