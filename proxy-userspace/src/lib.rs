@@ -15,4 +15,5 @@ pub mod plan;
 pub mod proxier;
 pub mod source;
 pub mod sync;
+pub mod terminate;
 pub mod tracker;

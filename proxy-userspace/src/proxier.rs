@@ -12,7 +12,7 @@ use crate::{
     maps::{
         LbMaps,
         memory::{MemoryMaps, SharedMemoryMaps},
-        writer::{WriteError, Writer},
+        writer::{Departure, WriteError, Writer},
     },
     metrics::FamilyFigures,
     model::{ServiceName, ServicePort},
@@ -27,6 +27,19 @@ pub struct SyncError {
     pub family: Family,
     pub frontend: Option<String>,
     pub error: WriteError,
+}
+
+/// Backends that left frontends, per family.
+#[derive(Debug, Default)]
+pub struct Departures {
+    pub v4: Vec<Departure<Ipv4Addr>>,
+    pub v6: Vec<Departure<Ipv6Addr>>,
+}
+
+impl Departures {
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
 }
 
 /// One Service's new ports (empty: it is gone, ignored or invalid).
@@ -146,6 +159,11 @@ impl<A: Address> Proxier<A> {
             return;
         }
         self.reconcile(errors);
+    }
+
+    /// The backends that left a frontend since the last call.
+    pub fn take_departures(&mut self) -> Vec<Departure<A>> {
+        self.writer.take_departures()
     }
 
     pub fn figures(&self) -> FamilyFigures {
@@ -292,5 +310,13 @@ impl MetaProxier {
 
     pub fn figures(&self) -> Vec<FamilyFigures> {
         vec![self.v4.figures(), self.v6.figures()]
+    }
+
+    /// The backends that left a frontend since the last call, both families.
+    pub fn take_departures(&mut self) -> Departures {
+        Departures {
+            v4: self.v4.take_departures(),
+            v6: self.v6.take_departures(),
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     metrics::AgentFigures,
     model::{Built, ServiceError, ServiceName, ServicePort},
     node::NodeInfo,
-    proxier::{MetaProxier, SyncError},
+    proxier::{Departures, MetaProxier, SyncError},
     source::{Kind, Object, SourceEvent},
     tracker::{Tracker, object_name},
 };
@@ -193,6 +193,12 @@ impl Syncer {
     pub fn repair(&mut self) {
         self.counters.repairs += 1;
         report(self.meta.repair());
+    }
+
+    /// The backends that left a frontend since the last call (for closing the connected UDP
+    /// sockets the socket hooks sent to them).
+    pub fn take_departures(&mut self) -> Departures {
+        self.meta.take_departures()
     }
 
     /// What the metrics report.

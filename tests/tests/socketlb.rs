@@ -398,3 +398,95 @@ fn an_agent_restart_keeps_socket_lb_streams_and_exchanges_working() {
         assert_eq!(result["backends"].as_array().unwrap().len(), 1, "{result}");
     }
 }
+
+/// A backend leaves the Service: the connected UDP sockets the hooks sent to it are closed (the
+/// application's next call fails, it reconnects and lands on the remaining backend), as UDP
+/// flows move at once under kube-proxy; a TCP stream to it keeps draining, as under kube-proxy.
+#[test]
+fn connected_udp_moves_off_a_departed_backend_while_tcp_drains() {
+    let lab = Lab::start(&[]);
+    let spawn = |kind: &str, vip: &str, port: u16| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lab-client"));
+        command
+            .args(["hold", &target(vip, port), "4", kind])
+            .stdout(Stdio::piped());
+        lab.agent.cgroup.command(&mut command);
+        lab.topology.client.netns.command(&mut command);
+        command.spawn().expect("lab-client")
+    };
+    let udp = [
+        spawn("udp-reconnect", VIP4, 5353),
+        spawn("udp-reconnect", VIP6, 5353),
+    ];
+    let tcp = [spawn("tcp", VIP4, 80), spawn("tcp", VIP6, 80)];
+    std::thread::sleep(Duration::from_millis(800));
+    // Remove the backend the IPv4 UDP socket is connected to (the socket list says which);
+    // keep the other.
+    let sockets: Value =
+        serde_json::from_str(&lab.agent.twinstack(&["bpf", "sock", "list", "-o", "json"])).unwrap();
+    let used = sockets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["frontend"] == target(VIP4, 5353))
+        .and_then(|s| s["backend"].as_str())
+        .expect("the UDP socket's reverse entry")
+        .to_owned();
+    let backends = &lab.topology.backends;
+    let (gone, kept) = if used.starts_with(&format!("{}:", backends[0].v4)) {
+        (&backends[0], &backends[1])
+    } else {
+        (&backends[1], &backends[0])
+    };
+    let ports = [("http", "TCP", 80, 8080), ("echo", "UDP", 5353, 5353)];
+    let slice = |name, address: std::net::IpAddr| {
+        twinstack_lab::manifests::endpoint_slice("demo", name, &[address], &ports)
+    };
+    std::fs::write(
+        lab.manifests.path().join("endpointslices.yaml"),
+        [
+            slice("demo-ipv4", kept.v4.into()),
+            slice("demo-ipv6", kept.v6.into()),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let mut moved = 0;
+    for holder in udp {
+        let result: Value =
+            serde_json::from_slice(&holder.wait_with_output().unwrap().stdout).unwrap();
+        let order: Vec<&str> = result["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let errors = result["errors"].as_array().unwrap();
+        eprintln!("connected UDP holder: {result}");
+        assert_eq!(order.last(), Some(&kept.name.as_str()), "{result}");
+        if order[0] == gone.name {
+            moved += 1;
+            assert_eq!(order, [gone.name.as_str(), kept.name.as_str()], "{result}");
+            assert_eq!(
+                errors.len(),
+                1,
+                "the socket on the departed backend was closed, once: {result}"
+            );
+        } else {
+            assert!(
+                errors.is_empty(),
+                "a socket on a staying backend was closed: {result}"
+            );
+        }
+    }
+    assert!(moved >= 1, "the IPv4 socket was on the removed backend");
+    for holder in tcp {
+        let result: Value =
+            serde_json::from_slice(&holder.wait_with_output().unwrap().stdout).unwrap();
+        assert_eq!(
+            result["errors"], 0,
+            "the TCP stream keeps draining: {result}"
+        );
+    }
+    assert!(lab.agent.log().contains("closed connected UDP sockets"));
+}

@@ -119,7 +119,17 @@ pub struct Writer<A> {
     rev_nat_ids: Ids,
     /// Reverse-NAT IDs found in the maps at start that no frontend uses.
     orphan_rev_nat: Vec<u32>,
+    /// Backends that left a frontend since the last [`Writer::take_departures`].
+    departures: Vec<Departure<A>>,
     stats: WriterStats,
+}
+
+/// A backend that left a frontend (the frontend's reverse-NAT id names it): sockets the socket
+/// hooks connected to it through that frontend are the ones to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Departure<A> {
+    pub rev_nat_id: u32,
+    pub backend: Backend<A>,
 }
 
 const MAX_BACKENDS: usize = u16::MAX as usize;
@@ -150,6 +160,7 @@ impl<A: Address> Writer<A> {
             backend_ids: learned.backend_ids,
             rev_nat_ids: learned.rev_nat_ids,
             orphan_rev_nat: learned.orphan_rev_nat,
+            departures: Vec::new(),
             stats: WriterStats::default(),
         })
     }
@@ -277,6 +288,30 @@ impl<A: Address> Writer<A> {
         self.rev_nat_ids.next = self.rev_nat_ids.next.max(next_rev_nat);
         self.orphan_rev_nat = orphan_rev_nat;
         Ok(())
+    }
+
+    /// The backends that left a frontend since the last call.
+    pub fn take_departures(&mut self) -> Vec<Departure<A>> {
+        std::mem::take(&mut self.departures)
+    }
+
+    /// Records that the backends of `old` not in `new` left the frontend `rev_nat_id`.
+    fn record_departures(&mut self, rev_nat_id: u32, old: &[u32], new: &[u32]) {
+        for id in old.iter().filter(|id| !new.contains(id)) {
+            if let Some(key) = self.backend_keys.get(id) {
+                let (address, port, protocol) = *key;
+                let state = self.backends.get(key).map(|r| r.state);
+                self.departures.push(Departure {
+                    rev_nat_id,
+                    backend: Backend {
+                        address,
+                        port,
+                        protocol,
+                        state: state.unwrap_or(BackendState::Active),
+                    },
+                });
+            }
+        }
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -627,6 +662,7 @@ impl<A: Address> Writer<A> {
                 backend_ids: ids.to_vec(),
             },
         );
+        self.record_departures(rev_nat_id, &old_ids, ids);
         self.release_backends(&old_ids);
         // Stale slots beyond the new count are invisible now; trim them.
         for slot in ids.len() + 1..=old_ids.len() {
@@ -688,6 +724,7 @@ impl<A: Address> Writer<A> {
         self.stats.service_deletes += 1;
         self.frontends.remove(frontend);
         self.stats.frontends_deleted += 1;
+        self.record_departures(programmed.head.rev_nat_id, &programmed.backend_ids, &[]);
         self.release_backends(&programmed.backend_ids);
         for slot in 1..=programmed.backend_ids.len() as u16 {
             self.maps.services.delete(&SlotKey::new(*frontend, slot))?;

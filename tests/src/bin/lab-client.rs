@@ -7,7 +7,8 @@
 //! lab-client tcp ADDR COUNT [--mapped]          connect, request, reply, getpeername; close
 //! lab-client udp ADDR COUNT [--mapped] [--one]  sendto/recvfrom (unconnected); --one: one socket
 //! lab-client udp-connected ADDR COUNT [--mapped] connect, getpeername, send, recvfrom
-//! lab-client hold ADDR SECONDS tcp|udp|udp-connected  one echoed stream (or UDP socket), every 20 ms
+//! lab-client hold ADDR SECONDS tcp|udp|udp-connected|udp-reconnect
+//!                                               one echoed stream (or UDP socket), every 20 ms
 //! ```
 //! `--mapped`: an `AF_INET6` socket addressing the IPv4 `ADDR` as `::ffff:a.b.c.d`.
 use std::{
@@ -118,6 +119,35 @@ fn hold(target: SocketAddr, duration: Duration, kind: Option<&String>) -> std::i
     let deadline = Instant::now() + duration;
     let (mut exchanges, mut errors) = (0u64, 0u64);
     let mut backends = std::collections::BTreeSet::new();
+    if kind.map(String::as_str) == Some("udp-reconnect") {
+        // Connected UDP as a resolver uses it: when the socket fails, make a new one.
+        let (mut kinds, mut order) = (Vec::new(), Vec::<String>::new());
+        let mut socket = udp_socket(target)?;
+        socket.connect(target)?;
+        while Instant::now() < deadline {
+            let mut buffer = [0u8; 512];
+            let exchange = socket
+                .send(b"hello\n")
+                .and_then(|_| socket.recv_from(&mut buffer));
+            match exchange {
+                Ok((n, from)) if from == target => {
+                    exchanges += 1;
+                    let (backend, _) = answer(&String::from_utf8_lossy(&buffer[..n]));
+                    if order.last() != Some(&backend) {
+                        order.push(backend);
+                    }
+                }
+                Ok(_) => kinds.push("WrongSource".to_owned()),
+                Err(e) => {
+                    kinds.push(format!("{:?}/{}", e.kind(), e.raw_os_error().unwrap_or(0)));
+                    socket = udp_socket(target)?;
+                    socket.connect(target)?;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return Ok(json!({"exchanges": exchanges, "errors": kinds, "backends": order}));
+    }
     if kind.map(String::as_str) == Some("udp-connected") {
         // Connected once: its reverse entry was written at connect() and must outlive restarts.
         let socket = udp_socket(target)?;

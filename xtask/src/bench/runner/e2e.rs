@@ -1,6 +1,8 @@
 //! Section 2: end to end in network namespaces. One topology (node, client pod, two backend
-//! pods), one mode active at a time: `direct` (no Service), `twinstack` (the real agent on a
-//! generated manifest directory), and kube-proxy's `iptables` and `nftables` layouts.
+//! pods), one mode active at a time: `direct` (no Service), the real agent on a generated
+//! manifest directory in its two modes (`twinstack-socket`: socket-level load balancing, the
+//! load generator inside the agent's cgroup; `twinstack-tc`: `--socket-lb false`, per-packet
+//! NAT at TC), and kube-proxy's `iptables` and `nftables` layouts.
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
@@ -9,6 +11,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use twinstack_lab::{
     agent::{Agent, AgentOptions, AgentSource},
+    cgroup::Cgroup,
     topology::Topology,
 };
 
@@ -23,29 +26,37 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     Direct,
+    /// Socket-level load balancing: connect() goes straight to a backend.
+    SocketLb,
+    /// `--socket-lb false`: the TC programs translate every packet.
     Twinstack,
     Iptables,
     Nftables,
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 4] = [
+    pub(crate) const ALL: [Mode; 5] = [
         Mode::Direct,
+        Mode::SocketLb,
         Mode::Twinstack,
         Mode::Iptables,
         Mode::Nftables,
     ];
 
+    /// Twinstack's modes, the one the targets are set for first.
+    pub(crate) const TWINSTACK: [Mode; 2] = [Mode::SocketLb, Mode::Twinstack];
+
     /// The client's ephemeral port range while this mode is measured.
     fn ports(self) -> (u16, u16) {
         let i = Mode::ALL.iter().position(|m| *m == self).unwrap_or(0) as u16;
-        (1024 + i * 16_000, 1024 + i * 16_000 + 15_999)
+        (1024 + i * 12_000, 1024 + i * 12_000 + 11_999)
     }
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
-            Mode::Twinstack => "twinstack",
+            Mode::SocketLb => "twinstack-socket",
+            Mode::Twinstack => "twinstack-tc",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
         }
@@ -145,7 +156,7 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
             if let Some(load) = load {
                 loads.push(load);
             }
-            if mode == Mode::Twinstack {
+            if mode == Mode::SocketLb {
                 agent_ready.push((size, started.elapsed().as_secs_f64()));
             }
             if let Some(agent) = &mut active.agent {
@@ -159,6 +170,11 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                 // runs `twinstack cleanup` when the mode ends.
                 agent.stop();
             }
+            // The load generator's threads make their sockets inside the agent's cgroup, so
+            // the socket programs serve them (the servers' listeners were made outside it).
+            let in_cgroup = (mode == Mode::SocketLb)
+                .then(|| active.agent.as_ref().map(|a| InCgroup::join(&a.cgroup)))
+                .flatten();
             let targets = |v6: bool| -> Vec<SocketAddr> {
                 match mode {
                     Mode::Direct => topology
@@ -237,6 +253,7 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                 "    other processes used {:.1}% of the CPUs",
                 others * 100.0
             );
+            drop(in_cgroup);
             drop(active);
             ensure!(
                 kubeproxy::ruleset(&topology.node).trim().is_empty(),
@@ -263,15 +280,20 @@ fn activate<'a>(
     let mut sample = None;
     let active = match mode {
         Mode::Direct => Active::default(),
-        Mode::Twinstack => {
+        Mode::SocketLb | Mode::Twinstack => {
             let manifests = cluster.write_manifests()?;
             let cidrs = format!("{CLUSTER_CIDR_V4},{CLUSTER_CIDR_V6}");
+            let extra = if mode == Mode::Twinstack {
+                vec!["--socket-lb".into(), "false".into()]
+            } else {
+                Vec::new()
+            };
             let agent = Agent::start(
                 &topology.node,
                 AgentOptions {
                     source: AgentSource::Manifests(manifests.path()),
                     cluster_cidr: &cidrs,
-                    extra: vec![],
+                    extra,
                 },
             );
             Active {
@@ -299,6 +321,22 @@ fn activate<'a>(
         }
     };
     Ok((active, sample))
+}
+
+/// This process inside a cgroup until dropped.
+struct InCgroup<'a>(&'a Cgroup);
+
+impl<'a> InCgroup<'a> {
+    fn join(cgroup: &'a Cgroup) -> Self {
+        cgroup.join_self();
+        Self(cgroup)
+    }
+}
+
+impl Drop for InCgroup<'_> {
+    fn drop(&mut self) {
+        self.0.leave_self();
+    }
 }
 
 fn client_run(
