@@ -67,11 +67,7 @@ fn answer(text: &str) -> (String, String) {
 }
 
 fn tcp(target: SocketAddr) -> std::io::Result<Value> {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT).map_err(|e| {
-        eprintln!("connect failed after {:?}", started.elapsed());
-        e
-    })?;
+    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     let peer = stream.peer_addr()?;
     stream.write_all(b"hello\n")?;
