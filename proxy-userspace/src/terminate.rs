@@ -100,7 +100,7 @@ pub fn close_departed_udp(
             destroy_in_this_namespace(&cookies)
         })
         .join()
-        .unwrap_or_else(|_| Ok(0));
+        .unwrap_or(Ok(0));
         match result {
             Ok(n) => closed += n,
             Err(error) => tracing::warn!(netns = %netns.display(), %error, "closing sockets"),
