@@ -342,6 +342,34 @@ fn with_socket_lb_off_everything_goes_through_the_tc_path() {
     );
 }
 
+/// `--socket-lb-hostns-only`: the node's own processes go through the socket hooks, pods (in
+/// the same cgroup) through TC.
+#[test]
+fn host_namespace_only_mode_serves_the_node_and_leaves_pods_to_tc() {
+    let lab = Lab::start(&["--socket-lb-hostns-only"]);
+    let (pod, node) = (&lab.topology.client.netns, &lab.topology.node);
+    let (new, sockets) = (lab.counter("dnat_new"), lab.counter("sock_connect"));
+    for vip in [VIP4, VIP6] {
+        let answers = client(&lab, In::Cgroup(pod), &["tcp", &target(vip, 80), "10"]);
+        assert_eq!(backends(&answers), both());
+    }
+    assert_eq!(lab.counter("dnat_new"), new + 20, "pods: DNAT at TC");
+    assert_eq!(
+        lab.counter("sock_connect"),
+        sockets,
+        "pods: no socket translation"
+    );
+    for vip in [VIP4, VIP6] {
+        let answers = client(&lab, In::Cgroup(node), &["tcp", &target(vip, 80), "10"]);
+        assert_eq!(backends(&answers), both());
+    }
+    assert_eq!(
+        lab.counter("sock_connect"),
+        sockets + 20,
+        "the node: socket hooks"
+    );
+}
+
 /// Closed sockets take their reverse entries with them (cgroup/sock_release): 100 short TCP
 /// connections leave none behind.
 #[test]

@@ -3,6 +3,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -88,6 +89,41 @@ pub(crate) fn run() -> anyhow::Result<()> {
             );
         }
     }
+    // A process of the node's own namespace (a hostNetwork pod, kubelet), which has no route
+    // to a cluster IP: bash's /dev/tcp, started inside the agent's cgroup, is connected straight
+    // to a backend by the socket hooks.
+    println!(
+        "\n== From the node's own namespace, through the socket hooks (cgroup {})",
+        agent.cgroup.path().display()
+    );
+    for vip in ["10.96.0.10", "fd00:10:96::10"] {
+        let script = format!(
+            "exec 3<>/dev/tcp/{vip}/80 && echo hello >&3 && read -r answer <&3 && echo $answer"
+        );
+        let mut command = Command::new("bash");
+        command.args(["-c", &script]);
+        agent.cgroup.command(&mut command);
+        topology.node.command(&mut command);
+        let output = command.output()?;
+        let answer = String::from_utf8_lossy(&output.stdout);
+        match answer.split_whitespace().next() {
+            Some(backend) if output.status.success() => {
+                println!(
+                    " TCP {:<24} answered by: {backend}",
+                    SocketAddr::new(vip.parse()?, 80)
+                )
+            }
+            _ => {
+                failures += 1;
+                println!(
+                    "   {vip}:80 from the node failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+    println!("\n== twinstack bpf link list");
+    print!("{}", agent.twinstack(&["bpf", "link", "list"]));
     println!("\n== twinstack bpf service list");
     print!("{}", agent.twinstack(&["bpf", "service", "list"]));
     println!("\n== twinstack bpf ct list (first lines)");

@@ -106,12 +106,14 @@ fn cgroup_path(id: u64) -> Option<PathBuf> {
     None
 }
 
-fn interface_name(index: u32) -> String {
-    crate::loader::interfaces()
-        .ok()
-        .and_then(|all| all.into_iter().find(|(i, _)| *i == index))
-        .map(|(_, name)| name)
-        .unwrap_or_else(|| format!("ifindex {index}"))
+/// The interface a TC link is on: its name as the pin records it (`<program>-<ifindex>-<ifname>`;
+/// the interface lives in the agent's namespace, not necessarily this command's) and the index
+/// the kernel reports.
+fn interface(pin: &str, index: u32) -> String {
+    match pin.splitn(3, '-').nth(2) {
+        Some(name) => format!("{name} (ifindex {index})"),
+        None => format!("ifindex {index}"),
+    }
 }
 
 /// Every link pinned under `pins`, with what it is attached to.
@@ -130,7 +132,7 @@ pub fn links(pins: &PinLayout) -> io::Result<Vec<LinkRow>> {
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| format!("cgroup id {target}")),
             ),
-            BPF_LINK_TYPE_TCX => ("tcx", interface_name(target as u32)),
+            BPF_LINK_TYPE_TCX => ("tcx", interface(&pin, target as u32)),
             _ => ("other", String::new()),
         };
         rows.push(LinkRow {
