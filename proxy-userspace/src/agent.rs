@@ -118,6 +118,22 @@ fn datapath_config(config: &AgentConfig) -> anyhow::Result<DatapathConfig> {
     Ok(datapath)
 }
 
+/// Closes the connected UDP sockets the socket hooks sent to a backend that has left its
+/// frontend since the last call (`terminate`); without socket-level load balancing there are
+/// none to close (the departures are dropped).
+fn close_departed_udp(pins: &PinLayout, socket_lb: Option<&SocketLb>, syncer: &mut Syncer) {
+    let departures = syncer.take_departures();
+    let Some(socket_lb) = socket_lb else { return };
+    if departures.is_empty() {
+        return;
+    }
+    match crate::terminate::close_departed_udp(pins, &socket_lb.cgroup_root, &departures) {
+        Ok(0) => {}
+        Ok(closed) => tracing::info!(closed, "closed connected UDP sockets of departed backends"),
+        Err(error) => tracing::warn!(%error, "closing connected UDP sockets of departed backends"),
+    }
+}
+
 /// Starts the configured source; its events arrive on the returned channel.
 async fn start_source(config: &AgentConfig) -> anyhow::Result<mpsc::Receiver<SourceEvent>> {
     let (sender, receiver) = mpsc::channel(1024);
@@ -213,8 +229,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let listed = started.elapsed();
     let rebuilt = syncer.sync();
-    // Whatever an earlier agent left that no Service owns now goes.
+    // Whatever an earlier agent left that no Service owns now goes (and sockets the hooks had
+    // connected to backends that left while no agent ran are closed).
     syncer.reconcile();
+    close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
 
     let report_interfaces = |programs: &mut Programs| {
         let r = programs.sync_interfaces(&config.pod_interfaces);
@@ -288,6 +306,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(sync_at), if due.is_some() => {
                 let started = Instant::now();
                 let rebuilt = syncer.sync();
+                close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
                 health.synced();
                 publish(&syncer);
                 tracing::debug!(
@@ -299,6 +318,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             _ = full_pass.tick() => {
                 let started = Instant::now();
                 syncer.repair();
+                close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
                 health.synced();
                 publish(&syncer);
                 tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "maps re-read and repaired");

@@ -82,11 +82,19 @@ pub fn close_departed_udp(
     let mut cookies = HashSet::new();
     cookies_of(pins, &departures.v4, &mut cookies)?;
     cookies_of(pins, &departures.v6, &mut cookies)?;
-    if cookies.is_empty() {
-        return Ok(0);
-    }
+    let namespaces = if cookies.is_empty() {
+        Vec::new()
+    } else {
+        namespaces(cgroup_root)
+    };
+    tracing::debug!(
+        departures = departures.v4.len() + departures.v6.len(),
+        sockets = cookies.len(),
+        namespaces = namespaces.len(),
+        "closing the connected UDP sockets of departed backends"
+    );
     let mut closed = 0;
-    for netns in namespaces(cgroup_root) {
+    for netns in namespaces {
         let cookies = cookies.clone();
         let path = netns.clone();
         let result = std::thread::spawn(move || -> Result<usize, TerminateError> {

@@ -436,7 +436,7 @@ fn connected_udp_moves_off_a_departed_backend_while_tcp_drains() {
     let spawn = |kind: &str, vip: &str, port: u16| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lab-client"));
         command
-            .args(["hold", &target(vip, port), "4", kind])
+            .args(["hold", &target(vip, port), "8", kind])
             .stdout(Stdio::piped());
         lab.agent.cgroup.command(&mut command);
         lab.topology.client.netns.command(&mut command);
@@ -479,6 +479,16 @@ fn connected_udp_moves_off_a_departed_backend_while_tcp_drains() {
         .join("---\n"),
     )
     .unwrap();
+    // The agent sees the change, programs it and closes the sockets (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while !lab.agent.log().contains("closed connected UDP sockets") {
+        assert!(
+            Instant::now() < deadline,
+            "no socket closed:\n{}",
+            lab.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut moved = 0;
     for holder in udp {
         let result: Value =
@@ -491,7 +501,12 @@ fn connected_udp_moves_off_a_departed_backend_while_tcp_drains() {
             .collect();
         let errors = result["errors"].as_array().unwrap();
         eprintln!("connected UDP holder: {result}");
-        assert_eq!(order.last(), Some(&kept.name.as_str()), "{result}");
+        assert_eq!(
+            order.last(),
+            Some(&kept.name.as_str()),
+            "{result}\n{}",
+            lab.agent.log()
+        );
         if order[0] == gone.name {
             moved += 1;
             assert_eq!(order, [gone.name.as_str(), kept.name.as_str()], "{result}");
@@ -516,5 +531,4 @@ fn connected_udp_moves_off_a_departed_backend_while_tcp_drains() {
             "the TCP stream keeps draining: {result}"
         );
     }
-    assert!(lab.agent.log().contains("closed connected UDP sockets"));
 }
