@@ -8,6 +8,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cgroup;
 pub mod controlplane;
+pub mod lab;
 pub mod manifests;
 pub mod netns;
 pub mod objects;

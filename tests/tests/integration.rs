@@ -3,103 +3,25 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use twinstack_lab::{
-    agent::{Agent, AgentOptions, AgentSource},
+    agent::Agent,
+    lab::{DUAL_STACK, ExampleLab},
     manifests,
     objects::{ServiceBuilder, SliceBuilder},
-    require_root,
-    servers::{self, Answer, Servers},
-    topology::Topology,
+    servers::{self, Answer},
 };
 
-const CLUSTER_CIDR: &str = "10.244.0.0/16,fd00:10:244::/56";
 const TIMEOUT: Duration = Duration::from_secs(2);
 const VIP4: &str = "10.96.0.10";
 const VIP6: &str = "fd00:10:96::10";
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
+type Lab = ExampleLab;
 
-/// The lab of every test here: the topology, servers on both backends, and a manifest
-/// directory holding a copy of `examples/`.
-struct Lab {
-    agent: Agent,
-    manifests: tempfile::TempDir,
-    _servers: Vec<Servers>,
-    topology: Topology,
-}
-
-impl Lab {
-    fn start() -> Self {
-        Self::start_with(CLUSTER_CIDR)
-    }
-
-    /// The lab with `--cluster-cidr cidr` (one family: a single-stack node, as the manifest
-    /// directory holds no Node to add the other).
-    fn start_with(cluster_cidr: &str) -> Self {
-        require_root();
-        let topology = Topology::new(2);
-        let servers = topology
-            .backends
-            .iter()
-            .map(|pod| Servers::start(pod, 8080, 5353))
-            .collect();
-        let manifests = tempfile::tempdir().expect("temp dir");
-        for file in ["service.yaml", "endpointslices.yaml"] {
-            std::fs::copy(examples().join(file), manifests.path().join(file))
-                .expect("copy example");
-        }
-        let agent = Agent::start(
-            &topology.node,
-            AgentOptions {
-                source: AgentSource::Manifests(manifests.path()),
-                cluster_cidr,
-                extra: vec![],
-            },
-        );
-        Self {
-            agent,
-            manifests,
-            _servers: servers,
-            topology,
-        }
-    }
-
-    /// `count` requests from the client pod; every one must succeed.
-    fn requests(&self, target: SocketAddr, udp: bool, count: usize) -> Vec<Answer> {
-        self.topology.client.netns.enter(move || {
-            (0..count)
-                .map(|i| {
-                    let answer = if udp {
-                        servers::udp_request(target, TIMEOUT)
-                    } else {
-                        servers::tcp_request(target, TIMEOUT)
-                    };
-                    answer.unwrap_or_else(|e| panic!("request {i} to {target} (udp: {udp}): {e}"))
-                })
-                .collect()
-        })
-    }
-
-    /// Polls (bounded) until `done` holds for one round of requests; returns the time it took.
-    fn until(&self, limit: Duration, mut done: impl FnMut(&Lab) -> bool) -> Duration {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if done(self) {
-                return start.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "condition not met within {limit:?}; agent log:\n{}",
-            self.agent.log()
-        );
-    }
+fn start() -> Lab {
+    ExampleLab::start(DUAL_STACK, &[])
 }
 
 fn tally(answers: &[Answer]) -> BTreeMap<String, usize> {
@@ -115,7 +37,7 @@ fn target(vip: &str, port: u16) -> SocketAddr {
 
 #[test]
 fn dual_stack_service_answers_on_both_cluster_ips_over_tcp_and_udp() {
-    let lab = Lab::start();
+    let lab = start();
     for (vip, client) in [
         (VIP4, IpAddr::from(lab.topology.client.v4)),
         (VIP6, IpAddr::from(lab.topology.client.v6)),
@@ -164,7 +86,7 @@ fn dual_stack_service_answers_on_both_cluster_ips_over_tcp_and_udp() {
 /// A single-stack node serves the dual-stack Service on its own family only: the other
 /// family's cluster IP is not translated (the pod has no route for it: the connect fails).
 fn single_stack_node(cluster_cidr: &str, served: &str, unserved: &str) {
-    let lab = Lab::start_with(cluster_cidr);
+    let lab = ExampleLab::start(cluster_cidr, &[]);
     let tally = tally(&lab.requests(target(served, 80), false, 20));
     assert_eq!(tally.keys().collect::<Vec<_>>(), ["backend-a", "backend-b"]);
     let other = target(unserved, 80);
@@ -203,7 +125,7 @@ fn an_ipv6_only_node_serves_the_ipv6_cluster_ip_only() {
 /// balancer IP. The pod's packets are translated by the same TC path as for a cluster IP.
 #[test]
 fn a_pod_reaches_a_service_on_its_node_port_external_ip_and_load_balancer_ip() {
-    let lab = Lab::start();
+    let lab = start();
     let (a, b) = (&lab.topology.backends[0], &lab.topology.backends[1]);
     let service = ServiceBuilder::new("edge")
         .cluster_ips(&[
@@ -276,7 +198,7 @@ fn a_pod_reaches_a_service_on_its_node_port_external_ip_and_load_balancer_ip() {
 
 #[test]
 fn manifest_edits_reach_the_datapath() {
-    let lab = Lab::start();
+    let lab = start();
     let ports = [("http", "TCP", 80, 8080), ("echo", "UDP", 5353, 5353)];
     let a = &lab.topology.backends[0];
     std::fs::write(
@@ -360,7 +282,7 @@ fn udp_flows(agent: &Agent) -> BTreeSet<(String, String, u64)> {
 #[test]
 fn an_agent_restart_keeps_flows_on_their_backends() {
     const FLOWS: usize = 40;
-    let mut lab = Lab::start();
+    let mut lab = start();
     let vip = target(VIP4, 5353);
     let sockets: Vec<std::net::UdpSocket> = lab.topology.client.netns.enter(move || {
         (0..FLOWS)

@@ -4,79 +4,28 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use twinstack_lab::{
-    agent::{Agent, AgentOptions, AgentSource},
+    lab::{DUAL_STACK, ExampleLab},
     netns::Netns,
     objects::ServiceBuilder,
-    require_root,
-    servers::Servers,
-    topology::Topology,
 };
 
-const CLUSTER_CIDR: &str = "10.244.0.0/16,fd00:10:244::/56";
 const VIP4: &str = "10.96.0.10";
 const VIP6: &str = "fd00:10:96::10";
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+type Lab = ExampleLab;
+
+fn start(extra: &[&str]) -> Lab {
+    ExampleLab::start(DUAL_STACK, extra)
 }
 
-struct Lab {
-    agent: Agent,
-    manifests: tempfile::TempDir,
-    _servers: Vec<Servers>,
-    topology: Topology,
-}
-
-impl Lab {
-    fn start(extra: &[&str]) -> Self {
-        require_root();
-        let topology = Topology::new(2);
-        let servers = topology
-            .backends
-            .iter()
-            .map(|pod| Servers::start(pod, 8080, 5353))
-            .collect();
-        let manifests = tempfile::tempdir().expect("temp dir");
-        for file in ["service.yaml", "endpointslices.yaml"] {
-            std::fs::copy(examples().join(file), manifests.path().join(file))
-                .expect("copy example");
-        }
-        let agent = Agent::start(
-            &topology.node,
-            AgentOptions {
-                source: AgentSource::Manifests(manifests.path()),
-                cluster_cidr: CLUSTER_CIDR,
-                extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-            },
-        );
-        Self {
-            agent,
-            manifests,
-            _servers: servers,
-            topology,
-        }
-    }
-
-    /// A datapath counter, summed over CPUs, from /metrics.
-    fn counter(&self, outcome: &str) -> u64 {
-        self.agent
-            .metric(&format!(
-                "twinstack_datapath_packets_total{{outcome=\"{outcome}\"}}"
-            ))
-            .unwrap_or_else(|| panic!("no counter {outcome}:\n{}", self.agent.metrics()))
-            as u64
-    }
-
-    fn counters(&self, outcomes: &[&'static str]) -> Vec<(&'static str, u64)> {
-        outcomes.iter().map(|o| (*o, self.counter(o))).collect()
-    }
+fn counters(lab: &Lab, outcomes: &[&'static str]) -> Vec<(&'static str, u64)> {
+    outcomes.iter().map(|o| (*o, lab.counter(o))).collect()
 }
 
 /// Where a client runs.
@@ -142,11 +91,11 @@ fn all_equal(answers: &[Value], field: &str, expected: &str) {
 /// The TC path's translation counters do not move while `f` runs; the socket ones do.
 fn through_the_socket_hooks(lab: &Lab, f: impl FnOnce()) {
     let tc = ["dnat_new", "dnat_established", "reverse_nat"];
-    let before = lab.counters(&tc);
+    let before = counters(lab, &tc);
     let sockets = lab.counter("sock_connect") + lab.counter("sock_sendmsg");
     f();
     assert_eq!(
-        lab.counters(&tc),
+        counters(lab, &tc),
         before,
         "the TC path translated packets the socket hooks had already sent to a backend"
     );
@@ -158,7 +107,7 @@ fn through_the_socket_hooks(lab: &Lab, f: impl FnOnce()) {
 
 #[test]
 fn pods_in_the_cgroup_reach_both_families_through_the_socket_hooks() {
-    let lab = Lab::start(&[]);
+    let lab = start(&[]);
     let pod = &lab.topology.client;
     through_the_socket_hooks(&lab, || {
         for (vip, address) in [(VIP4, pod.v4.to_string()), (VIP6, pod.v6.to_string())] {
@@ -210,7 +159,7 @@ fn pods_in_the_cgroup_reach_both_families_through_the_socket_hooks() {
 /// for a cluster IP. In the cgroup they reach the Service; outside it, they cannot.
 #[test]
 fn the_nodes_own_processes_reach_the_service_through_the_socket_hooks() {
-    let lab = Lab::start(&[]);
+    let lab = start(&[]);
     let node = &lab.topology.node;
     through_the_socket_hooks(&lab, || {
         for vip in [VIP4, VIP6] {
@@ -233,7 +182,7 @@ fn the_nodes_own_processes_reach_the_service_through_the_socket_hooks() {
 
 #[test]
 fn an_ipv6_socket_reaches_the_ipv4_cluster_ip_through_its_mapped_address() {
-    let lab = Lab::start(&[]);
+    let lab = start(&[]);
     let pod = &lab.topology.client.netns;
     let (http, echo) = (target(VIP4, 80), target(VIP4, 5353));
     let (mapped_http, mapped_echo) = ("[::ffff:10.96.0.10]:80", "[::ffff:10.96.0.10]:5353");
@@ -257,7 +206,7 @@ fn an_ipv6_socket_reaches_the_ipv4_cluster_ip_through_its_mapped_address() {
 
 #[test]
 fn a_service_with_no_endpoints_refuses_at_once_in_both_families() {
-    let lab = Lab::start(&[]);
+    let lab = start(&[]);
     let empty = ServiceBuilder::new("empty")
         .cluster_ips(&[
             "10.96.0.30".parse().unwrap(),
@@ -305,7 +254,7 @@ fn a_service_with_no_endpoints_refuses_at_once_in_both_families() {
 
 #[test]
 fn a_client_outside_the_cgroup_is_served_by_the_tc_path() {
-    let lab = Lab::start(&[]);
+    let lab = start(&[]);
     let pod = &lab.topology.client.netns;
     let (new, sockets) = (lab.counter("dnat_new"), lab.counter("sock_connect"));
     for vip in [VIP4, VIP6] {
@@ -323,7 +272,7 @@ fn a_client_outside_the_cgroup_is_served_by_the_tc_path() {
 
 #[test]
 fn with_socket_lb_off_everything_goes_through_the_tc_path() {
-    let lab = Lab::start(&["--socket-lb", "false"]);
+    let lab = start(&["--socket-lb", "false"]);
     let pod = &lab.topology.client.netns;
     let new = lab.counter("dnat_new");
     for vip in [VIP4, VIP6] {
@@ -346,7 +295,7 @@ fn with_socket_lb_off_everything_goes_through_the_tc_path() {
 /// the same cgroup) through TC.
 #[test]
 fn host_namespace_only_mode_serves_the_node_and_leaves_pods_to_tc() {
-    let lab = Lab::start(&["--socket-lb-hostns-only"]);
+    let lab = start(&["--socket-lb-hostns-only"]);
     let (pod, node) = (&lab.topology.client.netns, &lab.topology.node);
     let (new, sockets) = (lab.counter("dnat_new"), lab.counter("sock_connect"));
     for vip in [VIP4, VIP6] {
@@ -374,7 +323,7 @@ fn host_namespace_only_mode_serves_the_node_and_leaves_pods_to_tc() {
 /// connections leave none behind.
 #[test]
 fn closed_sockets_leave_no_reverse_entry_behind() {
-    let lab = Lab::start(&[]);
+    let lab = start(&[]);
     let pod = &lab.topology.client.netns;
     for vip in [VIP4, VIP6] {
         let answers = client(&lab, In::Cgroup(pod), &["tcp", &target(vip, 80), "50"]);
@@ -394,7 +343,7 @@ fn closed_sockets_leave_no_reverse_entry_behind() {
 /// fails, every reply comes from the frontend, and each stays on its backend.
 #[test]
 fn an_agent_restart_keeps_socket_lb_streams_and_exchanges_working() {
-    let mut lab = Lab::start(&[]);
+    let mut lab = start(&[]);
     let spawn = |kind: &str, vip: &str, port: u16| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lab-client"));
         command
@@ -432,7 +381,7 @@ fn an_agent_restart_keeps_socket_lb_streams_and_exchanges_working() {
 /// flows move at once under kube-proxy; a TCP stream to it keeps draining, as under kube-proxy.
 #[test]
 fn connected_udp_moves_off_a_departed_backend_while_tcp_drains() {
-    let lab = Lab::start(&[]);
+    let lab = start(&[]);
     let spawn = |kind: &str, vip: &str, port: u16| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lab-client"));
         command
