@@ -129,6 +129,28 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// Every cgroup directory under `root`, `root` first (bounded: a node has a few thousand).
+pub fn cgroup_tree(root: &Path) -> Vec<PathBuf> {
+    const MAX: usize = 100_000;
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        if found.len() >= MAX {
+            break;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        found.push(dir);
+    }
+    found
+}
+
 /// `--cgroup-root`: checked to be a cgroup v2 directory, or found.
 pub fn cgroup_root(flag: Option<PathBuf>) -> Result<PathBuf, String> {
     match flag {

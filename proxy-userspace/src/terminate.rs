@@ -120,24 +120,13 @@ pub fn close_departed_udp(
 /// One path per network namespace of the processes under `cgroup_root` (recursively).
 fn namespaces(cgroup_root: &Path) -> Vec<PathBuf> {
     let mut by_inode: BTreeMap<u64, PathBuf> = BTreeMap::new();
-    let mut pending = vec![cgroup_root.to_owned()];
-    // Bounded: a node has a few thousand cgroups at most.
-    for _ in 0..100_000 {
-        let Some(dir) = pending.pop() else { break };
+    for dir in crate::config::cgroup_tree(cgroup_root) {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
             let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
             if let Ok(meta) = std::fs::metadata(&path) {
                 by_inode.entry(meta.ino()).or_insert(path);
             }
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            pending.extend(
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
         }
     }
     by_inode.into_values().collect()

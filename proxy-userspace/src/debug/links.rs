@@ -86,24 +86,9 @@ fn link_info(path: &Path) -> io::Result<(u32, u32, u32, u64)> {
 /// The cgroup v2 directory whose id (its inode) is `id`, searched under the mount.
 fn cgroup_path(id: u64) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt as _;
-    let root = crate::config::cgroup2_mount()?;
-    let mut pending = vec![root];
-    // Bounded: a node has a few thousand cgroups at most.
-    for _ in 0..100_000 {
-        let dir = pending.pop()?;
-        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-            return Some(dir);
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            pending.extend(
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    None
+    crate::config::cgroup_tree(&crate::config::cgroup2_mount()?)
+        .into_iter()
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.ino() == id))
 }
 
 /// The interface a TC link is on: its name as the pin records it (`<program>-<ifindex>-<ifname>`;

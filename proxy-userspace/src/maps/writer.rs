@@ -110,15 +110,7 @@ impl Ids {
 
 pub struct Writer<A> {
     maps: LbMaps<A>,
-    frontends: HashMap<Frontend<A>, Programmed>,
-    backends: HashMap<BackendKey<A>, BackendRecord>,
-    backend_keys: HashMap<u32, BackendKey<A>>,
-    /// Backends whose last reference went away: deleted by the next garbage collection.
-    unreferenced: Vec<u32>,
-    backend_ids: Ids,
-    rev_nat_ids: Ids,
-    /// Reverse-NAT IDs found in the maps at start that no frontend uses.
-    orphan_rev_nat: Vec<u32>,
+    state: State<A>,
     /// Backends that left a frontend since the last [`Writer::take_departures`].
     departures: Vec<Departure<A>>,
     stats: WriterStats,
@@ -136,37 +128,34 @@ const MAX_BACKENDS: usize = u16::MAX as usize;
 /// Fewer new frontends than this are written one by one.
 const BATCH_MIN: usize = 16;
 
-/// What [`Writer::learn`] finds in the maps.
-struct Learned<A> {
+/// What the writer knows the maps hold (learned from them at start and on refresh, then kept
+/// up to date by every write).
+struct State<A> {
     frontends: HashMap<Frontend<A>, Programmed>,
     backends: HashMap<BackendKey<A>, BackendRecord>,
     backend_keys: HashMap<u32, BackendKey<A>>,
+    /// Backends whose last reference went away: deleted by the next garbage collection.
     unreferenced: Vec<u32>,
     backend_ids: Ids,
     rev_nat_ids: Ids,
+    /// Reverse-NAT IDs found in the maps at start that no frontend uses.
     orphan_rev_nat: Vec<u32>,
 }
 
 impl<A: Address> Writer<A> {
     /// Takes over `maps`, learning what they already hold.
     pub fn restore(mut maps: LbMaps<A>) -> Result<Self, WriteError> {
-        let learned = Self::learn(&mut maps)?;
+        let state = Self::learn(&mut maps)?;
         Ok(Self {
             maps,
-            frontends: learned.frontends,
-            backends: learned.backends,
-            backend_keys: learned.backend_keys,
-            unreferenced: learned.unreferenced,
-            backend_ids: learned.backend_ids,
-            rev_nat_ids: learned.rev_nat_ids,
-            orphan_rev_nat: learned.orphan_rev_nat,
+            state,
             departures: Vec::new(),
             stats: WriterStats::default(),
         })
     }
 
     /// Reads what `maps` hold, repairing what an interrupted writer left half-written.
-    fn learn(maps: &mut LbMaps<A>) -> Result<Learned<A>, WriteError> {
+    fn learn(maps: &mut LbMaps<A>) -> Result<State<A>, WriteError> {
         let mut backend_ids = Ids::default();
         let mut backends = HashMap::new();
         let mut backend_by_id = HashMap::new();
@@ -252,7 +241,7 @@ impl<A: Address> Writer<A> {
             .filter(|r| r.refs == 0)
             .map(|r| r.id)
             .collect();
-        Ok(Learned {
+        Ok(State {
             frontends,
             backends,
             backend_keys: backend_by_id,
@@ -267,26 +256,11 @@ impl<A: Address> Writer<A> {
     /// repairing half-written entries like a restart would. A following `reconcile` then
     /// writes exactly the difference to the desired state.
     pub fn refresh(&mut self) -> Result<(), WriteError> {
-        let Learned {
-            frontends,
-            backends,
-            backend_keys,
-            unreferenced,
-            backend_ids,
-            rev_nat_ids,
-            orphan_rev_nat,
-        } = Self::learn(&mut self.maps)?;
-        self.frontends = frontends;
-        self.backends = backends;
-        self.backend_keys = backend_keys;
-        self.unreferenced = unreferenced;
+        let mut state = Self::learn(&mut self.maps)?;
         // Keep moving forward from the IDs handed out so far.
-        let (next_backend, next_rev_nat) = (self.backend_ids.next, self.rev_nat_ids.next);
-        self.backend_ids = backend_ids;
-        self.backend_ids.next = self.backend_ids.next.max(next_backend);
-        self.rev_nat_ids = rev_nat_ids;
-        self.rev_nat_ids.next = self.rev_nat_ids.next.max(next_rev_nat);
-        self.orphan_rev_nat = orphan_rev_nat;
+        state.backend_ids.next = state.backend_ids.next.max(self.state.backend_ids.next);
+        state.rev_nat_ids.next = state.rev_nat_ids.next.max(self.state.rev_nat_ids.next);
+        self.state = state;
         Ok(())
     }
 
@@ -298,9 +272,9 @@ impl<A: Address> Writer<A> {
     /// Records that the backends of `old` not in `new` left the frontend `rev_nat_id`.
     fn record_departures(&mut self, rev_nat_id: u32, old: &[u32], new: &[u32]) {
         for id in old.iter().filter(|id| !new.contains(id)) {
-            if let Some(key) = self.backend_keys.get(id) {
+            if let Some(key) = self.state.backend_keys.get(id) {
                 let (address, port, protocol) = *key;
-                let state = self.backends.get(key).map(|r| r.state);
+                let state = self.state.backends.get(key).map(|r| r.state);
                 self.departures.push(Departure {
                     rev_nat_id,
                     backend: Backend {
@@ -323,11 +297,11 @@ impl<A: Address> Writer<A> {
     }
 
     pub fn frontend_count(&self) -> usize {
-        self.frontends.len()
+        self.state.frontends.len()
     }
 
     pub fn backend_count(&self) -> usize {
-        self.backends.len()
+        self.state.backends.len()
     }
 
     /// Makes the maps hold exactly `desired`: upserts every entry, removes every other
@@ -346,6 +320,7 @@ impl<A: Address> Writer<A> {
             }
         }
         let stale: Vec<_> = self
+            .state
             .frontends
             .keys()
             .filter(|f| !keep.contains(*f))
@@ -372,11 +347,12 @@ impl<A: Address> Writer<A> {
         items: &[(Frontend<A>, ServiceEntry<A>)],
     ) -> Vec<(Frontend<A>, WriteError)> {
         let (fresh, rest): (Vec<_>, Vec<_>) = items.iter().partition(|(f, e)| {
-            !self.frontends.contains_key(f)
+            !self.state.frontends.contains_key(f)
                 && e.backends.len() <= MAX_BACKENDS
                 && e.backends.iter().all(|b| {
                     // A state change of a shared backend takes the careful path.
-                    self.backends
+                    self.state
+                        .backends
                         .get(&b.key())
                         .is_none_or(|r| r.state == b.state)
                 })
@@ -410,12 +386,12 @@ impl<A: Address> Writer<A> {
         for (_, entry) in fresh {
             let mut ids = Vec::with_capacity(entry.backends.len());
             for backend in &entry.backends {
-                if let Some(record) = self.backends.get_mut(&backend.key()) {
+                if let Some(record) = self.state.backends.get_mut(&backend.key()) {
                     record.refs += 1;
                     ids.push(record.id);
                     continue;
                 }
-                let Some(id) = self.backend_ids.allocate() else {
+                let Some(id) = self.state.backend_ids.allocate() else {
                     self.undo_batch(&ids_per_frontend, &ids, &created, &[], &[]);
                     return Err(WriteError::IdsExhausted { what: "backend" });
                 };
@@ -435,7 +411,7 @@ impl<A: Address> Writer<A> {
         // 2. Reverse NAT.
         let mut reverse_nat = Vec::with_capacity(fresh.len());
         for (frontend, _) in fresh {
-            let Some(id) = self.rev_nat_ids.allocate() else {
+            let Some(id) = self.state.rev_nat_ids.allocate() else {
                 self.undo_batch(&ids_per_frontend, &[], &created, &reverse_nat, &[]);
                 return Err(WriteError::IdsExhausted {
                     what: "reverse NAT",
@@ -482,7 +458,7 @@ impl<A: Address> Writer<A> {
         self.stats.service_writes += (slots.len() + heads.len()) as u64;
         self.stats.frontends_written += fresh.len() as u64;
         for (((frontend, _), ids), (_, head)) in fresh.iter().zip(ids_per_frontend).zip(heads) {
-            self.frontends.insert(
+            self.state.frontends.insert(
                 *frontend,
                 Programmed {
                     head,
@@ -508,23 +484,24 @@ impl<A: Address> Writer<A> {
         let rev_ids: Vec<u32> = reverse_nat.iter().map(|(id, _)| *id).collect();
         let _ = self.maps.reverse_nat.delete_many(&rev_ids);
         for id in rev_ids {
-            self.rev_nat_ids.release(id);
+            self.state.rev_nat_ids.release(id);
         }
         for id in ids_per_frontend.iter().flatten().chain(partial) {
             if let Some(record) = self
+                .state
                 .backend_keys
                 .get(id)
-                .and_then(|key| self.backends.get_mut(key))
+                .and_then(|key| self.state.backends.get_mut(key))
             {
                 record.refs = record.refs.saturating_sub(1);
             }
         }
         for id in created {
             let _ = self.maps.backends.delete(id);
-            if let Some(key) = self.backend_keys.remove(id) {
-                self.backends.remove(&key);
+            if let Some(key) = self.state.backend_keys.remove(id) {
+                self.state.backends.remove(&key);
             }
-            self.backend_ids.release(*id);
+            self.state.backend_ids.release(*id);
         }
     }
 
@@ -570,7 +547,7 @@ impl<A: Address> Writer<A> {
     }
 
     fn is_programmed(&self, frontend: &Frontend<A>, entry: &ServiceEntry<A>) -> bool {
-        let Some(programmed) = self.frontends.get(frontend) else {
+        let Some(programmed) = self.state.frontends.get(frontend) else {
             return false;
         };
         let head = codec::head(
@@ -585,7 +562,8 @@ impl<A: Address> Writer<A> {
                 .iter()
                 .zip(&entry.backends)
                 .all(|(id, backend)| {
-                    self.backends
+                    self.state
+                        .backends
                         .get(&backend.key())
                         .is_some_and(|r| r.id == *id && r.state == backend.state)
                 })
@@ -600,11 +578,12 @@ impl<A: Address> Writer<A> {
         entry: &ServiceEntry<A>,
         ids: &[u32],
     ) -> Result<(), Failure> {
-        let old = self.frontends.get(frontend).cloned();
+        let old = self.state.frontends.get(frontend).cloned();
         let rev_nat_id = match &old {
             Some(p) => p.head.rev_nat_id,
             None => {
                 let id = self
+                    .state
                     .rev_nat_ids
                     .allocate()
                     .ok_or(WriteError::IdsExhausted {
@@ -616,7 +595,7 @@ impl<A: Address> Writer<A> {
                     .reverse_nat
                     .put(&id, &(frontend.address, frontend.port))
                 {
-                    self.rev_nat_ids.release(id);
+                    self.state.rev_nat_ids.release(id);
                     return Err(Failure::before_commit(e.into()));
                 }
                 self.stats.reverse_nat_writes += 1;
@@ -655,7 +634,7 @@ impl<A: Address> Writer<A> {
         }
         self.stats.service_writes += 1;
         self.stats.frontends_written += 1;
-        self.frontends.insert(
+        self.state.frontends.insert(
             *frontend,
             Programmed {
                 head,
@@ -710,19 +689,19 @@ impl<A: Address> Writer<A> {
         }
         if new {
             let _ = self.maps.reverse_nat.delete(&rev_nat_id);
-            self.rev_nat_ids.release(rev_nat_id);
+            self.state.rev_nat_ids.release(rev_nat_id);
         }
     }
 
     /// Removes one frontend: slot 0 first (the service disappears at once), then its slots,
     /// its reverse NAT entry and the backends nothing else uses.
     pub fn remove(&mut self, frontend: &Frontend<A>) -> Result<bool, WriteError> {
-        let Some(programmed) = self.frontends.get(frontend).cloned() else {
+        let Some(programmed) = self.state.frontends.get(frontend).cloned() else {
             return Ok(false);
         };
         self.maps.services.delete(&SlotKey::new(*frontend, 0))?;
         self.stats.service_deletes += 1;
-        self.frontends.remove(frontend);
+        self.state.frontends.remove(frontend);
         self.stats.frontends_deleted += 1;
         self.record_departures(programmed.head.rev_nat_id, &programmed.backend_ids, &[]);
         self.release_backends(&programmed.backend_ids);
@@ -733,14 +712,14 @@ impl<A: Address> Writer<A> {
         let rev_nat_id = programmed.head.rev_nat_id;
         self.maps.reverse_nat.delete(&rev_nat_id)?;
         self.stats.reverse_nat_deletes += 1;
-        self.rev_nat_ids.release(rev_nat_id);
+        self.state.rev_nat_ids.release(rev_nat_id);
         self.collect_garbage()?;
         Ok(true)
     }
 
     /// Returns the backend's ID, writing the backend first if it is new or its state changed.
     fn acquire_backend(&mut self, backend: &Backend<A>) -> Result<u32, WriteError> {
-        if let Some(record) = self.backends.get_mut(&backend.key()) {
+        if let Some(record) = self.state.backends.get_mut(&backend.key()) {
             if record.state != backend.state {
                 self.maps.backends.put(&record.id, backend)?;
                 self.stats.backend_writes += 1;
@@ -750,11 +729,12 @@ impl<A: Address> Writer<A> {
             return Ok(record.id);
         }
         let id = self
+            .state
             .backend_ids
             .allocate()
             .ok_or(WriteError::IdsExhausted { what: "backend" })?;
         if let Err(e) = self.maps.backends.put(&id, backend) {
-            self.backend_ids.release(id);
+            self.state.backend_ids.release(id);
             return Err(e.into());
         }
         self.stats.backend_writes += 1;
@@ -764,8 +744,8 @@ impl<A: Address> Writer<A> {
 
     /// Remembers a new backend, referenced once.
     fn record_backend(&mut self, id: u32, backend: &Backend<A>) {
-        self.backend_keys.insert(id, backend.key());
-        self.backends.insert(
+        self.state.backend_keys.insert(id, backend.key());
+        self.state.backends.insert(
             backend.key(),
             BackendRecord {
                 id,
@@ -778,41 +758,42 @@ impl<A: Address> Writer<A> {
     fn release_backends(&mut self, ids: &[u32]) {
         for id in ids {
             let Some(record) = self
+                .state
                 .backend_keys
                 .get(id)
-                .and_then(|key| self.backends.get_mut(key))
+                .and_then(|key| self.state.backends.get_mut(key))
             else {
                 continue;
             };
             record.refs = record.refs.saturating_sub(1);
             if record.refs == 0 {
-                self.unreferenced.push(*id);
+                self.state.unreferenced.push(*id);
             }
         }
     }
 
     /// Deletes backends no slot names and reverse-NAT entries no frontend uses.
     fn collect_garbage(&mut self) -> Result<(), WriteError> {
-        while let Some(id) = self.unreferenced.pop() {
-            let Some(key) = self.backend_keys.get(&id).copied() else {
+        while let Some(id) = self.state.unreferenced.pop() {
+            let Some(key) = self.state.backend_keys.get(&id).copied() else {
                 continue;
             };
-            if self.backends.get(&key).is_some_and(|r| r.refs > 0) {
+            if self.state.backends.get(&key).is_some_and(|r| r.refs > 0) {
                 continue; // Referenced again since.
             }
             if let Err(e) = self.maps.backends.delete(&id) {
-                self.unreferenced.push(id);
+                self.state.unreferenced.push(id);
                 return Err(e.into());
             }
             self.stats.backend_deletes += 1;
-            self.backends.remove(&key);
-            self.backend_keys.remove(&id);
-            self.backend_ids.release(id);
+            self.state.backends.remove(&key);
+            self.state.backend_keys.remove(&id);
+            self.state.backend_ids.release(id);
         }
-        for id in std::mem::take(&mut self.orphan_rev_nat) {
+        for id in std::mem::take(&mut self.state.orphan_rev_nat) {
             self.maps.reverse_nat.delete(&id)?;
             self.stats.reverse_nat_deletes += 1;
-            self.rev_nat_ids.release(id);
+            self.state.rev_nat_ids.release(id);
         }
         Ok(())
     }
