@@ -80,6 +80,7 @@ pub trait LbFamily: 'static {
     const CONNTRACK: &'static str;
     const SOCK_REV: &'static str;
     const SOCK_UDP: &'static str;
+    const AFFINITY: &'static str;
 }
 
 pub enum V4 {}
@@ -94,6 +95,7 @@ impl LbFamily for V4 {
     const CONNTRACK: &'static str = map_names::CONNTRACK_V4;
     const SOCK_REV: &'static str = map_names::SOCK_REV_V4;
     const SOCK_UDP: &'static str = map_names::SOCK_UDP_V4;
+    const AFFINITY: &'static str = map_names::AFFINITY_V4;
 }
 
 impl LbFamily for V6 {
@@ -105,4 +107,5 @@ impl LbFamily for V6 {
     const CONNTRACK: &'static str = map_names::CONNTRACK_V6;
     const SOCK_REV: &'static str = map_names::SOCK_REV_V6;
     const SOCK_UDP: &'static str = map_names::SOCK_UDP_V6;
+    const AFFINITY: &'static str = map_names::AFFINITY_V6;
 }

@@ -38,6 +38,8 @@ pub mod map_names {
     pub const SOCK_REV_V6: &str = "lb6_sock_rev";
     pub const SOCK_UDP_V4: &str = "lb4_sock_udp";
     pub const SOCK_UDP_V6: &str = "lb6_sock_udp";
+    pub const AFFINITY_V4: &str = "lb4_affinity";
+    pub const AFFINITY_V6: &str = "lb6_affinity";
     pub const COUNTERS: &str = "counters";
 }
 
@@ -52,6 +54,8 @@ pub mod capacity {
     pub const SOCK_REV: u32 = 262_144;
     /// Unconnected UDP sockets' chosen backend per frontend.
     pub const SOCK_UDP: u32 = 65_536;
+    /// `sessionAffinity: ClientIP` bindings (client, frontend) → backend.
+    pub const AFFINITY: u32 = 65_536;
 }
 
 /// IANA protocol numbers used in keys.
@@ -297,6 +301,49 @@ pub struct SockRevValue<A> {
     pub rev_nat_id: u32,
 }
 
+/// What [`AffinityKey::client`] holds.
+pub mod affinity_by {
+    /// The client's address (the TC path; IPv4 in the first 4 bytes).
+    pub const ADDRESS: u8 = 0;
+    /// The client's network namespace cookie (the socket path: no source address exists at
+    /// `connect()`; one pod is one namespace, as it is one address).
+    pub const NETNS: u8 = 1;
+}
+
+/// Key of the session-affinity maps: a client and a frontend entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct AffinityKey {
+    /// The client's address, or its netns cookie in the first 8 bytes ([`affinity_by`]).
+    pub client: [u8; 16],
+    pub rev_nat_id: u32,
+    /// [`affinity_by`].
+    pub by: u8,
+    pub _pad: [u8; 3],
+}
+
+impl AffinityKey {
+    #[inline(always)]
+    pub fn new(client: [u8; 16], by: u8, rev_nat_id: u32) -> Self {
+        Self {
+            client,
+            rev_nat_id,
+            by,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of the session-affinity maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns()` of the last new connection that used it.
+    pub last_used: u64,
+    pub backend_id: u32,
+    pub _pad: [u8; 4],
+}
+
 /// Key of the UDP stickiness maps: an unconnected UDP socket and a frontend entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -378,6 +425,8 @@ assert_layout! {
     SockRevValueV4 => 12, fields: [u8; 4], u16, [u8; 2], u32;
     SockRevValueV6 => 24, fields: [u8; 16], u16, [u8; 2], u32;
     SockUdpKey => 12;
+    AffinityKey => 24;
+    AffinityValue => 16;
     config::DatapathConfig => 32;
 }
 
@@ -413,5 +462,7 @@ mod user {
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for ConntrackValue {}
     unsafe impl aya::Pod for SockUdpKey {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for config::DatapathConfig {}
 }

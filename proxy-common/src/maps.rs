@@ -4,9 +4,10 @@
 use core::mem::size_of;
 
 use crate::{
-    BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ConntrackValue, ReverseNatV4,
-    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, SockRevKeyV4, SockRevKeyV6,
-    SockRevValueV4, SockRevValueV6, SockUdpKey, capacity, counter::Counter, map_names,
+    AffinityKey, AffinityValue, BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6,
+    ConntrackValue, ReverseNatV4, ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue,
+    SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6, SockUdpKey, capacity,
+    counter::Counter, map_names,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +107,18 @@ pub const MAPS: &[MapSpec] = &[
         Some(V6),
         LruHash,
         capacity::SOCK_UDP,
+    ),
+    spec::<AffinityKey, AffinityValue>(
+        map_names::AFFINITY_V4,
+        Some(V4),
+        LruHash,
+        capacity::AFFINITY,
+    ),
+    spec::<AffinityKey, AffinityValue>(
+        map_names::AFFINITY_V6,
+        Some(V6),
+        LruHash,
+        capacity::AFFINITY,
     ),
     spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
 ];

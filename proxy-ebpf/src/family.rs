@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use proxy_common::{
-    Backend, ConntrackKey, ConntrackValue, LbFamily, ReverseNat, ServiceKey, ServiceValue,
-    SockRevKey, SockRevValue, SockUdpKey, V4, V6,
+    AffinityKey, AffinityValue, Backend, ConntrackKey, ConntrackValue, LbFamily, ReverseNat,
+    ServiceKey, ServiceValue, SockRevKey, SockRevValue, SockUdpKey, V4, V6,
 };
 
 use crate::{
@@ -24,6 +24,7 @@ pub(crate) trait Family: LbFamily {
     fn conntrack() -> &'static LruHashMap<ConntrackKey<Addr<Self>>, ConntrackValue>;
     fn sock_rev() -> &'static LruHashMap<SockRevKey<Addr<Self>>, SockRevValue<Addr<Self>>>;
     fn sock_udp() -> &'static LruHashMap<SockUdpKey, u32>;
+    fn affinity() -> &'static LruHashMap<AffinityKey, AffinityValue>;
 
     /// Offsets of the source and destination addresses in the IP header.
     const SOURCE_OFFSET: usize;
@@ -45,7 +46,7 @@ const IPV4_CHECK_OFFSET: usize = 10;
 
 macro_rules! maps_of {
     ($services:path, $backends:path, $reverse_nat:path, $conntrack:path, $sock_rev:path,
-     $sock_udp:path) => {
+     $sock_udp:path, $affinity:path) => {
         #[inline(always)]
         fn services() -> &'static HashMap<ServiceKey<Addr<Self>>, ServiceValue> {
             &$services
@@ -70,6 +71,10 @@ macro_rules! maps_of {
         fn sock_udp() -> &'static LruHashMap<SockUdpKey, u32> {
             &$sock_udp
         }
+        #[inline(always)]
+        fn affinity() -> &'static LruHashMap<AffinityKey, AffinityValue> {
+            &$affinity
+        }
     };
 }
 
@@ -80,7 +85,8 @@ impl Family for V4 {
         maps::REVERSE_NAT_V4,
         maps::CONNTRACK_V4,
         maps::SOCK_REV_V4,
-        maps::SOCK_UDP_V4
+        maps::SOCK_UDP_V4,
+        maps::AFFINITY_V4
     );
 
     const SOURCE_OFFSET: usize = 12;
@@ -111,7 +117,8 @@ impl Family for V6 {
         maps::REVERSE_NAT_V6,
         maps::CONNTRACK_V6,
         maps::SOCK_REV_V6,
-        maps::SOCK_UDP_V6
+        maps::SOCK_UDP_V6,
+        maps::AFFINITY_V6
     );
 
     const SOURCE_OFFSET: usize = 8;

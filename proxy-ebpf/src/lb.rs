@@ -1,6 +1,9 @@
 //! Service lookup and backend selection, at the level of addresses and ports only: no packet
 //! context here, so every hook (TC now; XDP and the cgroup socket hooks next) shares them.
-use proxy_common::{Backend, ServiceKey, ServiceValue, scope, service_flags};
+use proxy_common::{
+    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, affinity_by, scope,
+    service_flags,
+};
 
 use crate::family::Family;
 
@@ -78,6 +81,60 @@ pub(crate) fn backend<F: Family>(id: u32) -> Option<Chosen<F::Addr>> {
     // SAFETY: a map value read.
     let backend = *unsafe { F::backends().get(id) }?;
     Some(Chosen { id, backend })
+}
+
+/// Who a new connection comes from, for session affinity.
+#[derive(Clone, Copy)]
+pub(crate) enum Client {
+    /// Its address, IPv4 in the first 4 bytes (the TC path).
+    Address([u8; 16]),
+    /// Its network namespace's cookie (the socket path).
+    Netns(u64),
+}
+
+/// Picks the backend of a new connection: for a Service with `sessionAffinity: ClientIP`, the
+/// client's backend while the binding has been used within the timeout and the backend exists
+/// (the agent removes the bindings of a backend that leaves the Service); otherwise a random
+/// one, which becomes the client's binding.
+#[inline(always)]
+pub(crate) fn select_for<F: Family>(
+    service: &Service<F::Addr>,
+    client: Client,
+    random: u32,
+    now: u64,
+) -> Option<Chosen<F::Addr>> {
+    let timeout = service.entry.affinity_timeout;
+    if timeout == 0 {
+        return select::<F>(service, random);
+    }
+    let (bytes, by) = match client {
+        Client::Address(address) => (address, affinity_by::ADDRESS),
+        Client::Netns(cookie) => {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&cookie.to_ne_bytes());
+            (bytes, affinity_by::NETNS)
+        }
+    };
+    let key = AffinityKey::new(bytes, by, service.entry.rev_nat_id);
+    if let Some(binding) = F::affinity().get_ptr_mut(key) {
+        // SAFETY: a map value pointer; a racing update only moves the timestamp.
+        let binding = unsafe { &mut *binding };
+        if now.saturating_sub(binding.last_used) < u64::from(timeout) * 1_000_000_000
+            && let Some(chosen) = backend::<F>(binding.backend_id)
+        {
+            binding.last_used = now;
+            return Some(chosen);
+        }
+    }
+    let chosen = select::<F>(service, random)?;
+    let binding = AffinityValue {
+        last_used: now,
+        backend_id: chosen.id,
+        _pad: [0; 4],
+    };
+    // A full map evicts the least recently used binding; a failed insert only loses affinity.
+    let _ = F::affinity().insert(key, binding, 0);
+    Some(chosen)
 }
 
 /// Whether backend `id` still exists.

@@ -9,9 +9,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6, ConntrackValue, ReverseNatV4,
-    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, SockRevKeyV4, SockRevKeyV6,
-    SockRevValueV4, SockRevValueV6, SockUdpKey, capacity, counter::Counter,
+    AffinityKey, AffinityValue, BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6,
+    ConntrackValue, ReverseNatV4, ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue,
+    SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6, SockUdpKey, capacity,
+    counter::Counter,
 };
 
 #[map(name = "lb4_services")]
@@ -53,6 +54,13 @@ pub(crate) static SOCK_UDP_V4: LruHashMap<SockUdpKey, u32> =
 #[map(name = "lb6_sock_udp")]
 pub(crate) static SOCK_UDP_V6: LruHashMap<SockUdpKey, u32> =
     LruHashMap::pinned(capacity::SOCK_UDP, 0);
+
+#[map(name = "lb4_affinity")]
+pub(crate) static AFFINITY_V4: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
+#[map(name = "lb6_affinity")]
+pub(crate) static AFFINITY_V6: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
 
 #[map(name = "counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

@@ -2,7 +2,7 @@
 //! with the frontend a socket addresses (pick a backend with [`lb`], once per connection or per
 //! unconnected datagram, and remember what to show the socket instead), and the reverse (which
 //! frontend a reply's source or a peer name stands for). No context here: the hooks adapt.
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use proxy_common::{SockRevKey, SockRevValue, SockUdpKey};
 
 use crate::{
@@ -21,12 +21,13 @@ pub(crate) enum Forward<A> {
     Refused,
 }
 
-/// The backend for a socket (`cookie`) addressing `address:port/protocol` (port in network
-/// order). `sticky`: an unconnected UDP socket, which keeps its backend per frontend while that
+/// The backend for a socket (`cookie`, of the network namespace `netns`: session affinity's
+/// client) addressing `address:port/protocol` (port in network order). `sticky`: an unconnected UDP socket, which keeps its backend per frontend while that
 /// backend lives, like a flow (each datagram comes through here).
 #[inline(always)]
 pub(crate) fn forward<F: Family>(
     cookie: u64,
+    netns: u64,
     address: F::Addr,
     port: u16,
     protocol: u8,
@@ -50,8 +51,10 @@ pub(crate) fn forward<F: Family>(
     let chosen: Chosen<F::Addr> = match kept {
         Some(chosen) => chosen,
         None => {
+            let client = lb::Client::Netns(netns);
             // SAFETY: no arguments.
-            let Some(chosen) = lb::select::<F>(&service, unsafe { bpf_get_prandom_u32() }) else {
+            let (random, now) = unsafe { (bpf_get_prandom_u32(), bpf_ktime_get_ns()) };
+            let Some(chosen) = lb::select_for::<F>(&service, client, random, now) else {
                 return Forward::Refused;
             };
             if sticky && F::sock_udp().insert(udp_key, chosen.id, 0).is_err() {

@@ -123,6 +123,18 @@ impl<A: Address> Proxier<A> {
                 });
             }
         }
+        self.purge_affinities(errors);
+    }
+
+    fn purge_affinities(&mut self, errors: &mut Vec<SyncError>) {
+        if let Err(error) = self.writer.purge_affinities() {
+            errors.push(SyncError {
+                service: None,
+                family: A::FAMILY,
+                frontend: None,
+                error,
+            });
+        }
     }
 
     /// Withdraws every frontend: the family is no longer served.
@@ -144,6 +156,7 @@ impl<A: Address> Proxier<A> {
                 error,
             });
         }
+        self.purge_affinities(errors);
     }
 
     /// Re-reads the kernel maps and writes whatever differs from what the Services own:

@@ -916,3 +916,53 @@ fn a_failed_batch_falls_back_to_one_by_one_and_leaves_no_half_service() {
         "leaked backends"
     );
 }
+
+/// A backend that leaves a frontend takes that frontend's affinity bindings to it along, and
+/// only those: the same client keeps its binding elsewhere.
+#[test]
+fn a_departed_backend_takes_its_affinity_bindings_along() {
+    use proxy_common::{AffinityKey, AffinityValue, affinity_by};
+    let mut writer = empty_writer4();
+    let (s, other) = (service(), frontend4(11, 80));
+    writer.upsert(&s, &pods4(&[1, 2])).unwrap();
+    writer.upsert(&other, &pods4(&[1])).unwrap();
+    let maps = writer.maps();
+    let (a, b) = (id_of(&maps, &pod4(1)), id_of(&maps, &pod4(2)));
+    let (rev_s, rev_other) = (rev_nat_of(&maps, &s), rev_nat_of(&maps, &other));
+    let binding = |client: u8, rev_nat_id, backend_id| {
+        let mut address = [0u8; 16];
+        address[..4].copy_from_slice(&[10, 244, 1, client]);
+        (
+            AffinityKey::new(address, affinity_by::ADDRESS, rev_nat_id),
+            AffinityValue {
+                last_used: 1,
+                backend_id,
+                _pad: [0; 4],
+            },
+        )
+    };
+    let bindings = [
+        binding(7, rev_s, a),
+        binding(8, rev_s, b),
+        binding(7, rev_other, a),
+    ];
+    writer.shared.lock().unwrap().affinity = bindings.into_iter().collect();
+
+    writer.upsert(&s, &pods4(&[2])).unwrap();
+    assert_eq!(writer.purge_affinities().unwrap(), 1);
+    assert_eq!(
+        writer.maps().affinity,
+        BTreeMap::from([bindings[1], bindings[2]]),
+        "only the departed backend's binding to this frontend went"
+    );
+    assert_eq!(
+        writer.purge_affinities().unwrap(),
+        0,
+        "nothing left to purge"
+    );
+
+    // Removing a frontend ends its bindings too.
+    writer.remove(&other).unwrap();
+    assert_eq!(writer.purge_affinities().unwrap(), 1);
+    assert_eq!(writer.maps().affinity.len(), 1);
+}

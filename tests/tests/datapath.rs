@@ -764,3 +764,49 @@ fn pod_traffic_to_a_two_scoped_frontend_takes_its_internal_entry() {
         "a one-scoped frontend is its external entry for everyone"
     );
 }
+
+/// `sessionAffinity: ClientIP` on the TC path: a client's new connections all go to its
+/// backend, other clients spread, and a binding left unused past the timeout is chosen afresh.
+#[test]
+fn session_affinity_keeps_a_client_on_its_backend_until_the_binding_expires() {
+    use aya::maps::HashMap;
+    use proxy_common::{AffinityKey, AffinityValue};
+    let mut fx = Fixture::new();
+    let (frontend, mut entry) = service(
+        VIP4,
+        80,
+        Protocol::Tcp,
+        &[(BACKEND4_A, 8080), (BACKEND4_B, 8080)],
+    );
+    entry.affinity_timeout = Some(60);
+    fx.v4.upsert(&frontend, &entry).unwrap();
+    let syn = |client: Ipv4Addr, port: u16| tcp((client.into(), port), (VIP4.into(), 80), true);
+    let first = inspect(&fx.ingress(&syn(CLIENT4, 20000))).destination;
+    for port in 20001..20021 {
+        assert_eq!(
+            inspect(&fx.ingress(&syn(CLIENT4, port))).destination,
+            first,
+            "a new connection of the same client"
+        );
+    }
+    let spread: std::collections::BTreeSet<_> = (10..40)
+        .map(|i| inspect(&fx.ingress(&syn(Ipv4Addr::new(10, 244, 1, i), 30000))).destination)
+        .collect();
+    assert_eq!(spread.len(), 2, "30 clients on one backend: {spread:?}");
+
+    // Age every binding past the timeout before each connection: each is chosen afresh.
+    let pin = fx.pins.map(proxy_common::map_names::AFFINITY_V4);
+    let mut bindings: HashMap<MapData, AffinityKey, AffinityValue> =
+        HashMap::try_from(Map::from_map_data(MapData::from_pin(pin).unwrap()).unwrap()).unwrap();
+    let mut chosen = std::collections::BTreeSet::new();
+    for port in 21000..21040 {
+        let keys: Vec<AffinityKey> = bindings.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let mut value = bindings.get(&key, 0).unwrap();
+            value.last_used = 0;
+            bindings.insert(key, value, 0).unwrap();
+        }
+        chosen.insert(inspect(&fx.ingress(&syn(CLIENT4, port))).destination);
+    }
+    assert_eq!(chosen.len(), 2, "expired bindings chose afresh: {chosen:?}");
+}

@@ -1,7 +1,7 @@
 //! TC ingress on a pod interface: packets a pod sends. Service traffic is DNATed to a backend
 //! and tracked, so the rest of the flow follows and the replies can be translated back.
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::classifier, programs::TcContext};
-use proxy_common::{V4, V6, protocol};
+use proxy_common::{RawAddress, V4, V6, protocol};
 
 use crate::{
     ct::{self, Tuple},
@@ -62,7 +62,8 @@ fn forward<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
 
     // SAFETY: no arguments.
     let random = unsafe { bpf_get_prandom_u32() };
-    let Some(chosen) = lb::select::<F>(&service, random) else {
+    let client = lb::Client::Address(packet.source.to_wide());
+    let Some(chosen) = lb::select_for::<F>(&service, client, random, now) else {
         return Ok(Outcome::NoBackend);
     };
     ct::create::<F>(

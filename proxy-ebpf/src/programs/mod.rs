@@ -90,7 +90,14 @@ fn forward<F: Family>(
     protocol: u8,
 ) -> Forward<F::Addr> {
     let sticky = target == SockTarget::Datagram;
-    sock::forward::<F>(sa.cookie(), address, sa.port(), protocol, sticky)
+    sock::forward::<F>(
+        sa.cookie(),
+        sa.netns_cookie(),
+        address,
+        sa.port(),
+        protocol,
+        sticky,
+    )
 }
 
 #[inline(always)]

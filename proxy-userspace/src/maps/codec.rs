@@ -51,6 +51,23 @@ impl Encode for u32 {
     }
 }
 
+/// Kernel-only shapes the agent reads and deletes as they are.
+macro_rules! as_is {
+    ($($t:ty),*) => {$(
+        impl Encode for $t {
+            type Raw = $t;
+            fn encode(&self) -> $t {
+                *self
+            }
+            fn decode(raw: &$t) -> Option<$t> {
+                Some(*raw)
+            }
+        }
+    )*};
+}
+
+as_is!(proxy_common::AffinityKey, proxy_common::AffinityValue);
+
 impl Encode for ServiceValue {
     type Raw = ServiceValue;
     fn encode(&self) -> ServiceValue {

@@ -183,5 +183,6 @@ pub fn open<A: KernelFamily>(pins: &PinLayout) -> Result<LbMaps<A>, MapError> {
         services: Box::new(KernelTable::open(pins, A::Binding::SERVICES)?),
         backends: Box::new(KernelTable::open(pins, A::Binding::BACKENDS)?),
         reverse_nat: Box::new(KernelTable::open(pins, A::Binding::REVERSE_NAT)?),
+        affinity: Box::new(KernelTable::open(pins, A::Binding::AFFINITY)?),
     })
 }

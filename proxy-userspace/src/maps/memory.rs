@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use proxy_common::ServiceValue;
+use proxy_common::{AffinityKey, AffinityValue, ServiceValue};
 
 use super::{FrontendAddress, LbMaps, LbSnapshot, MapError, SlotKey, Table};
 use crate::{
@@ -35,6 +35,8 @@ pub struct MemoryMaps<A> {
     pub violations: Vec<String>,
     /// Fail writes beyond this many service entries (to test a full map).
     pub service_capacity: Option<usize>,
+    /// Session-affinity bindings (the datapath's in the kernel; tests put them here).
+    pub affinity: BTreeMap<AffinityKey, AffinityValue>,
 }
 
 /// A twin shared between the writer that owns its tables and a test that inspects it.
@@ -51,6 +53,7 @@ impl<A> Default for MemoryMaps<A> {
             ops: Vec::new(),
             violations: Vec::new(),
             service_capacity: None,
+            affinity: BTreeMap::new(),
         }
     }
 }
@@ -94,6 +97,7 @@ impl<A: Address> MemoryMaps<A> {
             services: Box::new(Services(shared.clone())),
             backends: Box::new(Backends(shared.clone())),
             reverse_nat: Box::new(ReverseNats(shared.clone())),
+            affinity: Box::new(Affinity(shared.clone())),
         }
     }
 
@@ -112,6 +116,27 @@ fn lock<A>(shared: &SharedMemoryMaps<A>) -> std::sync::MutexGuard<'_, MemoryMaps
 struct Services<A>(SharedMemoryMaps<A>);
 struct Backends<A>(SharedMemoryMaps<A>);
 struct ReverseNats<A>(SharedMemoryMaps<A>);
+struct Affinity<A>(SharedMemoryMaps<A>);
+
+impl<A: Address> Table<AffinityKey, AffinityValue> for Affinity<A> {
+    fn dump(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, MapError> {
+        Ok(lock(&self.0)
+            .affinity
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+
+    fn put(&mut self, key: &AffinityKey, value: &AffinityValue) -> Result<(), MapError> {
+        lock(&self.0).affinity.insert(*key, *value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &AffinityKey) -> Result<(), MapError> {
+        lock(&self.0).affinity.remove(key);
+        Ok(())
+    }
+}
 
 impl<A: Address> Table<SlotKey<A>, ServiceValue> for Services<A> {
     fn dump(&self) -> Result<Vec<(SlotKey<A>, ServiceValue)>, MapError> {

@@ -12,7 +12,7 @@ pub mod pins;
 pub mod snapshot;
 pub mod writer;
 
-use proxy_common::ServiceValue;
+use proxy_common::{AffinityKey, AffinityValue, ServiceValue};
 
 pub use snapshot::{LbSnapshot, Resolved};
 
@@ -76,6 +76,8 @@ pub struct LbMaps<A> {
     pub services: BoxedTable<SlotKey<A>, ServiceValue>,
     pub backends: BoxedTable<u32, Backend<A>>,
     pub reverse_nat: BoxedTable<u32, FrontendAddress<A>>,
+    /// Written by the datapath; the writer only removes the bindings of departed backends.
+    pub affinity: BoxedTable<AffinityKey, AffinityValue>,
 }
 
 impl<A: Ord + Copy> LbMaps<A> {

@@ -113,6 +113,8 @@ pub struct Writer<A> {
     state: State<A>,
     /// Backends that left a frontend since the last [`Writer::take_departures`].
     departures: Vec<Departure<A>>,
+    /// (frontend reverse-NAT id, backend id) whose affinity bindings are still to go.
+    affinity_purge: HashSet<(u32, u32)>,
     stats: WriterStats,
 }
 
@@ -121,6 +123,7 @@ pub struct Writer<A> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Departure<A> {
     pub rev_nat_id: u32,
+    pub backend_id: u32,
     pub backend: Backend<A>,
 }
 
@@ -150,6 +153,7 @@ impl<A: Address> Writer<A> {
             maps,
             state,
             departures: Vec::new(),
+            affinity_purge: HashSet::new(),
             stats: WriterStats::default(),
         })
     }
@@ -269,14 +273,36 @@ impl<A: Address> Writer<A> {
         std::mem::take(&mut self.departures)
     }
 
+    /// Ends the session-affinity bindings of backends that left their frontend (a binding
+    /// to a backend that is gone altogether is ignored by the datapath anyway). One pass over
+    /// the affinity map, so a sync calls it once.
+    pub fn purge_affinities(&mut self) -> Result<usize, WriteError> {
+        if self.affinity_purge.is_empty() {
+            return Ok(0);
+        }
+        let purge = std::mem::take(&mut self.affinity_purge);
+        let stale: Vec<_> = self
+            .maps
+            .affinity
+            .dump()?
+            .into_iter()
+            .filter(|(key, value)| purge.contains(&(key.rev_nat_id, value.backend_id)))
+            .map(|(key, _)| key)
+            .collect();
+        self.maps.affinity.delete_many(&stale)?;
+        Ok(stale.len())
+    }
+
     /// Records that the backends of `old` not in `new` left the frontend `rev_nat_id`.
     fn record_departures(&mut self, rev_nat_id: u32, old: &[u32], new: &[u32]) {
         for id in old.iter().filter(|id| !new.contains(id)) {
             if let Some(key) = self.state.backend_keys.get(id) {
                 let (address, port, protocol) = *key;
                 let state = self.state.backends.get(key).map(|r| r.state);
+                self.affinity_purge.insert((rev_nat_id, *id));
                 self.departures.push(Departure {
                     rev_nat_id,
+                    backend_id: *id,
                     backend: Backend {
                         address,
                         port,
