@@ -481,3 +481,96 @@ fn connected_udp_moves_off_a_departed_backend_while_tcp_drains() {
         );
     }
 }
+
+/// `sessionAffinity: ClientIP` with a 1 s timeout, both families, on the TC path (the test's
+/// own threads, outside the cgroup: keyed by the pod's address) and the socket path (a client
+/// in the cgroup: keyed by the pod's network namespace): 20 connections stay on one backend;
+/// after the binding has been idle past the timeout, a connection is balanced afresh (each
+/// round has one chance in two to move; 14 rounds bound it).
+#[test]
+fn session_affinity_holds_a_client_and_lets_go_after_the_timeout() {
+    let lab = start(&[]);
+    let sticky = ServiceBuilder::new("sticky")
+        .cluster_ips(&[
+            "10.96.0.40".parse().unwrap(),
+            "fd00:10:96::40".parse().unwrap(),
+        ])
+        .port("http", "TCP", 80, 8080)
+        .session_affinity(Some(1));
+    let (a, b) = (&lab.topology.backends[0], &lab.topology.backends[1]);
+    let ports = [("http", "TCP", 80, 8080)];
+    let slices = [
+        twinstack_lab::manifests::endpoint_slice(
+            "sticky",
+            "sticky-v4",
+            &[a.v4.into(), b.v4.into()],
+            &ports,
+        ),
+        twinstack_lab::manifests::endpoint_slice(
+            "sticky",
+            "sticky-v6",
+            &[a.v6.into(), b.v6.into()],
+            &ports,
+        ),
+    ];
+    std::fs::write(
+        lab.manifests.path().join("sticky.yaml"),
+        [sticky.yaml(), slices[0].clone(), slices[1].clone()].join("---\n"),
+    )
+    .unwrap();
+    lab.until(Duration::from_secs(5), |lab| {
+        lab.agent
+            .twinstack(&["bpf", "service", "list"])
+            .contains("affinity=1s")
+    });
+    let pod = &lab.topology.client.netns;
+    let through_tc = |vip: &str, count| -> BTreeSet<String> {
+        lab.requests(target(vip, 80).parse().unwrap(), false, count)
+            .into_iter()
+            .map(|a| a.backend)
+            .collect()
+    };
+    let through_socket = |vip: &str, count: usize| -> BTreeSet<String> {
+        backends(&client(
+            &lab,
+            In::Cgroup(pod),
+            &["tcp", &target(vip, 80), &count.to_string()],
+        ))
+    };
+    let mut first = Vec::new();
+    for vip in ["10.96.0.40", "fd00:10:96::40"] {
+        for (path, connect) in [
+            (
+                "tc",
+                &through_tc as &dyn Fn(&str, usize) -> BTreeSet<String>,
+            ),
+            ("socket", &through_socket),
+        ] {
+            let used = connect(vip, 20);
+            assert_eq!(
+                used.len(),
+                1,
+                "{path} {vip}: 20 connections, one backend: {used:?}"
+            );
+            first.push((path, vip, connect, used.into_iter().next().unwrap()));
+        }
+    }
+    let mut moved = vec![false; first.len()];
+    for _ in 0..14 {
+        if moved.iter().all(|m| *m) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        for (i, (_, vip, connect, backend)) in first.iter().enumerate() {
+            if !moved[i] && connect(vip, 1).first() != Some(backend) {
+                moved[i] = true;
+            }
+        }
+    }
+    for ((path, vip, _, _), moved) in first.iter().zip(moved) {
+        assert!(
+            moved,
+            "{path} {vip}: never balanced afresh after the timeout"
+        );
+    }
+}
