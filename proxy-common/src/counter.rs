@@ -41,6 +41,9 @@ counters! {
     ReverseNat => "reverse_nat",
     /// A packet to a service with no usable backend.
     NoBackend => "no_backend",
+    /// A packet to a frontend whose `Local` traffic policy has no endpoint on this node:
+    /// dropped, as kube-proxy drops it.
+    DropNoLocalEndpoint => "drop_no_local_endpoint",
     /// A known flow's backend had gone and a new one was picked.
     Repick => "repick",
     /// A rewrite helper failed; the packet passed untouched.

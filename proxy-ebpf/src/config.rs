@@ -18,10 +18,6 @@ static CONFIG: DatapathConfig = DatapathConfig {
 
 /// The configuration the agent loaded the programs with.
 #[inline(always)]
-#[allow(
-    dead_code,
-    reason = "the first reader is the socket-LB host-namespace switch"
-)]
 pub(crate) fn get() -> DatapathConfig {
     // SAFETY: a volatile read of a static, so the compiler cannot fold the zeros above in.
     unsafe { core::ptr::read_volatile(&CONFIG) }

@@ -12,6 +12,8 @@ pub(crate) enum Outcome {
     ReverseNat,
     /// A service with no usable backend: untouched for now (reject comes with its issue).
     NoBackend,
+    /// A `Local` policy with no endpoint on this node: dropped.
+    DropNoLocalEndpoint,
     Repick,
     /// A helper failed mid-rewrite or before it; the packet goes on as it is.
     RewriteError,
@@ -39,11 +41,15 @@ pub(crate) enum Verdict {
     Next,
     /// Fail the socket call with ECONNREFUSED, as kube-proxy's REJECT makes it fail.
     Refuse,
+    /// Drop the packet.
+    Drop,
 }
 
 /// `TC_ACT_UNSPEC`, which TCX reads as `TCX_NEXT`: the next program on the hook, or the stack
 /// if there is none, so other programs (a CNI's) keep working beside ours.
 const TC_ACT_UNSPEC: i32 = -1;
+/// `TC_ACT_SHOT` (`TCX_DROP`).
+const TC_ACT_SHOT: i32 = 2;
 
 impl Outcome {
     #[inline(always)]
@@ -54,6 +60,7 @@ impl Outcome {
             Outcome::DnatEstablished => Counter::DnatEstablished,
             Outcome::ReverseNat => Counter::ReverseNat,
             Outcome::NoBackend => Counter::NoBackend,
+            Outcome::DropNoLocalEndpoint => Counter::DropNoLocalEndpoint,
             Outcome::Repick => Counter::Repick,
             Outcome::RewriteError => Counter::RewriteError,
             Outcome::ConntrackError => Counter::ConntrackError,
@@ -67,11 +74,13 @@ impl Outcome {
     }
 
     /// A proxy must never black-hole traffic that is not a service's: every outcome but a
-    /// refused socket call, errors included, hands the packet (or the call) on.
+    /// refused socket call and a `Local` policy without local endpoint, errors included, hands
+    /// the packet (or the call) on.
     #[inline(always)]
     pub(crate) fn verdict(self) -> Verdict {
         match self {
             Outcome::SockRefused => Verdict::Refuse,
+            Outcome::DropNoLocalEndpoint => Verdict::Drop,
             _ => Verdict::Next,
         }
     }
@@ -83,6 +92,7 @@ impl Verdict {
         match self {
             // No packet program refuses: reject (RST/ICMP) comes with its own verdict.
             Verdict::Next | Verdict::Refuse => TC_ACT_UNSPEC,
+            Verdict::Drop => TC_ACT_SHOT,
         }
     }
 
@@ -91,7 +101,8 @@ impl Verdict {
     #[inline(always)]
     pub(crate) fn sock(self) -> i32 {
         match self {
-            Verdict::Next => 1,
+            // A socket call is never dropped: a `Local` policy's drop happens to its packets.
+            Verdict::Next | Verdict::Drop => 1,
             Verdict::Refuse => 0,
         }
     }

@@ -3,9 +3,10 @@
 //! unconnected datagram, and remember what to show the socket instead), and the reverse (which
 //! frontend a reply's source or a peer name stands for). No context here: the hooks adapt.
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use proxy_common::{SockRevKey, SockRevValue, SockUdpKey};
+use proxy_common::{SockRevKey, SockRevValue, SockUdpKey, service_flags};
 
 use crate::{
+    config,
     family::Family,
     lb::{self, Chosen},
 };
@@ -38,6 +39,15 @@ pub(crate) fn forward<F: Family>(
         return Forward::Untouched;
     };
     if service.entry.count == 0 {
+        // A `Local` policy with no endpoint here: kube-proxy drops its packets. A pod's call
+        // goes on untranslated and the TC program drops its packets; the node's own processes
+        // have no TC program to drop them (untranslated, they would follow a default route
+        // off the node), so their call is refused. Any other empty Service is refused.
+        if service.entry.flags & service_flags::LOCAL != 0
+            && netns != config::get().host_netns_cookie
+        {
+            return Forward::Untouched;
+        }
         return Forward::Refused;
     }
     let rev_nat_id = service.entry.rev_nat_id;

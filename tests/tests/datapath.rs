@@ -21,8 +21,10 @@ use proxy_userspace::{
 };
 use twinstack_lab::{ensure_bpffs, require_root, unique};
 
-/// `TC_ACT_UNSPEC` / `TCX_NEXT`, our only verdict.
+/// `TC_ACT_UNSPEC` / `TCX_NEXT`: hand the packet on.
 const NEXT: u32 = u32::MAX;
+/// `TC_ACT_SHOT`: only for a `Local` policy with no local endpoint.
+const DROP: u32 = 2;
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -713,6 +715,38 @@ fn a_service_with_no_backend_is_counted_and_tracks_nothing() {
     }
     let conntrack = proxy_userspace::debug::conntrack(&fx.pins).expect("conntrack");
     assert!(conntrack.is_empty(), "no flow was tracked: {conntrack:?}");
+}
+
+/// `internalTrafficPolicy: Local` with no endpoint on this node: kube-proxy drops the packets,
+/// so does the TC path (no translation, no flow), in both families; an empty Service without
+/// the policy still goes on.
+#[test]
+fn a_local_policy_without_a_local_endpoint_drops() {
+    let mut fx = Fixture::new();
+    let (client4, vip4, _, _) = v4_hosts();
+    let (client6, vip6, _, _) = v6_hosts();
+    let (f4, mut e4) = service(vip4, 80, Protocol::Tcp, &[]);
+    e4.local = true;
+    fx.v4.upsert(&f4, &e4).unwrap();
+    let (f6, mut e6) = service(vip6, 53, Protocol::Udp, &[]);
+    e6.local = true;
+    fx.v6.upsert(&f6, &e6).unwrap();
+    let packets = [
+        tcp((client4.into(), 40000), (vip4.into(), 80), true),
+        udp((client6.into(), 40000), (vip6.into(), 53)),
+    ];
+    for packet in &packets {
+        let ((verdict, _), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, packet));
+        assert_eq!(verdict, DROP, "no local endpoint: the packet is dropped");
+        assert_eq!(moved, counts(&[(Counter::DropNoLocalEndpoint, 1)]));
+    }
+    let conntrack = proxy_userspace::debug::conntrack(&fx.pins).expect("conntrack");
+    assert!(conntrack.is_empty(), "no flow was tracked: {conntrack:?}");
+
+    e4.local = false;
+    fx.v4.upsert(&f4, &e4).unwrap();
+    let (_, moved) = fx.counting(|fx| fx.ingress(&packets[0]));
+    assert_eq!(moved, counts(&[(Counter::NoBackend, 1)]), "without the policy");
 }
 
 /// A NodePort of an `externalTrafficPolicy: Local` Service: its external entry holds the local

@@ -1,7 +1,7 @@
 //! TC ingress on a pod interface: packets a pod sends. Service traffic is DNATed to a backend
 //! and tracked, so the rest of the flow follows and the replies can be translated back.
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::classifier, programs::TcContext};
-use proxy_common::{RawAddress, V4, V6, protocol};
+use proxy_common::{RawAddress, V4, V6, protocol, service_flags};
 
 use crate::{
     ct::{self, Tuple},
@@ -60,6 +60,9 @@ fn forward<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
         outcome = Outcome::Repick;
     }
 
+    if service.entry.count == 0 && service.entry.flags & service_flags::LOCAL != 0 {
+        return Ok(Outcome::DropNoLocalEndpoint);
+    }
     // SAFETY: no arguments.
     let random = unsafe { bpf_get_prandom_u32() };
     let client = lb::Client::Address(packet.source.to_wide());
