@@ -93,12 +93,13 @@ fn own_netns_cookie() -> std::io::Result<u64> {
 /// The programs' load-time configuration, from the flags.
 fn datapath_config(config: &AgentConfig) -> anyhow::Result<DatapathConfig> {
     let mut datapath = DatapathConfig::default();
-    if let Some(socket_lb) = &config.socket_lb
-        && socket_lb.hostns_only
-    {
-        datapath.flags |= proxy_common::config::flags::SOCKET_LB_HOSTNS_ONLY;
+    if let Some(socket_lb) = &config.socket_lb {
+        // The socket hooks tell the node's own processes from pods by it.
         datapath.host_netns_cookie = own_netns_cookie()
-            .context("--socket-lb-hostns-only: reading this network namespace's cookie")?;
+            .context("socket-level LB: reading this network namespace's cookie")?;
+        if socket_lb.hostns_only {
+            datapath.flags |= proxy_common::config::flags::SOCKET_LB_HOSTNS_ONLY;
+        }
     }
     for net in [config.cluster_cidrs.v4, config.cluster_cidrs.v6]
         .into_iter()

@@ -746,7 +746,11 @@ fn a_local_policy_without_a_local_endpoint_drops() {
     e4.local = false;
     fx.v4.upsert(&f4, &e4).unwrap();
     let (_, moved) = fx.counting(|fx| fx.ingress(&packets[0]));
-    assert_eq!(moved, counts(&[(Counter::NoBackend, 1)]), "without the policy");
+    assert_eq!(
+        moved,
+        counts(&[(Counter::NoBackend, 1)]),
+        "without the policy"
+    );
 }
 
 /// A NodePort of an `externalTrafficPolicy: Local` Service: its external entry holds the local

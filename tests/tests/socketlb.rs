@@ -574,3 +574,88 @@ fn session_affinity_holds_a_client_and_lets_go_after_the_timeout() {
         );
     }
 }
+
+/// `internalTrafficPolicy: Local`, both families: with one endpoint on this node and one on
+/// another, every connection (TC path, socket path, the node's own) goes to the local one.
+/// With none left here, a pod's connection is dropped (it times out, as under kube-proxy;
+/// counted as `drop_no_local_endpoint`) on either path, and the node's own is refused at once
+/// (it has no TC program that could drop it).
+#[test]
+fn an_internal_local_policy_keeps_to_this_node_and_drops_without_a_local_endpoint() {
+    use twinstack_lab::objects::{EndpointBuilder, SliceBuilder};
+    let lab = start(&[]);
+    let vips = ["10.96.0.50", "fd00:10:96::50"];
+    let service = ServiceBuilder::new("local")
+        .cluster_ips(&vips.map(|v| v.parse().unwrap()))
+        .port("http", "TCP", 80, 8080)
+        .internal_traffic_policy("Local");
+    let (a, b) = (&lab.topology.backends[0], &lab.topology.backends[1]);
+    let write = |a_node: &str| {
+        let slice = |name, family, a: std::net::IpAddr, b: std::net::IpAddr| {
+            SliceBuilder::new("local", name)
+                .address_type(family)
+                .port("http", "TCP", 8080)
+                .endpoint(EndpointBuilder::ready(a).node(a_node))
+                .endpoint(EndpointBuilder::ready(b).node("node-b"))
+                .yaml()
+        };
+        let objects = [
+            service.yaml(),
+            slice("local-v4", "IPv4", a.v4.into(), b.v4.into()),
+            slice("local-v6", "IPv6", a.v6.into(), b.v6.into()),
+        ];
+        std::fs::write(
+            lab.manifests.path().join("local.yaml"),
+            objects.join("---\n"),
+        )
+        .unwrap();
+    };
+    let programmed = |lab: &Lab, backends: &str| {
+        let list = lab.agent.twinstack(&["bpf", "service", "list"]);
+        ["10.96.0.50:80", "[fd00:10:96::50]:80"].iter().all(|f| {
+            list.lines()
+                .any(|l| l.contains(f) && l.contains("Local") && l.contains(backends))
+        })
+    };
+    write("node-a");
+    lab.until(Duration::from_secs(5), |lab| {
+        programmed(lab, "8080 (active)")
+    });
+    let (pod, node) = (&lab.topology.client.netns, &lab.topology.node);
+    let local = BTreeSet::from(["backend-a".to_owned()]);
+    for vip in vips {
+        let tcp = target(vip, 80);
+        let tc: BTreeSet<String> = lab
+            .requests(tcp.parse().unwrap(), false, 20)
+            .into_iter()
+            .map(|a| a.backend)
+            .collect();
+        assert_eq!(tc, local, "{vip}: the TC path");
+        for (who, place) in [("pod", In::Cgroup(pod)), ("node", In::Cgroup(node))] {
+            let used = backends(&client(&lab, place, &["tcp", &tcp, "20"]));
+            assert_eq!(used, local, "{vip}: the socket path, {who}");
+        }
+    }
+
+    write("node-b");
+    lab.until(Duration::from_secs(5), |lab| programmed(lab, "(none)"));
+    let dropped = lab.counter("drop_no_local_endpoint");
+    for (vip, place) in [
+        (vips[0], In::Cgroup(pod)),
+        (vips[1], In::Cgroup(pod)),
+        (vips[0], In::Outside(pod)),
+    ] {
+        let answer = client(&lab, place, &["tcp", &target(vip, 80), "1"]);
+        assert_eq!(answer[0]["error"], "TimedOut", "{vip}: {answer:?}");
+    }
+    assert!(
+        lab.counter("drop_no_local_endpoint") >= dropped + 3,
+        "every SYN dropped and counted"
+    );
+    for vip in vips {
+        let started = Instant::now();
+        let answer = client(&lab, In::Cgroup(node), &["tcp", &target(vip, 80), "1"]);
+        assert_eq!(answer[0]["error"], "ConnectionRefused", "{vip}: {answer:?}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+}
