@@ -39,11 +39,15 @@ counters! {
     DnatEstablished => "dnat_established",
     /// A reply was translated back to the service address.
     ReverseNat => "reverse_nat",
-    /// A packet to a service with no usable backend.
+    /// A packet to a service with no usable backend that could not be rejected (a reset, an
+    /// IPv4 header with options, an IPv6 one with extension headers, SCTP): passed untouched.
     NoBackend => "no_backend",
     /// A packet to a frontend whose `Local` traffic policy has no endpoint on this node:
     /// dropped, as kube-proxy drops it.
     DropNoLocalEndpoint => "drop_no_local_endpoint",
+    /// A packet to a service with no usable backend, answered as kube-proxy's `REJECT` does:
+    /// a TCP reset or an ICMP (ICMPv6) port unreachable, sent back to the client.
+    Reject => "reject",
     /// A known flow's backend had gone and a new one was picked.
     Repick => "repick",
     /// A rewrite helper failed; the packet passed untouched.

@@ -4,7 +4,7 @@
 //! `overloadable_{skb,xdp}.h`). The socket hooks see an address, not a packet: [`SockAddr`].
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_sock_addr},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_redirect, bpf_skb_change_tail},
     programs::{SockAddrContext, TcContext},
 };
 
@@ -41,6 +41,11 @@ pub(crate) trait PacketCtx {
     ) -> Result<(), i64>;
     /// Adds a checksum difference (from `bpf_csum_diff`) to the L4 checksum at `check`.
     fn l4_csum_add(&self, check: usize, diff: u32, change: L4Change) -> Result<(), i64>;
+    /// Makes the packet `len` bytes long, cutting or growing (zeros) its tail.
+    fn resize(&self, len: u32) -> Result<(), i64>;
+    /// Sends the packet back out of the interface it came in on (the verdict must then be
+    /// [`crate::outcome::Verdict::Bounce`]).
+    fn bounce(&self) -> Result<(), i64>;
 }
 
 #[inline(always)]
@@ -95,7 +100,30 @@ impl PacketCtx for TcContext {
         // Size 0: `to` is a checksum difference, not a value.
         TcContext::l4_csum_replace(self, check, 0, diff.into(), l4_flags(change))
     }
+
+    #[inline(always)]
+    fn resize(&self, len: u32) -> Result<(), i64> {
+        // SAFETY: the skb of this program's context.
+        let rc = unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) };
+        if rc < 0 { Err(rc) } else { Ok(()) }
+    }
+
+    #[inline(always)]
+    fn bounce(&self) -> Result<(), i64> {
+        // SAFETY: the skb of this program's context; `ifindex` is where it came in.
+        let ifindex = unsafe { (*self.skb.skb).ifindex };
+        // SAFETY: no pointers. Out of the device's egress: back to the pod on its veth.
+        let rc = unsafe { bpf_redirect(ifindex, 0) };
+        if rc == TC_ACT_REDIRECT {
+            Ok(())
+        } else {
+            Err(rc)
+        }
+    }
 }
+
+/// What `bpf_redirect` returns when it took the packet.
+const TC_ACT_REDIRECT: i64 = 7;
 
 /// A cgroup socket-address hook's context (`struct bpf_sock_addr`): the address the caller
 /// passed (connect, sendmsg) or is about to receive (recvmsg, getpeername), read and written

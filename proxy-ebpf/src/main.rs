@@ -17,6 +17,7 @@ mod nat;
 mod outcome;
 mod parse;
 mod programs;
+mod reject;
 mod sock;
 
 #[cfg(not(test))]

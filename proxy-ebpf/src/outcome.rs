@@ -10,10 +10,15 @@ pub(crate) enum Outcome {
     DnatNew,
     DnatEstablished,
     ReverseNat,
-    /// A service with no usable backend: untouched for now (reject comes with its issue).
+    /// A service with no usable backend, and a packet a reject cannot answer: untouched.
     NoBackend,
     /// A `Local` policy with no endpoint on this node: dropped.
     DropNoLocalEndpoint,
+    /// No usable backend: answered with a reset or a port unreachable.
+    Reject,
+    /// A helper failed once a reject had begun to rewrite the packet: what is left of it is
+    /// neither the packet nor its answer, so it is dropped (counted as a rewrite error).
+    RejectError,
     Repick,
     /// A helper failed mid-rewrite or before it; the packet goes on as it is.
     RewriteError,
@@ -43,6 +48,8 @@ pub(crate) enum Verdict {
     Refuse,
     /// Drop the packet.
     Drop,
+    /// The packet was rewritten into an answer and redirected back where it came from.
+    Bounce,
 }
 
 /// `TC_ACT_UNSPEC`, which TCX reads as `TCX_NEXT`: the next program on the hook, or the stack
@@ -50,6 +57,8 @@ pub(crate) enum Verdict {
 const TC_ACT_UNSPEC: i32 = -1;
 /// `TC_ACT_SHOT` (`TCX_DROP`).
 const TC_ACT_SHOT: i32 = 2;
+/// `TC_ACT_REDIRECT` (`TCX_REDIRECT`): the redirect `bpf_redirect` set up.
+const TC_ACT_REDIRECT: i32 = 7;
 
 impl Outcome {
     #[inline(always)]
@@ -61,6 +70,8 @@ impl Outcome {
             Outcome::ReverseNat => Counter::ReverseNat,
             Outcome::NoBackend => Counter::NoBackend,
             Outcome::DropNoLocalEndpoint => Counter::DropNoLocalEndpoint,
+            Outcome::Reject => Counter::Reject,
+            Outcome::RejectError => Counter::RewriteError,
             Outcome::Repick => Counter::Repick,
             Outcome::RewriteError => Counter::RewriteError,
             Outcome::ConntrackError => Counter::ConntrackError,
@@ -74,13 +85,14 @@ impl Outcome {
     }
 
     /// A proxy must never black-hole traffic that is not a service's: every outcome but a
-    /// refused socket call and a `Local` policy without local endpoint, errors included, hands
-    /// the packet (or the call) on.
+    /// refused socket call, a `Local` policy without local endpoint, a reject (and a reject
+    /// that broke the packet halfway), errors included, hands the packet (or the call) on.
     #[inline(always)]
     pub(crate) fn verdict(self) -> Verdict {
         match self {
             Outcome::SockRefused => Verdict::Refuse,
-            Outcome::DropNoLocalEndpoint => Verdict::Drop,
+            Outcome::DropNoLocalEndpoint | Outcome::RejectError => Verdict::Drop,
+            Outcome::Reject => Verdict::Bounce,
             _ => Verdict::Next,
         }
     }
@@ -90,9 +102,10 @@ impl Verdict {
     #[inline(always)]
     pub(crate) fn tc(self) -> i32 {
         match self {
-            // No packet program refuses: reject (RST/ICMP) comes with its own verdict.
+            // No packet program refuses: a packet's reject is a bounce.
             Verdict::Next | Verdict::Refuse => TC_ACT_UNSPEC,
             Verdict::Drop => TC_ACT_SHOT,
+            Verdict::Bounce => TC_ACT_REDIRECT,
         }
     }
 
@@ -102,7 +115,7 @@ impl Verdict {
     pub(crate) fn sock(self) -> i32 {
         match self {
             // A socket call is never dropped: a `Local` policy's drop happens to its packets.
-            Verdict::Next | Verdict::Drop => 1,
+            Verdict::Next | Verdict::Drop | Verdict::Bounce => 1,
             Verdict::Refuse => 0,
         }
     }

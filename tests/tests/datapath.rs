@@ -25,6 +25,8 @@ use twinstack_lab::{ensure_bpffs, require_root, unique};
 const NEXT: u32 = u32::MAX;
 /// `TC_ACT_SHOT`: only for a `Local` policy with no local endpoint.
 const DROP: u32 = 2;
+/// `TC_ACT_REDIRECT`: a reject's answer, sent back.
+const REDIRECT: u32 = 7;
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -695,22 +697,144 @@ fn a_syn_after_rst_reuses_the_port_for_a_new_connection_ipv6() {
     port_reuse_after(|fx| &mut fx.v6, v6_hosts(), "rst");
 }
 
+/// What a rejected packet came back as, every checksum checked.
+#[derive(Debug, PartialEq, Eq)]
+enum Rejection {
+    /// A TCP reset: its sequence and acknowledgment numbers, whether ACK is set.
+    Reset { seq: u32, ack: Option<u32> },
+    /// An ICMP (ICMPv6) port unreachable quoting these bytes.
+    PortUnreachable { quote: Vec<u8> },
+}
+
+/// Parses `answer`, the reply a reject made of `request`: Ethernet addresses swapped, from the
+/// request's destination to its source, exact lengths and checksums.
+fn rejection(request: &[u8], answer: &[u8]) -> Rejection {
+    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4::DestUnreachableHeader, icmpv6};
+    assert_eq!(answer[0..6], request[6..12], "to the sender's MAC");
+    assert_eq!(answer[6..12], request[0..6], "from the MAC it was sent to");
+    let asked = inspect_addresses(request);
+    let headers = PacketHeaders::from_ethernet_slice(answer).expect("parsable answer");
+    let payload = headers.payload.slice();
+    match (&headers.net, &headers.transport) {
+        (_, Some(TransportHeader::Tcp(t))) => {
+            let seen = inspect(answer);
+            assert_eq!((seen.source, seen.destination), (asked.1, asked.0));
+            assert!(payload.is_empty() && t.rst && !t.syn && !t.fin && t.options.is_empty());
+            Rejection::Reset {
+                seq: t.sequence_number,
+                ack: t.ack.then_some(t.acknowledgment_number),
+            }
+        }
+        (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Icmpv4(icmp))) => {
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+            assert_eq!(
+                (IpAddr::from(ip.source), IpAddr::from(ip.destination)),
+                (asked.1.0, asked.0.0)
+            );
+            assert_eq!(
+                icmp.icmp_type,
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
+            );
+            let mut expected = icmp.clone();
+            expected.update_checksum(payload);
+            assert_eq!(icmp.checksum, expected.checksum, "ICMP checksum");
+            assert_eq!(answer.len(), 14 + 20 + 8 + payload.len());
+            Rejection::PortUnreachable {
+                quote: payload.to_vec(),
+            }
+        }
+        (Some(NetHeaders::Ipv6(ip, _)), Some(TransportHeader::Icmpv6(icmp))) => {
+            assert_eq!(
+                (IpAddr::from(ip.source), IpAddr::from(ip.destination)),
+                (asked.1.0, asked.0.0)
+            );
+            assert_eq!(
+                icmp.icmp_type,
+                Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port)
+            );
+            let mut expected = icmp.clone();
+            expected
+                .update_checksum(ip.source, ip.destination, payload)
+                .unwrap();
+            assert_eq!(icmp.checksum, expected.checksum, "ICMPv6 checksum");
+            assert_eq!(answer.len(), 14 + 40 + 8 + payload.len());
+            Rejection::PortUnreachable {
+                quote: payload.to_vec(),
+            }
+        }
+        other => panic!("not a rejection: {other:?}"),
+    }
+}
+
+/// A packet's (source, destination), without checking it.
+fn inspect_addresses(bytes: &[u8]) -> ((IpAddr, u16), (IpAddr, u16)) {
+    let seen = inspect(bytes);
+    (seen.source, seen.destination)
+}
+
+/// No usable endpoint: kube-proxy's REJECT, from the datapath, in both families. A SYN gets a
+/// reset acknowledging it, a segment with ACK a reset carrying that acknowledgment as its
+/// sequence number, a datagram an ICMP (ICMPv6) port unreachable quoting its IP header and 8
+/// bytes; each goes back out of the interface (redirect) and no flow is tracked. A reset is
+/// never answered.
 #[test]
-fn a_service_with_no_backend_is_counted_and_tracks_nothing() {
+fn a_service_with_no_backend_rejects_in_both_families() {
     let mut fx = Fixture::new();
     let (client4, vip4, _, _) = v4_hosts();
     let (client6, vip6, _, _) = v6_hosts();
-    let (f4, e4) = service(vip4, 80, Protocol::Tcp, &[]);
-    fx.v4.upsert(&f4, &e4).unwrap();
-    let (f6, e6) = service(vip6, 53, Protocol::Udp, &[]);
-    fx.v6.upsert(&f6, &e6).unwrap();
-    let packets = [
-        tcp((client4.into(), 40000), (vip4.into(), 80), true),
-        udp((client6.into(), 40000), (vip6.into(), 53)),
+    for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
+        let (f4, e4) = service(vip4, port, protocol, &[]);
+        fx.v4.upsert(&f4, &e4).unwrap();
+        let (f6, e6) = service(vip6, port, protocol, &[]);
+        fx.v6.upsert(&f6, &e6).unwrap();
+    }
+    let payload = PAYLOAD.len() as u32;
+    let families: [(IpAddr, IpAddr, usize); 2] = [
+        (client4.into(), vip4.into(), 20),
+        (client6.into(), vip6.into(), 40),
     ];
-    for packet in packets {
-        let (out, moved) = fx.counting(|fx| fx.ingress(&packet));
-        assert_eq!(out, packet, "no backend: the packet goes on untouched");
+    for (client, vip, ip_header) in families {
+        let from = (client, 40000);
+        let expected = [
+            // A SYN (seq 1000) with a payload: acknowledged whole, SYN included.
+            (
+                tcp(from, (vip, 80), true),
+                Rejection::Reset {
+                    seq: 0,
+                    ack: Some(1000 + payload + 1),
+                },
+            ),
+            // A segment acknowledging 1: the reset's sequence number.
+            (
+                tcp(from, (vip, 80), false),
+                Rejection::Reset { seq: 1, ack: None },
+            ),
+        ];
+        for (request, expected) in expected {
+            let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+            assert_eq!(verdict, REDIRECT, "{vip}: the reset goes back out");
+            assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
+            assert_eq!(rejection(&request, &out), expected, "{vip}");
+            assert_eq!(out.len(), 14 + ip_header + 20);
+        }
+        let request = udp(from, (vip, 53));
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+        assert_eq!(
+            verdict, REDIRECT,
+            "{vip}: the port unreachable goes back out"
+        );
+        assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
+        assert_eq!(
+            rejection(&request, &out),
+            Rejection::PortUnreachable {
+                quote: request[14..14 + ip_header + 8].to_vec()
+            },
+            "{vip}: the quote is the datagram's IP header and UDP header"
+        );
+
+        let reset = tcp_with(from, (vip, 80), &["rst"]);
+        let (out, moved) = fx.counting(|fx| fx.ingress(&reset));
+        assert_eq!(out, reset, "{vip}: a reset is not answered");
         assert_eq!(moved, counts(&[(Counter::NoBackend, 1)]));
     }
     let conntrack = proxy_userspace::debug::conntrack(&fx.pins).expect("conntrack");
@@ -719,7 +843,7 @@ fn a_service_with_no_backend_is_counted_and_tracks_nothing() {
 
 /// `internalTrafficPolicy: Local` with no endpoint on this node: kube-proxy drops the packets,
 /// so does the TC path (no translation, no flow), in both families; an empty Service without
-/// the policy still goes on.
+/// the policy is rejected.
 #[test]
 fn a_local_policy_without_a_local_endpoint_drops() {
     let mut fx = Fixture::new();
@@ -745,11 +869,11 @@ fn a_local_policy_without_a_local_endpoint_drops() {
 
     e4.local = false;
     fx.v4.upsert(&f4, &e4).unwrap();
-    let (_, moved) = fx.counting(|fx| fx.ingress(&packets[0]));
+    let ((verdict, _), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &packets[0]));
     assert_eq!(
-        moved,
-        counts(&[(Counter::NoBackend, 1)]),
-        "without the policy"
+        (verdict, moved),
+        (REDIRECT, counts(&[(Counter::Reject, 1)])),
+        "without the policy: rejected"
     );
 }
 

@@ -6,11 +6,11 @@ use proxy_common::{RawAddress, V4, V6, protocol, service_flags};
 use crate::{
     ct::{self, Tuple},
     ctx::PacketCtx,
-    family::Family,
     lb,
     nat::{self, Side},
     outcome::{Outcome, rewrite_error},
     parse::{self, Packet, Parsed},
+    reject::{self, Reply},
 };
 
 #[classifier]
@@ -24,7 +24,7 @@ pub(crate) fn from_pod(ctx: TcContext) -> i32 {
 
 /// Translates a packet addressed to a service frontend.
 #[inline(always)]
-fn forward<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<Outcome, Outcome> {
+fn forward<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<Outcome, Outcome> {
     // The service entry is looked up first: a deleted service stops translation at once, even
     // for flows that still have conntrack entries. Pods are inside the cluster.
     let Some(service) = lb::lookup::<F>(
@@ -67,7 +67,7 @@ fn forward<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
     let random = unsafe { bpf_get_prandom_u32() };
     let client = lb::Client::Address(packet.source.to_wide());
     let Some(chosen) = lb::select_for::<F>(&service, client, random, now) else {
-        return Ok(Outcome::NoBackend);
+        return Ok(reject::reject::<F, C>(ctx, packet));
     };
     ct::create::<F>(
         &tuple,
