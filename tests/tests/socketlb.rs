@@ -205,7 +205,7 @@ fn an_ipv6_socket_reaches_the_ipv4_cluster_ip_through_its_mapped_address() {
 }
 
 #[test]
-fn a_service_with_no_endpoints_refuses_at_once_in_both_families() {
+fn a_service_with_no_endpoints_refuses_at_once_on_both_paths_in_both_families() {
     let lab = start(&[]);
     let empty = ServiceBuilder::new("empty")
         .cluster_ips(&[
@@ -229,15 +229,21 @@ fn a_service_with_no_endpoints_refuses_at_once_in_both_families() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pod = &lab.topology.client.netns;
-    let refused = lab.counter("sock_refused");
+    let (refused, rejected) = (lab.counter("sock_refused"), lab.counter("reject"));
     for vip in ["10.96.0.30", "fd00:10:96::30"] {
-        for args in [
-            ["tcp", &target(vip, 80), "1"],
-            ["udp", &target(vip, 5353), "1"],
-            ["udp-connected", &target(vip, 5353), "1"],
+        let (tcp, udp) = (target(vip, 80), target(vip, 5353));
+        // The socket path refuses the call; the TC path answers the SYN with a reset and the
+        // datagram with a port unreachable, which a connected UDP socket reports as refused
+        // (an unconnected one is not told, as with kube-proxy's REJECT).
+        for (place, args) in [
+            (In::Cgroup(pod), ["tcp", &tcp, "1"]),
+            (In::Cgroup(pod), ["udp", &udp, "1"]),
+            (In::Cgroup(pod), ["udp-connected", &udp, "1"]),
+            (In::Outside(pod), ["tcp", &tcp, "1"]),
+            (In::Outside(pod), ["udp-connected", &udp, "1"]),
         ] {
             let started = Instant::now();
-            let answer = client(&lab, In::Cgroup(pod), &args);
+            let answer = client(&lab, place, &args);
             assert_eq!(
                 answer[0]["error"], "ConnectionRefused",
                 "{args:?}: {answer:?}"
@@ -250,6 +256,7 @@ fn a_service_with_no_endpoints_refuses_at_once_in_both_families() {
         }
     }
     assert_eq!(lab.counter("sock_refused"), refused + 6);
+    assert_eq!(lab.counter("reject"), rejected + 4, "the TC path's resets");
 }
 
 #[test]
