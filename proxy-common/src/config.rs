@@ -4,6 +4,8 @@
 //! reload, which the agent swaps into the pinned links atomically.
 use bytemuck::{Pod, Zeroable};
 
+use crate::conntrack::Timeouts;
+
 /// The global's symbol name.
 pub const SYMBOL: &str = "CONFIG";
 
@@ -15,7 +17,7 @@ pub mod flags {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct DatapathConfig {
     /// `SO_NETNS_COOKIE` of the node's network namespace (the agent's).
     pub host_netns_cookie: u64,
@@ -26,4 +28,20 @@ pub struct DatapathConfig {
     pub cluster_v6_prefix: u8,
     /// [`flags`].
     pub flags: u16,
+    /// Conntrack lifetimes (`--conntrack-*`).
+    pub ct_timeouts: Timeouts,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            host_netns_cookie: 0,
+            cluster_v4: [0; 4],
+            cluster_v6: [0; 16],
+            cluster_v4_prefix: 0,
+            cluster_v6_prefix: 0,
+            flags: 0,
+            ct_timeouts: Timeouts::DEFAULT,
+        }
+    }
 }

@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod config;
+pub mod conntrack;
 pub mod counter;
 pub mod family;
 pub mod maps;
@@ -111,6 +112,8 @@ pub mod ct_flags {
     pub const SEEN_SYN: u8 = 1 << 0;
     pub const SEEN_FIN: u8 = 1 << 1;
     pub const SEEN_RST: u8 = 1 << 2;
+    /// The backend has answered: set in both entries by the first reply.
+    pub const SEEN_REPLY: u8 = 1 << 3;
 }
 
 /// Key of the services maps. Slot 0 is the service entry; slots `1..=count` name backends.
@@ -393,9 +396,13 @@ pub struct ConntrackValue {
     pub backend_address: [u8; 16],
     /// The backend's port, network byte order.
     pub backend_port: u16,
-    /// [`ct_flags`], accumulated.
+    /// [`ct_flags`], accumulated: each entry its own direction's TCP flags (the forward entry
+    /// the client's, the reverse entry the backend's), and `SEEN_REPLY` in both.
     pub flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// When the flow was created, in whole seconds of `bpf_ktime_get_ns()`'s clock (0: made by
+    /// an agent that did not record it).
+    pub created: u32,
 }
 
 /// Asserts each type's size, and for the generic ones that the size is the sum of the fields'
@@ -427,7 +434,8 @@ assert_layout! {
     SockUdpKey => 12;
     AffinityKey => 24;
     AffinityValue => 16;
-    config::DatapathConfig => 32;
+    config::DatapathConfig => 64;
+    conntrack::Timeouts => 32;
 }
 
 /// `Pod` for the generic key and value types. [`RawAddress`] is sealed: it holds for

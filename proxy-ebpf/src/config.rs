@@ -1,7 +1,7 @@
 //! The load-time configuration: the agent sets [`CONFIG`] when it loads the object
 //! (`EbpfLoader::set_global`); programs read it through [`get`]. It lives in `.rodata`, so a
 //! read costs no map lookup.
-use proxy_common::config::DatapathConfig;
+use proxy_common::{config::DatapathConfig, conntrack::Timeouts};
 
 /// Zero until the loader sets it. `#[used]` keeps the symbol in the object, so the loader can
 /// always find it (it refuses to load an object without it).
@@ -14,6 +14,16 @@ static CONFIG: DatapathConfig = DatapathConfig {
     cluster_v4_prefix: 0,
     cluster_v6_prefix: 0,
     flags: 0,
+    ct_timeouts: Timeouts {
+        syn_sent: 0,
+        established: 0,
+        close_wait: 0,
+        time_wait: 0,
+        reset: 0,
+        udp: 0,
+        udp_stream: 0,
+        other: 0,
+    },
 };
 
 /// The configuration the agent loaded the programs with.
@@ -21,4 +31,11 @@ static CONFIG: DatapathConfig = DatapathConfig {
 pub(crate) fn get() -> DatapathConfig {
     // SAFETY: a volatile read of a static, so the compiler cannot fold the zeros above in.
     unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// The conntrack lifetimes alone (a smaller read than the whole configuration).
+#[inline(always)]
+pub(crate) fn ct_timeouts() -> Timeouts {
+    // SAFETY: as in `get`.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.ct_timeouts) }
 }

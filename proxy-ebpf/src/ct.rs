@@ -3,9 +3,11 @@
 //! it) names the frontend to restore on replies. Both live in one LRU map per family. Keys are
 //! built from addresses and ports only, so any hook can use them.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use proxy_common::{ConntrackKey, ConntrackValue, RawAddress, ct_flags, direction};
+use proxy_common::{
+    ConntrackKey, ConntrackValue, RawAddress, conntrack::State, ct_flags, direction,
+};
 
-use crate::{family::Family, lb::Chosen};
+use crate::{config, family::Family, lb::Chosen};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -84,6 +86,52 @@ pub(crate) fn reverse<F: Family>(
     F::conntrack().get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
+/// Whether the flow of `entry`, the forward entry of `tuple`, has been idle past its state's
+/// timeout: then its next packet starts a new flow. The forward entry alone sees the client's
+/// packets; when it looks expired, the reverse entry (refreshed by the backend's) decides too.
+#[inline(always)]
+pub(crate) fn expired<F: Family>(entry: &ConntrackValue, tuple: &Tuple<F::Addr>, now: u64) -> bool {
+    let timeouts = config::ct_timeouts();
+    let state = State::of(tuple.protocol, entry.flags, None);
+    if !timeouts.expired(state, entry.last_seen, now) {
+        return false;
+    }
+    let key = ConntrackKey::raw(
+        backend_of::<F>(entry),
+        tuple.client,
+        tuple.protocol,
+        direction::REVERSE,
+    );
+    // SAFETY: a map value read.
+    match unsafe { F::conntrack().get(key) } {
+        Some(reverse) if reverse.backend_id == entry.backend_id => {
+            let state = State::of(tuple.protocol, entry.flags, Some(reverse.flags));
+            let last_seen = if reverse.last_seen > entry.last_seen {
+                reverse.last_seen
+            } else {
+                entry.last_seen
+            };
+            timeouts.expired(state, last_seen, now)
+        }
+        _ => true,
+    }
+}
+
+/// Marks a flow answered, on the backend's first reply: its reverse entry `entry`, and the
+/// forward entry of `tuple` (looked up only this once per flow).
+#[inline(always)]
+pub(crate) fn answered<F: Family>(entry: &mut ConntrackValue, tuple: &Tuple<F::Addr>) {
+    if entry.flags & ct_flags::SEEN_REPLY != 0 {
+        return;
+    }
+    entry.flags |= ct_flags::SEEN_REPLY;
+    if let Some(forward) = forward::<F>(tuple)
+        && forward.backend_id == entry.backend_id
+    {
+        forward.flags |= ct_flags::SEEN_REPLY;
+    }
+}
+
 /// Records a new flow of `tuple` to `chosen` for frontend `rev_nat_id`: the reverse entry
 /// first, so once the backend can answer, its reply finds the entry.
 #[inline(always)]
@@ -102,7 +150,8 @@ pub(crate) fn create<F: Family>(
         backend_address: backend.0.to_wide(),
         backend_port: backend.1,
         flags: flags_of(tcp_flags),
-        _pad: [0; 5],
+        _pad: 0,
+        created: (now / 1_000_000_000) as u32,
     };
     let reverse = ConntrackKey::raw(backend, tuple.client, tuple.protocol, direction::REVERSE);
     F::conntrack()

@@ -18,6 +18,7 @@ use crate::{
     health::{self, Health},
     loader::{LoadOptions, Programs},
     maps::{kernel, pins::PinLayout},
+    metrics::{AgentFigures, ConntrackFigures},
     proxier::MetaProxier,
     source::{self, SourceEvent},
     sync::Syncer,
@@ -56,6 +57,14 @@ pub struct AgentConfig {
     pub metrics_bind_address: SocketAddr,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
+    pub conntrack: ConntrackConfig,
+}
+
+/// Conntrack lifetimes and how often expired entries are collected.
+#[derive(Clone, Copy, Debug)]
+pub struct ConntrackConfig {
+    pub timeouts: proxy_common::conntrack::Timeouts,
+    pub gc_interval: Duration,
 }
 
 /// Opens the dispatcher over the pinned maps of both families, restoring what they hold.
@@ -92,7 +101,10 @@ fn own_netns_cookie() -> std::io::Result<u64> {
 
 /// The programs' load-time configuration, from the flags.
 fn datapath_config(config: &AgentConfig) -> anyhow::Result<DatapathConfig> {
-    let mut datapath = DatapathConfig::default();
+    let mut datapath = DatapathConfig {
+        ct_timeouts: config.conntrack.timeouts,
+        ..DatapathConfig::default()
+    };
     if let Some(socket_lb) = &config.socket_lb {
         // The socket hooks tell the node's own processes from pods by it.
         datapath.host_netns_cookie = own_netns_cookie()
@@ -203,9 +215,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             tracing::error!(%e, "metrics server stopped");
         }
     });
-    let publish = |syncer: &Syncer| {
+    let mut conntrack_figures = ConntrackFigures::default();
+    let publish = |syncer: &Syncer, conntrack: ConntrackFigures| {
         if let Ok(mut f) = figures.lock() {
-            *f = syncer.figures();
+            *f = AgentFigures {
+                conntrack,
+                ..syncer.figures()
+            };
         }
     };
 
@@ -272,7 +288,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     }
     health.synced();
-    publish(&syncer);
+    publish(&syncer, conntrack_figures);
     // The first lists and sync are the agent's biggest transient allocations; hand the freed
     // memory back instead of keeping it as allocator slack for the agent's lifetime.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -288,6 +304,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut interfaces = tokio::time::interval(INTERFACE_POLL);
     let mut full_pass = tokio::time::interval(config.sync_period);
     full_pass.tick().await;
+    let mut collect_conntrack = tokio::time::interval(config.conntrack.gc_interval);
+    collect_conntrack.tick().await;
+    // One collection at a time, off the sync loop (it reads and deletes only conntrack).
+    let mut collecting: Option<tokio::task::JoinHandle<_>> = None;
     loop {
         // Changes wait for the min sync period since the last sync, then go together.
         let due = syncer.next_sync();
@@ -309,7 +329,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 let rebuilt = syncer.sync();
                 close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
                 health.synced();
-                publish(&syncer);
+                publish(&syncer, conntrack_figures);
                 tracing::debug!(
                     services = rebuilt,
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -321,8 +341,28 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 syncer.repair();
                 close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
                 health.synced();
-                publish(&syncer);
+                publish(&syncer, conntrack_figures);
                 tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "maps re-read and repaired");
+            }
+            _ = collect_conntrack.tick(), if collecting.is_none() => {
+                let (pins, timeouts) = (pins.clone(), config.conntrack.timeouts);
+                collecting = Some(tokio::task::spawn_blocking(move || {
+                    crate::conntrack::collect(&pins, &timeouts, crate::conntrack::monotonic_ns())
+                }));
+            }
+            done = async { collecting.as_mut().expect("guarded").await }, if collecting.is_some() => {
+                collecting = None;
+                match done {
+                    Ok(Ok(collected)) => {
+                        conntrack_figures.collections += 1;
+                        conntrack_figures.deleted += collected.deleted as u64;
+                        conntrack_figures.entries = collected.scanned - collected.deleted;
+                        publish(&syncer, conntrack_figures);
+                        tracing::debug!(scanned = collected.scanned, deleted = collected.deleted, "conntrack collected");
+                    }
+                    Ok(Err(error)) => tracing::warn!(%error, "collecting expired conntrack entries"),
+                    Err(error) => tracing::warn!(%error, "the conntrack collector stopped"),
+                }
             }
             _ = interfaces.tick() => report_interfaces(&mut programs),
             _ = terminate.recv() => break,

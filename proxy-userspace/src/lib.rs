@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod debug;
 pub mod family;
 pub mod health;

@@ -39,6 +39,16 @@ pub struct AgentFigures {
     pub invalid: u64,
     pub repairs: u64,
     pub families: Vec<FamilyFigures>,
+    pub conntrack: ConntrackFigures,
+}
+
+/// The conntrack collector's figures, refreshed after every collection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConntrackFigures {
+    pub collections: u64,
+    pub deleted: u64,
+    /// Entries (both families, both directions) at the last collection.
+    pub entries: usize,
 }
 
 struct AgentCollector {
@@ -160,6 +170,25 @@ impl Collector for AgentCollector {
             "twinstack_backends",
             "Backends programmed.",
             &gauges(&|f| f.backends),
+        )?;
+
+        counter(
+            &mut encoder,
+            "twinstack_conntrack_collections",
+            "Conntrack garbage collections run.",
+            &[(&[], c.conntrack.collections)],
+        )?;
+        counter(
+            &mut encoder,
+            "twinstack_conntrack_expired",
+            "Conntrack entries deleted as expired by the collector.",
+            &[(&[], c.conntrack.deleted)],
+        )?;
+        gauge(
+            &mut encoder,
+            "twinstack_conntrack_entries",
+            "Conntrack entries (both families, both directions) at the last collection.",
+            &[(&[], c.conntrack.entries as i64)],
         )?;
 
         if let Ok(packets) = self.packets.lock() {

@@ -209,6 +209,7 @@ impl Syncer {
             invalid: self.counters.invalid,
             repairs: self.counters.repairs,
             families: self.meta.figures(),
+            conntrack: Default::default(),
         }
     }
 }

@@ -50,11 +50,14 @@ type Counts = BTreeMap<Counter, u64>;
 
 impl Fixture {
     fn new() -> Self {
+        Self::with_options(&LoadOptions::default())
+    }
+
+    fn with_options(options: &LoadOptions) -> Self {
         require_root();
         ensure_bpffs();
         let pins = PinLayout::new(format!("/sys/fs/bpf/{}", unique("twinstack-dp-")));
-        let programs =
-            Programs::load(&pins, &LoadOptions::default()).expect("loading the BPF object");
+        let programs = Programs::load(&pins, options).expect("loading the BPF object");
         let counters = MapData::from_pin(pins.map(map_names::COUNTERS)).expect("counters pin");
         let counters = PerCpuArray::try_from(Map::from_map_data(counters).expect("map"))
             .expect("per-CPU array");
@@ -971,4 +974,216 @@ fn session_affinity_keeps_a_client_on_its_backend_until_the_binding_expires() {
         chosen.insert(inspect(&fx.ingress(&syn(CLIENT4, port))).destination);
     }
     assert_eq!(chosen.len(), 2, "expired bindings chose afresh: {chosen:?}");
+}
+
+/// Moves the last packet of every conntrack entry of family `A` (of one direction, if given)
+/// `by` into the past.
+fn age_conntrack<A: KernelFamily>(fx: &Fixture, by: std::time::Duration, only: Option<u8>) {
+    use proxy_common::{ConntrackKey, ConntrackValue, LbFamily};
+    let mut map = proxy_userspace::maps::kernel::open_hash::<ConntrackKey<A::Raw>, ConntrackValue>(
+        &fx.pins,
+        A::Binding::CONNTRACK,
+    )
+    .expect("conntrack map");
+    let keys: Vec<_> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        if only.is_some_and(|d| d != key.direction) {
+            continue;
+        }
+        let mut value = map.get(&key, 0).expect("entry");
+        value.last_seen = value.last_seen.saturating_sub(by.as_nanos() as u64);
+        map.insert(key, value, 0).expect("aged entry");
+    }
+}
+
+/// The datapath's side of conntrack lifetimes, in one family: a flow idle past its state's
+/// timeout (loaded as UDP 3 s, UDP with replies 12 s, established TCP 40 s: aging an entry
+/// cannot take it back past the machine's boot) is new again; within it, it is the same flow;
+/// and the backend's replies keep a flow alive whose client has been quiet.
+fn flows_expire_by_state<A: Address + KernelFamily>(
+    program: impl Fn(&mut Fixture, (Frontend<A>, ServiceEntry<A>)),
+    (client, vip, backend, _): (A, A, A, A),
+) {
+    use std::time::Duration;
+    let mut options = LoadOptions::default();
+    options.config.ct_timeouts.udp = 3;
+    options.config.ct_timeouts.udp_stream = 12;
+    options.config.ct_timeouts.established = 40;
+    let mut fx = Fixture::with_options(&options);
+    program(&mut fx, service(vip, 53, Protocol::Udp, &[(backend, 5353)]));
+    program(&mut fx, service(vip, 80, Protocol::Tcp, &[(backend, 8080)]));
+    let (client, vip, backend): (IpAddr, IpAddr, IpAddr) =
+        (client.into(), vip.into(), backend.into());
+    let request = udp((client, 40000), (vip, 53));
+    let reply = udp((backend, 5353), (client, 40000));
+    let mut send = |fx: &mut Fixture, packet: &[u8]| fx.counting(|fx| fx.ingress(packet)).1;
+    let new = counts(&[(Counter::DnatNew, 1)]);
+    let known = counts(&[(Counter::DnatEstablished, 1)]);
+    let seconds = Duration::from_secs;
+
+    assert_eq!(send(&mut fx, &request), new);
+    assert_eq!(send(&mut fx, &request), known);
+    age_conntrack::<A>(&fx, seconds(4), None);
+    assert_eq!(send(&mut fx, &request), new, "UDP without replies: 3 s");
+
+    fx.egress(&reply);
+    age_conntrack::<A>(&fx, seconds(4), None);
+    assert_eq!(
+        send(&mut fx, &request),
+        known,
+        "UDP with replies lives 12 s"
+    );
+    fx.egress(&reply);
+    age_conntrack::<A>(&fx, seconds(13), Some(proxy_common::direction::FORWARD));
+    assert_eq!(
+        send(&mut fx, &request),
+        known,
+        "the backend's recent reply keeps the flow"
+    );
+    age_conntrack::<A>(&fx, seconds(13), None);
+    assert_eq!(send(&mut fx, &request), new, "UDP with replies: 12 s");
+
+    let from = (client, 41000);
+    assert_eq!(send(&mut fx, &tcp_with(from, (vip, 80), &["syn"])), new);
+    fx.egress(&tcp_with((backend, 8080), from, &["syn", "ack"]));
+    let ack = tcp_with(from, (vip, 80), &["ack"]);
+    age_conntrack::<A>(&fx, seconds(30), None);
+    assert_eq!(send(&mut fx, &ack), known, "established TCP lives 40 s");
+    age_conntrack::<A>(&fx, seconds(41), None);
+    assert_eq!(send(&mut fx, &ack), new, "established TCP: 40 s");
+}
+
+#[test]
+fn flows_expire_by_state_ipv4() {
+    flows_expire_by_state(program_v4, v4_hosts());
+}
+
+#[test]
+fn flows_expire_by_state_ipv6() {
+    flows_expire_by_state(program_v6, v6_hosts());
+}
+
+/// The agent's collector, both families: seven flows in seven states (as `bpf ct list` names
+/// them, each seen with both its entries), collected at later and later times with the default
+/// timeouts: each goes, both entries, exactly when its state's timeout has passed.
+#[test]
+fn the_collector_deletes_each_flow_when_its_state_times_out() {
+    use proxy_common::conntrack::Timeouts;
+    use proxy_userspace::conntrack;
+    let mut fx = Fixture::new();
+    let (client4, vip4, backend4, _) = v4_hosts();
+    let (client6, vip6, backend6, _) = v6_hosts();
+    for (protocol, port, target) in [(Protocol::Udp, 53, 5353), (Protocol::Tcp, 80, 8080)] {
+        program_v4(
+            &mut fx,
+            service(vip4, port, protocol, &[(backend4, target)]),
+        );
+        program_v6(
+            &mut fx,
+            service(vip6, port, protocol, &[(backend6, target)]),
+        );
+    }
+    let hosts: [(IpAddr, IpAddr, IpAddr); 2] = [
+        (client4.into(), vip4.into(), backend4.into()),
+        (client6.into(), vip6.into(), backend6.into()),
+    ];
+    // (client port, state, what makes it)
+    type Step = (bool, &'static [&'static str]);
+    let flows: [(u16, &str, &[Step]); 7] = [
+        (1001, "UDP", &[]),
+        (1002, "UDP_STREAM", &[(false, &[])]),
+        (1003, "SYN_SENT", &[]),
+        (1004, "ESTABLISHED", &[(false, &["syn", "ack"])]),
+        (
+            1005,
+            "CLOSE_WAIT",
+            &[(false, &["syn", "ack"]), (true, &["fin", "ack"])],
+        ),
+        (
+            1006,
+            "TIME_WAIT",
+            &[
+                (false, &["syn", "ack"]),
+                (true, &["fin", "ack"]),
+                (false, &["fin", "ack"]),
+            ],
+        ),
+        (1007, "CLOSE", &[(false, &["syn", "ack"]), (true, &["rst"])]),
+    ];
+    for (client, vip, backend) in hosts {
+        for (port, _, steps) in flows {
+            let udp_flow = port <= 1002;
+            let from = (client, port);
+            let (to, server) = if udp_flow {
+                ((vip, 53), (backend, 5353))
+            } else {
+                ((vip, 80), (backend, 8080))
+            };
+            if udp_flow {
+                fx.ingress(&udp(from, to));
+            } else {
+                fx.ingress(&tcp_with(from, to, &["syn"]));
+            }
+            for (from_client, flags) in steps {
+                match (udp_flow, from_client) {
+                    (true, _) => fx.egress(&udp(server, from)),
+                    (false, true) => fx.ingress(&tcp_with(from, to, flags)),
+                    (false, false) => fx.egress(&tcp_with(server, from, flags)),
+                };
+            }
+        }
+    }
+    let states = |fx: &Fixture| -> BTreeMap<(String, u16), (String, usize)> {
+        let mut seen = BTreeMap::new();
+        for row in proxy_userspace::debug::conntrack(&fx.pins).expect("conntrack") {
+            let client = if row.direction == "forward" {
+                &row.source
+            } else {
+                &row.destination
+            };
+            let port: u16 = client.rsplit(':').next().unwrap().parse().unwrap();
+            let entry = seen
+                .entry((row.family.to_string(), port))
+                .or_insert((row.state.to_owned(), 0));
+            assert_eq!(entry.0, row.state, "both entries of {client} in one state");
+            entry.1 += 1;
+        }
+        seen
+    };
+    let expected = |gone: usize| -> BTreeMap<(String, u16), (String, usize)> {
+        ["IPv4", "IPv6"]
+            .iter()
+            .flat_map(|family| {
+                flows
+                    .iter()
+                    .filter(move |(port, _, _)| !GONE[..gone].contains(port))
+                    .map(move |(port, state, _)| {
+                        ((family.to_string(), *port), (state.to_string(), 2))
+                    })
+            })
+            .collect()
+    };
+    // In the order their timeouts pass: CLOSE 10 s, UDP 30 s, SYN_SENT / TIME_WAIT / UDP_STREAM
+    // 120 s, CLOSE_WAIT 1 h, ESTABLISHED 24 h.
+    const GONE: [u16; 7] = [1007, 1001, 1002, 1003, 1006, 1005, 1004];
+    assert_eq!(
+        states(&fx),
+        expected(0),
+        "every flow in its state, both entries"
+    );
+    let timeouts = Timeouts::DEFAULT;
+    let start = conntrack::monotonic_ns();
+    for (after, gone) in [
+        (5, 0),
+        (11, 1),
+        (31, 2),
+        (100, 2),
+        (121, 5),
+        (3601, 6),
+        (86_401, 7),
+    ] {
+        let now = start + after * 1_000_000_000;
+        conntrack::collect(&fx.pins, &timeouts, now).expect("collect");
+        assert_eq!(states(&fx), expected(gone), "collected {after} s later");
+    }
 }

@@ -46,6 +46,7 @@ fn forward<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<
     if let Some(entry) = ct::forward::<F>(&tuple)
         && entry.rev_nat_id == service.entry.rev_nat_id
         && !ct::reopens(entry, packet.tcp_flags)
+        && !ct::expired::<F>(entry, &tuple, now)
     {
         // A TCP connection keeps its backend for life, like a netfilter NAT binding, even
         // once the backend has left the Service. Other flows follow the Service: if their

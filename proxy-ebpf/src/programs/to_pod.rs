@@ -33,6 +33,12 @@ fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
         return Ok(Outcome::Pass);
     };
     ct::touch(entry, packet.tcp_flags, ct::now());
+    let tuple = ct::Tuple {
+        client: packet.destination(),
+        frontend: (address, port),
+        protocol: packet.protocol,
+    };
+    ct::answered::<F>(entry, &tuple);
     nat::rewrite::<F, C>(ctx, packet, Side::Source, address, port).map_err(rewrite_error)?;
     Ok(Outcome::ReverseNat)
 }

@@ -3,9 +3,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args};
+use proxy_common::conntrack::Timeouts;
 
 use crate::{
-    agent::{self, AgentConfig, SocketLb, SourceConfig},
+    agent::{self, AgentConfig, ConntrackConfig, SocketLb, SourceConfig},
     config::{self, ClusterCidrs, InterfacePatterns},
 };
 
@@ -68,6 +69,61 @@ pub struct RunArgs {
     /// runtime in them).
     #[arg(long)]
     socket_lb_hostns_only: bool,
+    /// Idle timeout of an established TCP flow (kube-proxy's default).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = duration)]
+    conntrack_tcp_timeout_established: Duration,
+    /// Idle timeout of a TCP flow one side has closed (FIN), as kube-proxy's CLOSE_WAIT.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration)]
+    conntrack_tcp_timeout_close_wait: Duration,
+    /// Idle timeout of a TCP flow the backend has not answered yet.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = duration)]
+    conntrack_tcp_timeout_syn_sent: Duration,
+    /// Idle timeout of a UDP flow without replies.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    conntrack_udp_timeout: Duration,
+    /// Idle timeout of a UDP flow with replies.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = duration)]
+    conntrack_udp_timeout_stream: Duration,
+    /// How often expired conntrack entries are deleted.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = duration)]
+    conntrack_gc_interval: Duration,
+}
+
+/// A conntrack timeout flag's value in whole seconds (rounded up), at least 1.
+fn timeout_seconds(flag: &str, value: Duration) -> anyhow::Result<u32> {
+    let seconds = value.as_secs() + u64::from(value.subsec_nanos() > 0);
+    if seconds == 0 {
+        anyhow::bail!("--{flag} must be at least 1s, e.g. 30s");
+    }
+    u32::try_from(seconds).map_err(|_| anyhow::anyhow!("--{flag} is too long: at most 136y"))
+}
+
+fn conntrack(args: &RunArgs) -> anyhow::Result<ConntrackConfig> {
+    if args.conntrack_gc_interval.is_zero() {
+        anyhow::bail!("--conntrack-gc-interval must be greater than 0, e.g. 1m");
+    }
+    let mut timeouts = Timeouts::DEFAULT;
+    timeouts.established = timeout_seconds(
+        "conntrack-tcp-timeout-established",
+        args.conntrack_tcp_timeout_established,
+    )?;
+    timeouts.close_wait = timeout_seconds(
+        "conntrack-tcp-timeout-close-wait",
+        args.conntrack_tcp_timeout_close_wait,
+    )?;
+    timeouts.syn_sent = timeout_seconds(
+        "conntrack-tcp-timeout-syn-sent",
+        args.conntrack_tcp_timeout_syn_sent,
+    )?;
+    timeouts.udp = timeout_seconds("conntrack-udp-timeout", args.conntrack_udp_timeout)?;
+    timeouts.udp_stream = timeout_seconds(
+        "conntrack-udp-timeout-stream",
+        args.conntrack_udp_timeout_stream,
+    )?;
+    Ok(ConntrackConfig {
+        timeouts,
+        gc_interval: args.conntrack_gc_interval,
+    })
 }
 
 fn hostname() -> anyhow::Result<String> {
@@ -80,6 +136,7 @@ pub(super) fn main(args: RunArgs) -> anyhow::Result<()> {
     if args.sync_period.is_zero() {
         anyhow::bail!("--sync-period must be greater than 0, e.g. 30s");
     }
+    let conntrack = conntrack(&args)?;
     let node_name = match args.node_name {
         Some(n) if !n.is_empty() => n,
         _ => hostname()?,
@@ -121,6 +178,7 @@ pub(super) fn main(args: RunArgs) -> anyhow::Result<()> {
         metrics_bind_address: args.metrics_bind_address,
         min_sync_period: args.min_sync_period,
         sync_period: args.sync_period,
+        conntrack,
     };
     // One thread: syncs are sequential anyway, and one allocator arena keeps the agent small.
     tokio::runtime::Builder::new_current_thread()

@@ -16,6 +16,7 @@ pub use links::{LinkRow, links, links_table};
 pub use table::Table;
 
 use crate::{
+    conntrack,
     family::{Family, socket_display},
     maps::{
         MapError, batch,
@@ -148,36 +149,39 @@ pub struct ConntrackRow {
     pub backend_id: u32,
     pub backend: String,
     pub rev_nat_id: u32,
-    /// Seconds since the last packet.
+    /// The flow's state, seen with its other direction's entry.
+    pub state: &'static str,
+    /// Seconds since the flow was created (`None`: not recorded, an older agent made it).
+    pub age_seconds: Option<f64>,
+    /// Seconds since the flow's last packet, in either direction.
     pub idle_seconds: f64,
+    /// This entry's own flags (its direction's TCP flags; REPLY in both).
     pub flags: Vec<&'static str>,
 }
 
-fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime writes into a struct we own. CLOCK_MONOTONIC is
-    // bpf_ktime_get_ns's clock.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn conntrack_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ConntrackRow>, MapError> {
+fn conntrack_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ConntrackRow>, MapError>
+where
+    A::Raw: Eq + std::hash::Hash,
+{
     let map = open_hash::<ConntrackKey<A::Raw>, ConntrackValue>(pins, A::Binding::CONNTRACK)?;
-    let now = monotonic_ns();
+    let now = conntrack::monotonic_ns();
+    let entries: Vec<_> = map.iter().filter_map(Result::ok).collect();
+    let views = conntrack::views(&entries);
     let mut rows = Vec::new();
-    for entry in map.iter() {
-        let Ok((key, value)) = entry else { continue };
-        let tuple = codec::decode_conntrack_key::<A>(&key);
+    for ((key, value), view) in entries.iter().zip(views) {
+        let tuple = codec::decode_conntrack_key::<A>(key);
         let mut flags = Vec::new();
         for (bit, name) in [
             (ct_flags::SEEN_SYN, "SYN"),
             (ct_flags::SEEN_FIN, "FIN"),
             (ct_flags::SEEN_RST, "RST"),
+            (ct_flags::SEEN_REPLY, "REPLY"),
         ] {
             if value.flags & bit != 0 {
                 flags.push(name);
             }
         }
+        let seconds = |ns: u64| ns as f64 / 1e9;
         rows.push(ConntrackRow {
             family: A::FAMILY,
             direction: if tuple.direction == direction::FORWARD {
@@ -196,7 +200,10 @@ fn conntrack_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ConntrackRow>, 
                 u16::from_be(value.backend_port),
             ),
             rev_nat_id: value.rev_nat_id,
-            idle_seconds: now.saturating_sub(value.last_seen) as f64 / 1e9,
+            state: view.state.name(),
+            age_seconds: (value.created != 0)
+                .then(|| seconds(now.saturating_sub(u64::from(value.created) * 1_000_000_000))),
+            idle_seconds: seconds(now.saturating_sub(view.last_seen)),
             flags,
         });
     }
@@ -226,6 +233,8 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> Table {
         "BACKEND",
         "ID",
         "REVNAT",
+        "STATE",
+        "AGE",
         "IDLE",
         "FLAGS",
     ]);
@@ -238,6 +247,9 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> Table {
             row.backend.clone(),
             row.backend_id.to_string(),
             row.rev_nat_id.to_string(),
+            row.state.to_owned(),
+            row.age_seconds
+                .map_or_else(|| "-".to_owned(), |age| format!("{age:.1}s")),
             format!("{:.1}s", row.idle_seconds),
             row.flags.join(","),
         ]);

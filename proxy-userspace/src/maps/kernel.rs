@@ -24,13 +24,13 @@ pub fn open_hash<K: aya::Pod, V: aya::Pod>(
 
 /// A hash map opened from its pin, with a second descriptor for batch operations and its
 /// capacity.
-struct Opened<K, V> {
-    map: HashMap<MapData, K, V>,
-    fd: OwnedFd,
-    capacity: u32,
+pub(crate) struct Opened<K, V> {
+    pub map: HashMap<MapData, K, V>,
+    pub fd: OwnedFd,
+    pub capacity: u32,
 }
 
-fn open_hash_with_fd<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn open_hash_with_fd<K: aya::Pod, V: aya::Pod>(
     pins: &PinLayout,
     name: &'static str,
 ) -> Result<Opened<K, V>, MapError> {
@@ -58,7 +58,11 @@ fn open_hash_with_fd<K: aya::Pod, V: aya::Pod>(
     })
 }
 
-fn io_error(map: &'static str, operation: &'static str, io_error: std::io::Error) -> MapError {
+pub(crate) fn io_error(
+    map: &'static str,
+    operation: &'static str,
+    io_error: std::io::Error,
+) -> MapError {
     MapError::Kernel {
         map,
         operation,
