@@ -83,6 +83,37 @@ fn other_bad_flags_name_the_flag() {
 }
 
 #[test]
+fn bad_conntrack_timeouts_name_the_flag_and_an_example() {
+    for (flag, bad, expected) in [
+        ("--conntrack-udp-timeout", "0", "at least 1s"),
+        ("--conntrack-tcp-timeout-established", "0", "at least 1s"),
+        (
+            "--conntrack-tcp-timeout-close-wait",
+            "soon",
+            "expected e.g.",
+        ),
+        ("--conntrack-gc-interval", "0", "greater than 0"),
+    ] {
+        let (ok, stderr) = twinstack(&[
+            "run",
+            "--manifests",
+            ".",
+            "--cluster-cidr",
+            "10.0.0.0/8",
+            "--pod-interfaces",
+            "veth*",
+            flag,
+            bad,
+        ]);
+        assert!(!ok, "{flag} {bad} accepted");
+        assert!(
+            stderr.contains(flag) && stderr.contains(expected),
+            "{flag} {bad}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn bpf_list_on_a_missing_root_fails_clearly() {
     let (ok, stderr) = twinstack(&[
         "bpf",

@@ -342,3 +342,66 @@ fn an_agent_restart_keeps_flows_on_their_backends() {
         "a restart renumbers nothing"
     );
 }
+
+/// The agent's conntrack collector with short UDP timeouts (`--conntrack-udp-timeout 1s
+/// --conntrack-udp-timeout-stream 2s --conntrack-gc-interval 1s`), both families: answered
+/// flows show as `UDP_STREAM` with both entries, then every entry is deleted once idle past
+/// the timeout, and counted; a TCP connection made at the same time stays (24 h).
+#[test]
+fn the_collector_deletes_idle_udp_flows_and_keeps_the_rest() {
+    let lab = ExampleLab::start(
+        DUAL_STACK,
+        &[
+            "--conntrack-udp-timeout",
+            "1s",
+            "--conntrack-udp-timeout-stream",
+            "2s",
+            "--conntrack-gc-interval",
+            "1s",
+        ],
+    );
+    let rows = |lab: &Lab| -> Vec<serde_json::Value> {
+        let list = lab.agent.twinstack(&["bpf", "ct", "list", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&list)
+            .expect("ct list JSON")
+            .as_array()
+            .expect("array")
+            .clone()
+    };
+    for vip in [VIP4, VIP6] {
+        lab.requests(target(vip, 5353), true, 5);
+        lab.requests(target(vip, 80), false, 1);
+    }
+    let udp: Vec<_> = rows(&lab)
+        .into_iter()
+        .filter(|r| r["protocol"] == "UDP")
+        .collect();
+    assert_eq!(
+        udp.len(),
+        20,
+        "5 flows per family, two entries each: {udp:?}"
+    );
+    for row in &udp {
+        assert_eq!(row["state"], "UDP_STREAM", "{row}");
+        assert!(
+            row["age_seconds"].as_f64().is_some_and(|age| age < 5.0),
+            "{row}"
+        );
+    }
+    let took = lab.until(Duration::from_secs(8), |lab| {
+        rows(lab).iter().all(|r| r["protocol"] != "UDP")
+    });
+    assert!(
+        took >= Duration::from_secs(1),
+        "collected before the timeout: {took:?}"
+    );
+    let tcp = rows(&lab);
+    assert_eq!(tcp.len(), 4, "the TCP connections stay: {tcp:?}");
+    assert!(
+        lab.agent
+            .metric("twinstack_conntrack_expired_total")
+            .is_some_and(|n| n >= 20.0),
+        "{}",
+        lab.agent.metrics()
+    );
+}
