@@ -1016,7 +1016,7 @@ fn flows_expire_by_state<A: Address + KernelFamily>(
         (client.into(), vip.into(), backend.into());
     let request = udp((client, 40000), (vip, 53));
     let reply = udp((backend, 5353), (client, 40000));
-    let mut send = |fx: &mut Fixture, packet: &[u8]| fx.counting(|fx| fx.ingress(packet)).1;
+    let send = |fx: &mut Fixture, packet: &[u8]| fx.counting(|fx| fx.ingress(packet)).1;
     let new = counts(&[(Counter::DnatNew, 1)]);
     let known = counts(&[(Counter::DnatEstablished, 1)]);
     let seconds = Duration::from_secs;
