@@ -50,6 +50,10 @@ counters! {
     Reject => "reject",
     /// A known flow's backend had gone and a new one was picked.
     Repick => "repick",
+    /// An ICMP or ICMPv6 error about a translated flow (unreachable, fragmentation needed,
+    /// Packet Too Big, time exceeded, parameter problem) was translated with it: its quote
+    /// and, when the backend sent it, its source.
+    IcmpError => "icmp_error",
     /// A rewrite helper failed; the packet passed untouched.
     RewriteError => "rewrite_error",
     /// A conntrack entry could not be created (map full or out of memory); the packet passed

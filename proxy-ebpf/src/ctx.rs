@@ -41,6 +41,9 @@ pub(crate) trait PacketCtx {
     ) -> Result<(), i64>;
     /// Adds a checksum difference (from `bpf_csum_diff`) to the L4 checksum at `check`.
     fn l4_csum_add(&self, check: usize, diff: u32, change: L4Change) -> Result<(), i64>;
+    /// Adds a checksum difference (from `csum::diff`) to a checksum at `check` that no skb
+    /// state tracks: one inside an ICMP error's quote.
+    fn csum_add(&self, check: usize, diff: u32) -> Result<(), i64>;
     /// Makes the packet `len` bytes long, cutting or growing (zeros) its tail.
     fn resize(&self, len: u32) -> Result<(), i64>;
     /// Sends the packet back out of the interface it came in on (the verdict must then be
@@ -99,6 +102,12 @@ impl PacketCtx for TcContext {
     fn l4_csum_add(&self, check: usize, diff: u32, change: L4Change) -> Result<(), i64> {
         // Size 0: `to` is a checksum difference, not a value.
         TcContext::l4_csum_replace(self, check, 0, diff.into(), l4_flags(change))
+    }
+
+    #[inline(always)]
+    fn csum_add(&self, check: usize, diff: u32) -> Result<(), i64> {
+        // Size 0: `to` is a difference. The L3 helper only folds it into the field.
+        TcContext::l3_csum_replace(self, check, 0, diff.into(), 0)
     }
 
     #[inline(always)]

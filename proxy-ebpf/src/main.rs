@@ -7,9 +7,11 @@
 #![no_main]
 
 mod config;
+mod csum;
 mod ct;
 mod ctx;
 mod family;
+mod icmp;
 mod lb;
 mod maps;
 mod metrics;

@@ -20,6 +20,8 @@ pub(crate) enum Outcome {
     /// neither the packet nor its answer, so it is dropped (counted as a rewrite error).
     RejectError,
     Repick,
+    /// An ICMP (ICMPv6) error about a translated flow was translated with it.
+    IcmpError,
     /// A helper failed mid-rewrite or before it; the packet goes on as it is.
     RewriteError,
     /// No conntrack entry could be made; the packet goes on untranslated.
@@ -73,6 +75,7 @@ impl Outcome {
             Outcome::Reject => Counter::Reject,
             Outcome::RejectError => Counter::RewriteError,
             Outcome::Repick => Counter::Repick,
+            Outcome::IcmpError => Counter::IcmpError,
             Outcome::RewriteError => Counter::RewriteError,
             Outcome::ConntrackError => Counter::ConntrackError,
             Outcome::SockConnect => Counter::SockConnect,

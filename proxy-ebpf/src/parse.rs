@@ -1,6 +1,6 @@
 //! Packet parsing: Ethernet, IPv4 or IPv6 (extension headers skipped), then the L4 ports.
 //! Anything we cannot parse, or that has no ports (a non-first fragment), is `None`: not ours.
-use proxy_common::protocol;
+use proxy_common::{LbFamily, V4, V6, protocol};
 
 use crate::ctx::PacketCtx;
 
@@ -46,18 +46,39 @@ impl<A: Copy> Packet<A> {
     }
 }
 
-pub(crate) enum Parsed {
-    V4(Packet<[u8; 4]>),
-    V6(Packet<[u8; 16]>),
+/// The family an Ethernet frame carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EtherType {
+    V4,
+    V6,
 }
 
 #[inline(always)]
-pub(crate) fn parse<C: PacketCtx>(ctx: &C) -> Option<Parsed> {
-    let ether_type = u16::from_be(ctx.load::<u16>(12).ok()?);
-    match ether_type {
-        ETH_P_IP => parse_v4(ctx, ETH_HLEN).map(Parsed::V4),
-        ETH_P_IPV6 => parse_v6(ctx, ETH_HLEN).map(Parsed::V6),
+pub(crate) fn ether_type<C: PacketCtx>(ctx: &C) -> Option<EtherType> {
+    match u16::from_be(ctx.load::<u16>(12).ok()?) {
+        ETH_P_IP => Some(EtherType::V4),
+        ETH_P_IPV6 => Some(EtherType::V6),
         _ => None,
+    }
+}
+
+/// A family's parser, so a program body generic over the family can parse its packet.
+pub(crate) trait Parse: LbFamily {
+    /// The packet after the Ethernet header, if it is one of this family with ports.
+    fn parse<C: PacketCtx>(ctx: &C) -> Option<Packet<Self::Addr>>;
+}
+
+impl Parse for V4 {
+    #[inline(always)]
+    fn parse<C: PacketCtx>(ctx: &C) -> Option<Packet<[u8; 4]>> {
+        parse_v4(ctx, ETH_HLEN)
+    }
+}
+
+impl Parse for V6 {
+    #[inline(always)]
+    fn parse<C: PacketCtx>(ctx: &C) -> Option<Packet<[u8; 16]>> {
+        parse_v6(ctx, ETH_HLEN)
     }
 }
 

@@ -8,10 +8,15 @@
 //! Not rejected (passed untouched, counted `no_backend`): an incoming reset (never answered),
 //! an IPv4 header with options or an IPv6 one followed by extension headers (rare from pods;
 //! the quote would need a variable length), and protocols other than TCP and UDP.
-use aya_ebpf::helpers::bpf_csum_diff;
 use proxy_common::{V4, V6, protocol};
 
-use crate::{ctx::PacketCtx, family::Family, outcome::Outcome, parse::Packet};
+use crate::{
+    csum::{checksum, sum},
+    ctx::PacketCtx,
+    family::Family,
+    outcome::Outcome,
+    parse::Packet,
+};
 
 const ETH_HLEN: usize = 14;
 const TCP_HLEN: usize = 20;
@@ -150,34 +155,6 @@ struct Unreachable<H, Q> {
 struct IcmpMessage<Q> {
     icmp: [u8; 8],
     quote: Q,
-}
-
-/// The ones'-complement sum of `value` (a whole number of 32-bit words) added to `seed`, not
-/// yet folded.
-#[inline(always)]
-fn sum<T>(value: &T, seed: u32) -> Result<u32, i64> {
-    let size = core::mem::size_of::<T>() as u32;
-    // SAFETY: `value` is `size` initialized bytes on our stack; nothing is written.
-    let sum = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            (value as *const T).cast_mut().cast(),
-            size,
-            seed,
-        )
-    };
-    if sum < 0 { Err(sum) } else { Ok(sum as u32) }
-}
-
-/// The Internet checksum of `value` after `seed`, as the two bytes to store.
-#[inline(always)]
-fn checksum<T>(value: &T, seed: u32) -> Result<[u8; 2], i64> {
-    let mut folded = sum(value, seed)?;
-    folded = (folded & 0xffff) + (folded >> 16);
-    folded = (folded & 0xffff) + (folded >> 16);
-    // The sum ran over memory in its own byte order, so its complement goes back the same way.
-    Ok((!(folded as u16)).to_ne_bytes())
 }
 
 /// Whether the packet can be answered: a fixed-size header right before TCP or UDP, and not

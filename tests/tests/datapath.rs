@@ -1187,3 +1187,184 @@ fn the_collector_deletes_each_flow_when_its_state_times_out() {
         assert_eq!(states(&fx), expected(gone), "collected {after} s later");
     }
 }
+
+/// The ICMP errors the tests send: a path-MTU one or a port unreachable.
+#[derive(Clone, Copy, Debug)]
+enum IcmpError {
+    /// IPv4 fragmentation needed (MTU 1400), IPv6 Packet Too Big (MTU 1280).
+    TooBig,
+    PortUnreachable,
+}
+
+/// An ICMP (ICMPv6) error from `from` to `to` quoting `quote` (the bytes from an IP header on).
+fn icmp_error(from: IpAddr, to: IpAddr, kind: IcmpError, quote: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4::DestUnreachableHeader, icmpv6};
+    let b = builder(from, to);
+    let mut out = Vec::new();
+    let written = match (from, kind) {
+        (IpAddr::V4(_), IcmpError::TooBig) => b
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
+            .write(&mut out, quote),
+        (IpAddr::V4(_), IcmpError::PortUnreachable) => b
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::Port,
+            ))
+            .write(&mut out, quote),
+        (IpAddr::V6(_), IcmpError::TooBig) => b
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, quote),
+        (IpAddr::V6(_), IcmpError::PortUnreachable) => b
+            .icmpv6(Icmpv6Type::DestinationUnreachable(
+                icmpv6::DestUnreachableCode::Port,
+            ))
+            .write(&mut out, quote),
+    };
+    written.expect("building an ICMP error");
+    out
+}
+
+/// An ICMP (ICMPv6) error's source, destination and quote, after checking its IPv4 header
+/// checksum and its own checksum.
+fn read_icmp_error(bytes: &[u8]) -> (IpAddr, IpAddr, Vec<u8>) {
+    let headers = PacketHeaders::from_ethernet_slice(bytes).expect("parsable ICMP error");
+    let quote = headers.payload.slice().to_vec();
+    match (&headers.net, &headers.transport) {
+        (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Icmpv4(icmp))) => {
+            assert_eq!(
+                ip.header_checksum,
+                ip.calc_header_checksum(),
+                "IPv4 checksum"
+            );
+            let mut expected = icmp.clone();
+            expected.update_checksum(&quote);
+            assert_eq!(icmp.checksum, expected.checksum, "ICMP checksum");
+            (ip.source.into(), ip.destination.into(), quote)
+        }
+        (Some(NetHeaders::Ipv6(ip, _)), Some(TransportHeader::Icmpv6(icmp))) => {
+            let mut expected = icmp.clone();
+            expected
+                .update_checksum(ip.source, ip.destination, &quote)
+                .unwrap();
+            assert_eq!(icmp.checksum, expected.checksum, "ICMPv6 checksum");
+            (ip.source.into(), ip.destination.into(), quote)
+        }
+        other => panic!("not an ICMP error: {other:?}"),
+    }
+}
+
+/// ICMP errors about translated flows are translated with them, in one family: the quote
+/// becomes, byte for byte (checksums included), the packet as its sender sent it; the error's
+/// own address too when the flow's far end sent it. A router's error keeps the router's
+/// address. Errors about unknown flows and echo requests to a frontend pass untouched.
+fn icmp_errors_are_translated<A: Address + KernelFamily>(
+    writer: impl Fn(&mut Fixture) -> &mut Writer<A>,
+    (client, vip, backend, router): (A, A, A, A),
+) {
+    let mut fx = Fixture::new();
+    for (protocol, port, target) in [(Protocol::Tcp, 80, 8080), (Protocol::Udp, 53, 5353)] {
+        let (f, e) = service(vip, port, protocol, &[(backend, target)]);
+        writer(&mut fx).upsert(&f, &e).unwrap();
+    }
+    let (client, vip, backend, router): (IpAddr, IpAddr, IpAddr, IpAddr) =
+        (client.into(), vip.into(), backend.into(), router.into());
+    let ip_header = if client.is_ipv4() { 20 } else { 40 };
+    let ip = |packet: &[u8]| packet[14..].to_vec();
+
+    // A router on the way to the backend cannot forward the DNATed segment: too big. It
+    // quotes the whole segment, or (IPv4's minimum) the IP header and 8 bytes.
+    let request = tcp((client, 40000), (vip, 80), true);
+    let dnat = fx.ingress(&request);
+    for quoted in [ip(&dnat), dnat[14..14 + ip_header + 8].to_vec()] {
+        let error = icmp_error(router, client, IcmpError::TooBig, &quoted);
+        let (out, moved) = fx.counting(|fx| fx.egress(&error));
+        assert_eq!(
+            moved,
+            counts(&[(Counter::IcmpError, 1)]),
+            "{vip}: translated"
+        );
+        let (source, destination, quote) = read_icmp_error(&out);
+        assert_eq!(
+            (source, destination),
+            (router, client),
+            "{vip}: from the router"
+        );
+        assert_eq!(
+            quote,
+            request[14..14 + quoted.len()],
+            "{vip}: the quote is what the client sent ({} bytes)",
+            quoted.len()
+        );
+    }
+
+    // The backend has nothing on the port: its port unreachable comes from the frontend.
+    let request = udp((client, 40001), (vip, 53));
+    let dnat = fx.ingress(&request);
+    let error = icmp_error(backend, client, IcmpError::PortUnreachable, &ip(&dnat));
+    let (out, moved) = fx.counting(|fx| fx.egress(&error));
+    assert_eq!(moved, counts(&[(Counter::IcmpError, 1)]));
+    let (source, destination, quote) = read_icmp_error(&out);
+    assert_eq!(
+        (source, destination),
+        (vip, client),
+        "{vip}: from the frontend"
+    );
+    assert_eq!(
+        quote,
+        ip(&request),
+        "{vip}: quoting the datagram the client sent"
+    );
+
+    // The other way: the client's error about a reply goes to the backend, quoting the reply
+    // as the backend sent it.
+    let reply = udp((backend, 5353), (client, 40001));
+    let reversed = fx.egress(&reply);
+    let error = icmp_error(client, vip, IcmpError::PortUnreachable, &ip(&reversed));
+    let (out, moved) = fx.counting(|fx| fx.ingress(&error));
+    assert_eq!(moved, counts(&[(Counter::IcmpError, 1)]));
+    let (source, destination, quote) = read_icmp_error(&out);
+    assert_eq!(
+        (source, destination),
+        (client, backend),
+        "{vip}: to the backend"
+    );
+    assert_eq!(
+        quote,
+        ip(&reply),
+        "{vip}: quoting the reply the backend sent"
+    );
+
+    // Not ours: an error about a flow never translated, an echo request to the frontend.
+    let stranger = tcp((client, 40002), (backend, 8080), true);
+    let error = icmp_error(router, client, IcmpError::TooBig, &ip(&stranger));
+    let (out, moved) = fx.counting(|fx| fx.egress(&error));
+    assert_eq!((out, moved), (error, counts(&[(Counter::Pass, 1)])));
+    let mut echo = Vec::new();
+    let b = builder(client, vip);
+    match client {
+        IpAddr::V4(_) => b.icmpv4_echo_request(1, 1).write(&mut echo, PAYLOAD),
+        IpAddr::V6(_) => b.icmpv6_echo_request(1, 1).write(&mut echo, PAYLOAD),
+    }
+    .unwrap();
+    let (out, moved) = fx.counting(|fx| fx.ingress(&echo));
+    assert_eq!((out, moved), (echo, counts(&[(Counter::Pass, 1)])));
+}
+
+#[test]
+fn icmp_errors_are_translated_ipv4() {
+    let (client, vip, backend, _) = v4_hosts();
+    icmp_errors_are_translated(
+        |fx| &mut fx.v4,
+        (client, vip, backend, Ipv4Addr::new(10, 244, 0, 1)),
+    );
+}
+
+#[test]
+fn icmp_errors_are_translated_ipv6() {
+    let (client, vip, backend, _) = v6_hosts();
+    icmp_errors_are_translated(
+        |fx| &mut fx.v6,
+        (client, vip, backend, v6("fd00:10:244::1")),
+    );
+}

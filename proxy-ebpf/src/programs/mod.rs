@@ -20,12 +20,19 @@ use crate::{
     sock::{self, Forward},
 };
 
-/// Counts `outcome` (an error is an outcome too) and returns its TC verdict.
+/// Counts `outcome` and returns its TC verdict.
 #[inline(always)]
-fn finish_tc(outcome: Result<Outcome, Outcome>) -> i32 {
-    let outcome = outcome.unwrap_or_else(|error| error);
+fn finish_tc(outcome: Outcome) -> i32 {
     metrics::count(outcome.counter());
     outcome.verdict().tc()
+}
+
+/// An outcome, its error included: what a program body (its `Result` for `?`) ends in. The
+/// BPF functions return this one byte, never a `Result` whose unused half the verifier would
+/// see read uninitialized.
+#[inline(always)]
+fn either(outcome: Result<Outcome, Outcome>) -> Outcome {
+    outcome.unwrap_or_else(|error| error)
 }
 
 const ECONNREFUSED: i32 = 111;

@@ -7,19 +7,29 @@ use crate::{
     ct,
     ctx::PacketCtx,
     family::Family,
-    lb,
+    icmp, lb,
     nat::{self, Side},
     outcome::{Outcome, rewrite_error},
-    parse::{self, Packet, Parsed},
+    parse::{self, EtherType, Packet, Parse},
 };
 
 #[classifier]
 pub(crate) fn to_pod(ctx: TcContext) -> i32 {
-    super::finish_tc(match parse::parse(&ctx) {
-        Some(Parsed::V4(packet)) => reverse::<V4, _>(&ctx, &packet),
-        Some(Parsed::V6(packet)) => reverse::<V6, _>(&ctx, &packet),
-        None => Ok(Outcome::Pass),
-    })
+    let served = match parse::ether_type(&ctx) {
+        Some(EtherType::V4) => service::<V4>(&ctx),
+        Some(EtherType::V6) => service::<V6>(&ctx),
+        None => None,
+    };
+    super::finish_tc(served.unwrap_or_else(|| icmp::to_client(&ctx)))
+}
+
+/// The service path of one family; `None` if the packet has no ports. Its own BPF function
+/// (never inlined), so its stack, the other family's and the ICMP path's are not added up in
+/// one frame.
+#[inline(never)]
+fn service<F: Family + Parse>(ctx: &TcContext) -> Option<Outcome> {
+    let packet = F::parse(ctx)?;
+    Some(super::either(reverse::<F, _>(ctx, &packet)))
 }
 
 /// Restores the service address on a backend's reply to a translated flow.
