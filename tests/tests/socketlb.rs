@@ -666,3 +666,45 @@ fn an_internal_local_policy_keeps_to_this_node_and_drops_without_a_local_endpoin
         assert!(started.elapsed() < Duration::from_millis(500));
     }
 }
+
+/// Path MTU through a Service. The node's routes to the backends' subnets get a smaller MTU
+/// (1400 for IPv4, 1280 for IPv6) than the pods' links, so a full-sized segment to a backend
+/// cannot be forwarded: the node answers with fragmentation needed / Packet Too Big, quoting
+/// the DNATed segment. On the TC path the datapath translates the error back to the frontend
+/// the client's socket talks to, which then sends smaller segments: a 1 MiB upload comes back
+/// whole, in both families. On the socket path the client talks to the backend itself and
+/// the error needs no translation; it must work there too.
+#[test]
+fn a_smaller_mtu_on_the_way_to_the_backend_reaches_the_client_and_large_transfers_complete() {
+    let lab = start(&[]);
+    let node = &lab.topology.node;
+    for backend in &lab.topology.backends {
+        let [_, _, subnet, _] = backend.v4.octets();
+        let host = backend.host_interface.as_str();
+        let v4 = format!("10.244.{subnet}.0/24");
+        let v6 = format!("fd00:10:244:{subnet:x}::/64");
+        node.ip(&["route", "replace", &v4, "dev", host, "mtu", "1400"]);
+        node.ip(&["-6", "route", "replace", &v6, "dev", host, "mtu", "1280"]);
+    }
+    let pod = &lab.topology.client.netns;
+    const BYTES: u64 = 1 << 20;
+    let translated = lab.counter("icmp_error");
+    for (path, place) in [("TC", In::Outside(pod)), ("socket", In::Cgroup(pod))] {
+        for vip in [VIP4, VIP6] {
+            let answer = client(
+                &lab,
+                place,
+                &["upload", &target(vip, 80), &BYTES.to_string()],
+            );
+            let answer = &answer[0];
+            assert_eq!(answer["echoed"], BYTES, "{path} path, {vip}: {answer}");
+            assert_eq!(answer["intact"], true, "{path} path, {vip}: {answer}");
+        }
+        if path == "TC" {
+            assert!(
+                lab.counter("icmp_error") >= translated + 2,
+                "a translated error in each family"
+            );
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! lab-client udp-connected ADDR COUNT [--mapped] connect, getpeername, send, recvfrom
 //! lab-client hold ADDR SECONDS tcp|udp|udp-connected|udp-reconnect
 //!                                               one echoed stream (or UDP socket), every 20 ms
+//! lab-client upload ADDR BYTES                  one stream: BYTES sent, echoed back whole
 //! ```
 //! `--mapped`: an `AF_INET6` socket addressing the IPv4 `ADDR` as `::ffff:a.b.c.d`.
 use std::{
@@ -45,12 +46,13 @@ fn main() {
             .for_each(|_| print(udp_socket(target).and_then(|s| udp_unconnected(&s, target)))),
         "udp-connected" => (0..amount).for_each(|_| print(udp_connected(target))),
         "hold" => print(hold(target, Duration::from_secs(amount), args.get(3))),
+        "upload" => print(upload(target, amount)),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: lab-client tcp|udp|udp-connected|hold ADDR COUNT|SECONDS [...]");
+    eprintln!("usage: lab-client tcp|udp|udp-connected|hold|upload ADDR COUNT|SECONDS|BYTES [...]");
     std::process::exit(2)
 }
 
@@ -210,5 +212,67 @@ fn hold(target: SocketAddr, duration: Duration, kind: Option<&String>) -> std::i
     }
     Ok(json!({
         "exchanges": exchanges, "errors": errors, "peer": peer.to_string(), "backends": backends,
+    }))
+}
+
+/// The byte at `offset` of an upload: a pattern that shows a lost, repeated or reordered piece.
+fn pattern(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+/// One stream in the servers' `stream` mode: `bytes` of [`pattern`] written by a thread of
+/// its own while this one reads the echo, which must come back whole and in order (bounded:
+/// 20 s for all of it, 3 s for any one read).
+fn upload(target: SocketAddr, bytes: u64) -> std::io::Result<Value> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"stream\n")?;
+    let mut header = Vec::new();
+    let mut byte = [0u8; 1];
+    while !header.ends_with(b"\n") && stream.read(&mut byte)? == 1 {
+        header.push(byte[0]);
+    }
+    let (backend, _) = answer(&String::from_utf8_lossy(&header));
+    let mut writer = stream.try_clone()?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut offset = 0u64;
+        while offset < bytes {
+            let n = chunk.len().min((bytes - offset) as usize);
+            for (i, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern(offset + i as u64);
+            }
+            writer.write_all(&chunk[..n])?;
+            offset += n as u64;
+        }
+        Ok(())
+    });
+    let deadline = started + Duration::from_secs(20);
+    let (mut echoed, mut intact) = (0u64, true);
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut failure = None;
+    while echoed < bytes && Instant::now() < deadline {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                intact &= buffer[..n]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(echoed + i as u64));
+                echoed += n as u64;
+            }
+            Err(e) => {
+                failure = Some(format!("{:?}", e.kind()));
+                break;
+            }
+        }
+    }
+    // Unblocks a sender stuck on a full window, so the thread ends.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let sent = sender.join().map(|r| r.is_ok()).unwrap_or(false);
+    Ok(json!({
+        "backend": backend, "sent": sent, "echoed": echoed, "intact": intact,
+        "failure": failure, "ms": started.elapsed().as_millis() as u64,
     }))
 }
