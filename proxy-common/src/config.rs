@@ -14,6 +14,9 @@ pub mod flags {
     /// `--socket-lb-hostns-only`: the socket hooks translate only for sockets of the node's
     /// own network namespace ([`super::DatapathConfig::host_netns_cookie`]); pods go through TC.
     pub const SOCKET_LB_HOSTNS_ONLY: u16 = 1 << 0;
+    /// `--masquerade-all`: every flow through a Service is SNATed to the node, not only those
+    /// from outside `--cluster-cidr` and hairpins.
+    pub const MASQUERADE_ALL: u16 = 1 << 1;
 }
 
 #[repr(C)]
@@ -30,7 +33,15 @@ pub struct DatapathConfig {
     pub flags: u16,
     /// Conntrack lifetimes (`--conntrack-*`).
     pub ct_timeouts: Timeouts,
+    /// `--masquerade-ports`: the source ports masqueraded flows get, inclusive, host order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _pad: [u8; 4],
 }
+
+/// The default `--masquerade-ports`: above Linux's default ephemeral range (32768–60999), so a
+/// masqueraded flow never takes a port the node's own connections use.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
 
 impl Default for DatapathConfig {
     fn default() -> Self {
@@ -42,6 +53,9 @@ impl Default for DatapathConfig {
             cluster_v6_prefix: 0,
             flags: 0,
             ct_timeouts: Timeouts::DEFAULT,
+            snat_port_min: DEFAULT_SNAT_PORTS.0,
+            snat_port_max: DEFAULT_SNAT_PORTS.1,
+            _pad: [0; 4],
         }
     }
 }

@@ -50,6 +50,17 @@ counters! {
     Reject => "reject",
     /// A known flow's backend had gone and a new one was picked.
     Repick => "repick",
+    /// A new flow was load-balanced and masqueraded (SNATed to the node: a hairpin, a source
+    /// outside `--cluster-cidr`, or `--masquerade-all`), then sent on to its backend.
+    SnatNew => "snat_new",
+    /// A packet of a known masqueraded flow was translated and sent on to its backend.
+    SnatEstablished => "snat_established",
+    /// A reply to a masqueraded flow was translated back (frontend and client) and sent on to
+    /// the client.
+    ReverseSnat => "reverse_snat",
+    /// A flow that must be masqueraded could not be: no route to the backend, or no free
+    /// port in `--masquerade-ports`. Dropped, as netfilter drops a flow it cannot NAT.
+    SnatError => "snat_error",
     /// An ICMP or ICMPv6 error about a translated flow (unreachable, fragmentation needed,
     /// Packet Too Big, time exceeded, parameter problem) was translated with it: its quote
     /// and, when the backend sent it, its source.

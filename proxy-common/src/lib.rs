@@ -21,7 +21,10 @@ pub use family::{LbFamily, RawAddress, V4, V6};
 
 /// Bumped whenever a map's key, value or meaning changes. Pins live under
 /// `<bpf-root>/v<LAYOUT_VERSION>/` so a new agent never misreads an old map.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Bytes of the kernel programs' per-CPU scratch value ([`map_names::SCRATCH`]).
+pub const SCRATCH_SIZE: usize = 320;
 
 /// Map names (also the pin file names). At most 15 bytes: the kernel's object name limit.
 /// Each is declared here once; [`maps::MAPS`] lists them with their shapes and the loader
@@ -42,6 +45,8 @@ pub mod map_names {
     pub const AFFINITY_V4: &str = "lb4_affinity";
     pub const AFFINITY_V6: &str = "lb6_affinity";
     pub const COUNTERS: &str = "counters";
+    /// Per-CPU scratch memory of the kernel programs (their stack is 512 bytes).
+    pub const SCRATCH: &str = "scratch";
 }
 
 /// Default capacities; the agent may override them at load time.
@@ -114,6 +119,8 @@ pub mod ct_flags {
     pub const SEEN_RST: u8 = 1 << 2;
     /// The backend has answered: set in both entries by the first reply.
     pub const SEEN_REPLY: u8 = 1 << 3;
+    /// The flow is masqueraded: its source is SNATed to a node address (`nat_address`).
+    pub const SNAT: u8 = 1 << 4;
 }
 
 /// Key of the services maps. Slot 0 is the service entry; slots `1..=count` name backends.
@@ -403,6 +410,13 @@ pub struct ConntrackValue {
     /// When the flow was created, in whole seconds of `bpf_ktime_get_ns()`'s clock (0: made by
     /// an agent that did not record it).
     pub created: u32,
+    /// A masqueraded flow ([`ct_flags::SNAT`]): in the forward entry, the node address and
+    /// port its packets leave with; in the reverse entry (keyed to that address and port), the
+    /// client's address and port, restored on replies. Zero otherwise.
+    pub nat_address: [u8; 16],
+    /// Network byte order.
+    pub nat_port: u16,
+    pub _pad2: [u8; 6],
 }
 
 /// Asserts each type's size, and for the generic ones that the size is the sum of the fields'
@@ -426,7 +440,7 @@ assert_layout! {
     ReverseNatV6 => 20, fields: [u8; 16], u16, [u8; 2];
     ConntrackKeyV4 => 16, fields: [u8; 4], [u8; 4], u16, u16, u8, u8, [u8; 2];
     ConntrackKeyV6 => 40, fields: [u8; 16], [u8; 16], u16, u16, u8, u8, [u8; 2];
-    ConntrackValue => 40;
+    ConntrackValue => 64;
     SockRevKeyV4 => 16, fields: [u8; 8], [u8; 4], u16, [u8; 2];
     SockRevKeyV6 => 28, fields: [u8; 8], [u8; 16], u16, [u8; 2];
     SockRevValueV4 => 12, fields: [u8; 4], u16, [u8; 2], u32;
@@ -434,7 +448,7 @@ assert_layout! {
     SockUdpKey => 12;
     AffinityKey => 24;
     AffinityValue => 16;
-    config::DatapathConfig => 64;
+    config::DatapathConfig => 72;
     conntrack::Timeouts => 32;
 }
 

@@ -121,4 +121,5 @@ pub const MAPS: &[MapSpec] = &[
         capacity::AFFINITY,
     ),
     spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
+    spec::<u32, [u8; crate::SCRATCH_SIZE]>(map_names::SCRATCH, None, PerCpuArray, 1),
 ];

@@ -7,7 +7,7 @@ use proxy_common::{config::DatapathConfig, conntrack::Timeouts};
 /// always find it (it refuses to load an object without it).
 #[unsafe(no_mangle)]
 #[used]
-static CONFIG: DatapathConfig = DatapathConfig {
+pub(crate) static CONFIG: DatapathConfig = DatapathConfig {
     host_netns_cookie: 0,
     cluster_v4: [0; 4],
     cluster_v6: [0; 16],
@@ -24,6 +24,9 @@ static CONFIG: DatapathConfig = DatapathConfig {
         udp_stream: 0,
         other: 0,
     },
+    snat_port_min: 0,
+    snat_port_max: 0,
+    _pad: [0; 4],
 };
 
 /// The configuration the agent loaded the programs with.
@@ -39,3 +42,12 @@ pub(crate) fn ct_timeouts() -> Timeouts {
     // SAFETY: as in `get`.
     unsafe { core::ptr::read_volatile(&raw const CONFIG.ct_timeouts) }
 }
+
+/// One field of the configuration: a smaller read than the whole (72 bytes of stack).
+macro_rules! field {
+    ($name:ident) => {
+        // SAFETY: as in `get`.
+        unsafe { core::ptr::read_volatile(&raw const $crate::config::CONFIG.$name) }
+    };
+}
+pub(crate) use field;

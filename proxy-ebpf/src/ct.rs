@@ -7,7 +7,7 @@ use proxy_common::{
     ConntrackKey, ConntrackValue, RawAddress, conntrack::State, ct_flags, direction,
 };
 
-use crate::{config, family::Family, lb::Chosen};
+use crate::{config, family::Family, lb::Chosen, scratch};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -98,7 +98,7 @@ pub(crate) fn expired<F: Family>(entry: &ConntrackValue, tuple: &Tuple<F::Addr>,
     }
     let key = ConntrackKey::raw(
         backend_of::<F>(entry),
-        tuple.client,
+        reply_destination::<F>(entry, tuple.client),
         tuple.protocol,
         direction::REVERSE,
     );
@@ -135,6 +135,7 @@ pub(crate) fn answered<F: Family>(entry: &mut ConntrackValue, tuple: &Tuple<F::A
 /// Records a new flow of `tuple` to `chosen` for frontend `rev_nat_id`: the reverse entry
 /// first, so once the backend can answer, its reply finds the entry.
 #[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
 pub(crate) fn create<F: Family>(
     tuple: &Tuple<F::Addr>,
     rev_nat_id: u32,
@@ -142,28 +143,124 @@ pub(crate) fn create<F: Family>(
     tcp_flags: u8,
     now: u64,
 ) -> Result<(), i64> {
+    let (entry, key) = scratch::get()
+        .ok_or(-1i64)?
+        .entry_and_key::<ConntrackKey<F::Addr>>();
+    fill::<F>(entry, rev_nat_id, chosen, flags_of(tcp_flags), now);
     let backend = (chosen.backend.address, chosen.backend.port);
-    let entry = ConntrackValue {
-        last_seen: now,
-        backend_id: chosen.id,
-        rev_nat_id,
-        backend_address: backend.0.to_wide(),
-        backend_port: backend.1,
-        flags: flags_of(tcp_flags),
-        _pad: 0,
-        created: (now / 1_000_000_000) as u32,
-    };
-    let reverse = ConntrackKey::raw(backend, tuple.client, tuple.protocol, direction::REVERSE);
+    *key = ConntrackKey::raw(backend, tuple.client, tuple.protocol, direction::REVERSE);
     F::conntrack()
-        .insert(reverse, entry, 0)
+        .insert(&*key, &*entry, 0)
         .map_err(i64::from)?;
-    let forward = ConntrackKey::raw(
+    insert_forward::<F>(tuple, entry, key)
+}
+
+/// Records a new masqueraded flow, its packets leaving from `node` (address, port): the
+/// reverse entry, keyed to `node` and holding the client, only if no flow holds that key yet
+/// (so the caller can try another port); then the forward entry, holding `node`.
+#[inline(always)]
+// By reference: a copy of the entry would put it back on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+pub(crate) fn create_masqueraded<F: Family>(
+    tuple: &Tuple<F::Addr>,
+    rev_nat_id: u32,
+    chosen: &Chosen<F::Addr>,
+    tcp_flags: u8,
+    now: u64,
+    node: (F::Addr, u16),
+) -> Result<(), i64> {
+    // Built in scratch memory, field by field: this runs deep in the service path's call
+    // chain, where the stack is short.
+    let (entry, key) = scratch::get()
+        .ok_or(-1i64)?
+        .entry_and_key::<ConntrackKey<F::Addr>>();
+    fill::<F>(
+        entry,
+        rev_nat_id,
+        chosen,
+        flags_of(tcp_flags) | ct_flags::SNAT,
+        now,
+    );
+    entry.nat_address = tuple.client.0.to_wide();
+    entry.nat_port = tuple.client.1;
+    let backend = (chosen.backend.address, chosen.backend.port);
+    *key = ConntrackKey::raw(backend, node, tuple.protocol, direction::REVERSE);
+    F::conntrack()
+        .insert(&*key, &*entry, BPF_NOEXIST)
+        .map_err(i64::from)?;
+    entry.nat_address = node.0.to_wide();
+    entry.nat_port = node.1;
+    *key = ConntrackKey::raw(
         tuple.client,
         tuple.frontend,
         tuple.protocol,
         direction::FORWARD,
     );
-    F::conntrack().insert(forward, entry, 0).map_err(i64::from)
+    F::conntrack().insert(&*key, &*entry, 0).map_err(i64::from)
+}
+
+/// `BPF_NOEXIST`: insert only if the key is free.
+const BPF_NOEXIST: u64 = 1;
+
+/// Writes a new flow's entry, field by field (in scratch memory: no copy on the stack), with
+/// no NAT.
+#[inline(always)]
+fn fill<F: Family>(
+    entry: &mut ConntrackValue,
+    rev_nat_id: u32,
+    chosen: &Chosen<F::Addr>,
+    flags: u8,
+    now: u64,
+) {
+    entry.last_seen = now;
+    entry.backend_id = chosen.id;
+    entry.rev_nat_id = rev_nat_id;
+    entry.backend_address = chosen.backend.address.to_wide();
+    entry.backend_port = chosen.backend.port;
+    entry.flags = flags;
+    entry._pad = 0;
+    entry.created = (now / 1_000_000_000) as u32;
+    entry.nat_address = [0; 16];
+    entry.nat_port = 0;
+    entry._pad2 = [0; 6];
+}
+
+/// Inserts `entry` as the forward entry of `tuple`, `key` the scratch key buffer.
+#[inline(always)]
+// By reference: a copy would put the entry back on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn insert_forward<F: Family>(
+    tuple: &Tuple<F::Addr>,
+    entry: &ConntrackValue,
+    key: &mut ConntrackKey<F::Addr>,
+) -> Result<(), i64> {
+    *key = ConntrackKey::raw(
+        tuple.client,
+        tuple.frontend,
+        tuple.protocol,
+        direction::FORWARD,
+    );
+    F::conntrack().insert(&*key, entry, 0).map_err(i64::from)
+}
+
+/// Where a flow's replies go, as its reverse entry is keyed: the client, or the node address
+/// and port a masqueraded flow (`entry` its forward entry) leaves from.
+#[inline(always)]
+pub(crate) fn reply_destination<F: Family>(
+    entry: &ConntrackValue,
+    client: (F::Addr, u16),
+) -> (F::Addr, u16) {
+    if entry.flags & ct_flags::SNAT != 0 {
+        nat_of::<F>(entry)
+    } else {
+        client
+    }
+}
+
+/// The NAT (address, port) of a masqueraded flow's entry: see `ConntrackValue::nat_address`.
+#[inline(always)]
+pub(crate) fn nat_of<F: Family>(entry: &ConntrackValue) -> (F::Addr, u16) {
+    (F::Addr::from_wide(&entry.nat_address), entry.nat_port)
 }
 
 /// The backend (address, port) a conntrack entry pins its flow to.

@@ -4,7 +4,10 @@
 //! `overloadable_{skb,xdp}.h`). The socket hooks see an address, not a packet: [`SockAddr`].
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_sock_addr},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_redirect, bpf_skb_change_tail},
+    helpers::{
+        bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_redirect,
+        bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_load_bytes,
+    },
     programs::{SockAddrContext, TcContext},
 };
 
@@ -26,6 +29,8 @@ pub(crate) enum FieldSize {
 
 pub(crate) trait PacketCtx {
     fn load<T>(&self, offset: usize) -> Result<T, i64>;
+    /// Loads `size_of::<T>()` bytes at `offset` into `out` (scratch memory, say).
+    fn load_into<T>(&self, offset: usize, out: &mut T) -> Result<(), i64>;
     fn store<T>(&self, offset: usize, value: &T) -> Result<(), i64>;
     /// Updates the IPv4 header checksum at `check` for a field that changed from `old` to `new`.
     fn l3_csum_replace(&self, check: usize, old: u32, new: u32, size: FieldSize)
@@ -49,7 +54,45 @@ pub(crate) trait PacketCtx {
     /// Sends the packet back out of the interface it came in on (the verdict must then be
     /// [`crate::outcome::Verdict::Bounce`]).
     fn bounce(&self) -> Result<(), i64>;
+    /// The node's route to `destination` (of `family`, `AF_INET` or `AF_INET6`, the address
+    /// in the first bytes): the interface it leaves by, and the source address the node picks
+    /// for it (what netfilter's `MASQUERADE` takes).
+    fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route>;
+    /// Sends the packet out of `ifindex`, its Ethernet addresses from the neighbour table
+    /// (the verdict must then be [`crate::outcome::Verdict::Redirect`]).
+    fn redirect(&self, ifindex: u32) -> Result<(), i64>;
 }
+
+/// Where the node sends a packet: see [`PacketCtx::route`].
+pub(crate) struct Route {
+    pub ifindex: u32,
+    /// The source address, in the first bytes.
+    pub source: [u8; 16],
+}
+
+/// `struct bpf_fib_lookup`, its unions as the fields we use.
+#[repr(C)]
+pub(crate) struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    /// Zero: no MTU check.
+    tot_len: u16,
+    ifindex: u32,
+    flowinfo: u32,
+    source: [u8; 16],
+    destination: [u8; 16],
+    tbid: u32,
+    macs: [u8; 12],
+}
+
+const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
+
+/// `BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC`: a lookup as the
+/// node's own output would make (no forwarding check of an ingress device), without needing a
+/// resolved neighbour (`bpf_redirect_neigh` resolves it), with the source address.
+const FIB_FLAGS: u32 = (1 << 1) | (1 << 2) | (1 << 4);
 
 #[inline(always)]
 fn l4_flags(change: L4Change) -> u64 {
@@ -67,6 +110,20 @@ impl PacketCtx for TcContext {
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, i64> {
         TcContext::load(self, offset)
+    }
+
+    #[inline(always)]
+    fn load_into<T>(&self, offset: usize, out: &mut T) -> Result<(), i64> {
+        // SAFETY: `out` is `size_of::<T>()` writable bytes; the helper checks the packet.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb.cast(),
+                offset as u32,
+                (out as *mut T).cast(),
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if rc < 0 { Err(rc) } else { Ok(()) }
     }
 
     #[inline(always)]
@@ -123,6 +180,48 @@ impl PacketCtx for TcContext {
         let ifindex = unsafe { (*self.skb.skb).ifindex };
         // SAFETY: no pointers. Out of the device's egress: back to the pod on its veth.
         let rc = unsafe { bpf_redirect(ifindex, 0) };
+        if rc == TC_ACT_REDIRECT {
+            Ok(())
+        } else {
+            Err(rc)
+        }
+    }
+
+    #[inline(always)]
+    fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route> {
+        let params = &mut crate::scratch::get()?.fib;
+        *params = FibParams {
+            family,
+            l4_protocol: 0,
+            sport: 0,
+            dport: 0,
+            tot_len: 0,
+            ifindex: 0,
+            flowinfo: 0,
+            source: [0; 16],
+            destination,
+            tbid: 0,
+            macs: [0; 12],
+        };
+        // SAFETY: the skb of this program's context, and a parameter block on our stack.
+        let rc = unsafe {
+            bpf_fib_lookup(
+                self.skb.skb.cast(),
+                (params as *mut FibParams).cast(),
+                core::mem::size_of::<FibParams>() as i32,
+                FIB_FLAGS,
+            )
+        };
+        (rc == 0).then_some(Route {
+            ifindex: params.ifindex,
+            source: params.source,
+        })
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> Result<(), i64> {
+        // SAFETY: no parameters: the kernel looks the neighbour up itself.
+        let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
         if rc == TC_ACT_REDIRECT {
             Ok(())
         } else {

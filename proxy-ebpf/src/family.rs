@@ -11,6 +11,7 @@ use proxy_common::{
 };
 
 use crate::{
+    config,
     ctx::{FieldSize, L4Change, PacketCtx},
     maps,
 };
@@ -25,6 +26,11 @@ pub(crate) trait Family: LbFamily {
     fn sock_rev() -> &'static LruHashMap<SockRevKey<Addr<Self>>, SockRevValue<Addr<Self>>>;
     fn sock_udp() -> &'static LruHashMap<SockUdpKey, u32>;
     fn affinity() -> &'static LruHashMap<AffinityKey, AffinityValue>;
+
+    /// `AF_INET` / `AF_INET6`.
+    const AF: u8;
+    /// The family's `--cluster-cidr` (address, prefix length; 0: none).
+    fn cluster() -> (Addr<Self>, u8);
 
     /// Offsets of the source and destination addresses in the IP header.
     const SOURCE_OFFSET: usize;
@@ -89,6 +95,15 @@ impl Family for V4 {
         maps::AFFINITY_V4
     );
 
+    const AF: u8 = 2;
+    #[inline(always)]
+    fn cluster() -> ([u8; 4], u8) {
+        (
+            config::field!(cluster_v4),
+            config::field!(cluster_v4_prefix),
+        )
+    }
+
     const SOURCE_OFFSET: usize = 12;
     const DESTINATION_OFFSET: usize = 16;
 
@@ -120,6 +135,15 @@ impl Family for V6 {
         maps::SOCK_UDP_V6,
         maps::AFFINITY_V6
     );
+
+    const AF: u8 = 10;
+    #[inline(always)]
+    fn cluster() -> ([u8; 16], u8) {
+        (
+            config::field!(cluster_v6),
+            config::field!(cluster_v6_prefix),
+        )
+    }
 
     const SOURCE_OFFSET: usize = 8;
     const DESTINATION_OFFSET: usize = 24;

@@ -20,6 +20,8 @@ mod outcome;
 mod parse;
 mod programs;
 mod reject;
+mod scratch;
+mod snat;
 mod sock;
 
 #[cfg(not(test))]

@@ -64,3 +64,6 @@ pub(crate) static AFFINITY_V6: LruHashMap<AffinityKey, AffinityValue> =
 
 #[map(name = "counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+#[map(name = "scratch")]
+pub(crate) static SCRATCH: PerCpuArray<crate::scratch::Scratch> = PerCpuArray::pinned(1, 0);

@@ -22,6 +22,14 @@ pub(crate) enum Outcome {
     Repick,
     /// An ICMP (ICMPv6) error about a translated flow was translated with it.
     IcmpError,
+    /// A new flow was DNATed and masqueraded, and redirected to its backend.
+    SnatNew,
+    /// A packet of a masqueraded flow was translated and redirected to its backend.
+    SnatEstablished,
+    /// A reply to a masqueraded flow was translated back and redirected to its client.
+    ReverseSnat,
+    /// A flow to masquerade had no route or no free port: dropped.
+    SnatError,
     /// A helper failed mid-rewrite or before it; the packet goes on as it is.
     RewriteError,
     /// No conntrack entry could be made; the packet goes on untranslated.
@@ -52,6 +60,8 @@ pub(crate) enum Verdict {
     Drop,
     /// The packet was rewritten into an answer and redirected back where it came from.
     Bounce,
+    /// The packet was translated and redirected out of the interface of its route.
+    Redirect,
 }
 
 /// `TC_ACT_UNSPEC`, which TCX reads as `TCX_NEXT`: the next program on the hook, or the stack
@@ -76,6 +86,10 @@ impl Outcome {
             Outcome::RejectError => Counter::RewriteError,
             Outcome::Repick => Counter::Repick,
             Outcome::IcmpError => Counter::IcmpError,
+            Outcome::SnatNew => Counter::SnatNew,
+            Outcome::SnatEstablished => Counter::SnatEstablished,
+            Outcome::ReverseSnat => Counter::ReverseSnat,
+            Outcome::SnatError => Counter::SnatError,
             Outcome::RewriteError => Counter::RewriteError,
             Outcome::ConntrackError => Counter::ConntrackError,
             Outcome::SockConnect => Counter::SockConnect,
@@ -94,8 +108,11 @@ impl Outcome {
     pub(crate) fn verdict(self) -> Verdict {
         match self {
             Outcome::SockRefused => Verdict::Refuse,
-            Outcome::DropNoLocalEndpoint | Outcome::RejectError => Verdict::Drop,
+            Outcome::DropNoLocalEndpoint | Outcome::RejectError | Outcome::SnatError => {
+                Verdict::Drop
+            }
             Outcome::Reject => Verdict::Bounce,
+            Outcome::SnatNew | Outcome::SnatEstablished | Outcome::ReverseSnat => Verdict::Redirect,
             _ => Verdict::Next,
         }
     }
@@ -108,7 +125,7 @@ impl Verdict {
             // No packet program refuses: a packet's reject is a bounce.
             Verdict::Next | Verdict::Refuse => TC_ACT_UNSPEC,
             Verdict::Drop => TC_ACT_SHOT,
-            Verdict::Bounce => TC_ACT_REDIRECT,
+            Verdict::Bounce | Verdict::Redirect => TC_ACT_REDIRECT,
         }
     }
 
@@ -118,7 +135,7 @@ impl Verdict {
     pub(crate) fn sock(self) -> i32 {
         match self {
             // A socket call is never dropped: a `Local` policy's drop happens to its packets.
-            Verdict::Next | Verdict::Drop | Verdict::Bounce => 1,
+            Verdict::Next | Verdict::Drop | Verdict::Bounce | Verdict::Redirect => 1,
             Verdict::Refuse => 0,
         }
     }

@@ -68,6 +68,13 @@ pub(crate) trait Parse: LbFamily {
     fn parse<C: PacketCtx>(ctx: &C) -> Option<Packet<Self::Addr>>;
 }
 
+/// `F::parse`, as a BPF function of its own: the headers it loads are not on its caller's
+/// stack.
+#[inline(never)]
+pub(crate) fn parsed<F: Parse, C: PacketCtx>(ctx: &C) -> Option<Packet<F::Addr>> {
+    F::parse(ctx)
+}
+
 impl Parse for V4 {
     #[inline(always)]
     fn parse<C: PacketCtx>(ctx: &C) -> Option<Packet<[u8; 4]>> {

@@ -16,6 +16,7 @@ use crate::{
     family::Family,
     outcome::Outcome,
     parse::Packet,
+    scratch,
 };
 
 const ETH_HLEN: usize = 14;
@@ -45,18 +46,22 @@ pub(crate) trait Reply: Family {
     /// ICMPv6's checksum covers a pseudo header, ICMP's does not.
     const ICMP_PSEUDO: bool;
 
+    /// Writes the header into `out` (which may hold anything before).
     fn header(
+        out: &mut Self::Header,
         source: Self::Addr,
         destination: Self::Addr,
         protocol: u8,
         payload: u16,
-    ) -> Self::Header;
+    );
+    /// Writes the pseudo header into `out`.
     fn pseudo(
+        out: &mut Self::Pseudo,
         source: Self::Addr,
         destination: Self::Addr,
         protocol: u8,
         length: u16,
-    ) -> Self::Pseudo;
+    );
 }
 
 impl Reply for V4 {
@@ -71,9 +76,15 @@ impl Reply for V4 {
     const ICMP_PSEUDO: bool = false;
 
     #[inline(always)]
-    fn header(source: [u8; 4], destination: [u8; 4], protocol: u8, payload: u16) -> [u8; 20] {
+    fn header(
+        header: &mut [u8; 20],
+        source: [u8; 4],
+        destination: [u8; 4],
+        protocol: u8,
+        payload: u16,
+    ) {
         let [length_high, length_low] = (20 + payload).to_be_bytes();
-        let mut header = [0u8; 20];
+        *header = [0u8; 20];
         header[0] = 0x45;
         header[2] = length_high;
         header[3] = length_low;
@@ -82,20 +93,24 @@ impl Reply for V4 {
         header[9] = protocol;
         header[12..16].copy_from_slice(&source);
         header[16..20].copy_from_slice(&destination);
-        if let Ok(sum) = checksum(&header, 0) {
+        if let Ok(sum) = checksum(header, 0) {
             header[10..12].copy_from_slice(&sum);
         }
-        header
     }
 
     #[inline(always)]
-    fn pseudo(source: [u8; 4], destination: [u8; 4], protocol: u8, length: u16) -> [u8; 12] {
-        let mut pseudo = [0u8; 12];
+    fn pseudo(
+        pseudo: &mut [u8; 12],
+        source: [u8; 4],
+        destination: [u8; 4],
+        protocol: u8,
+        length: u16,
+    ) {
+        *pseudo = [0u8; 12];
         pseudo[0..4].copy_from_slice(&source);
         pseudo[4..8].copy_from_slice(&destination);
         pseudo[9] = protocol;
         pseudo[10..12].copy_from_slice(&length.to_be_bytes());
-        pseudo
     }
 }
 
@@ -111,25 +126,35 @@ impl Reply for V6 {
     const ICMP_PSEUDO: bool = true;
 
     #[inline(always)]
-    fn header(source: [u8; 16], destination: [u8; 16], protocol: u8, payload: u16) -> [u8; 40] {
-        let mut header = [0u8; 40];
+    fn header(
+        header: &mut [u8; 40],
+        source: [u8; 16],
+        destination: [u8; 16],
+        protocol: u8,
+        payload: u16,
+    ) {
+        *header = [0u8; 40];
         header[0] = 0x60;
         header[4..6].copy_from_slice(&payload.to_be_bytes());
         header[6] = protocol;
         header[7] = TTL;
         header[8..24].copy_from_slice(&source);
         header[24..40].copy_from_slice(&destination);
-        header
     }
 
     #[inline(always)]
-    fn pseudo(source: [u8; 16], destination: [u8; 16], protocol: u8, length: u16) -> [u8; 40] {
-        let mut pseudo = [0u8; 40];
+    fn pseudo(
+        pseudo: &mut [u8; 40],
+        source: [u8; 16],
+        destination: [u8; 16],
+        protocol: u8,
+        length: u16,
+    ) {
+        *pseudo = [0u8; 40];
         pseudo[0..16].copy_from_slice(&source);
         pseudo[16..32].copy_from_slice(&destination);
         pseudo[34..36].copy_from_slice(&length.to_be_bytes());
         pseudo[39] = protocol;
-        pseudo
     }
 }
 
@@ -175,7 +200,8 @@ fn answerable<F: Reply>(packet: &Packet<F::Addr>) -> bool {
 /// Ethernet addresses swapped, and sends it back out of the interface it came in on. A packet
 /// that cannot be answered, or a helper failing before the packet changed, leaves it untouched
 /// ([`Outcome::NoBackend`]); a failure after is [`Outcome::RejectError`].
-#[inline(always)]
+/// Its own BPF function (never inlined), so its stack is not the service path's.
+#[inline(never)]
 pub(crate) fn reject<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Outcome {
     if !answerable::<F>(packet) {
         return Outcome::NoBackend;
@@ -183,17 +209,10 @@ pub(crate) fn reject<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) 
     let Ok(macs) = ctx.load::<[[u8; 6]; 2]>(0) else {
         return Outcome::NoBackend;
     };
-    let (client, frontend) = (packet.source, packet.destination);
     let written = if packet.protocol == protocol::TCP {
-        let Ok(reset) = reset::<F, C>(ctx, packet, client, frontend) else {
-            return Outcome::NoBackend;
-        };
-        write(ctx, &reset)
+        reset::<F, C>(ctx, packet)
     } else {
-        let Ok(unreachable) = unreachable::<F, C>(ctx, packet, client, frontend) else {
-            return Outcome::NoBackend;
-        };
-        write(ctx, &unreachable)
+        unreachable::<F, C>(ctx, packet)
     };
     match written {
         Err(Written::Untouched) => Outcome::NoBackend,
@@ -219,13 +238,24 @@ fn write<C: PacketCtx, T>(ctx: &C, reply: &T) -> Result<(), Written> {
     ctx.store(ETH_HLEN, reply).map_err(|_| Written::Broken)
 }
 
+/// Makes the packet its reset. Its own BPF function, as is [`unreachable`]; both build the
+/// reply in scratch memory, not on the stack.
+#[inline(never)]
+fn reset<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<(), Written> {
+    let scratch = scratch::get().ok_or(Written::Untouched)?;
+    let (reply, pseudo): (&mut Reset<F::Header>, _) = scratch.reply_and_pseudo();
+    build_reset::<F, C>(ctx, packet, reply, pseudo).map_err(|_| Written::Untouched)?;
+    write(ctx, reply)
+}
+
 #[inline(always)]
-fn reset<F: Reply, C: PacketCtx>(
+fn build_reset<F: Reply, C: PacketCtx>(
     ctx: &C,
     packet: &Packet<F::Addr>,
-    client: F::Addr,
-    frontend: F::Addr,
-) -> Result<Reset<F::Header>, i64> {
+    reply: &mut Reset<F::Header>,
+    pseudo: &mut F::Pseudo,
+) -> Result<(), i64> {
+    let (client, frontend) = (packet.source, packet.destination);
     let segment: [u8; TCP_HLEN] = ctx.load(packet.l4_offset)?;
     let length: [u8; 2] = ctx.load(packet.l3_offset + F::LENGTH_OFFSET)?;
     let mut l4_length = u32::from(u16::from_be_bytes(length));
@@ -234,7 +264,8 @@ fn reset<F: Reply, C: PacketCtx>(
     }
     let data_offset = u32::from(segment[12] >> 4) * 4;
     let flags = segment[13];
-    let mut tcp = [0u8; TCP_HLEN];
+    let tcp = &mut reply.tcp;
+    *tcp = [0u8; TCP_HLEN];
     tcp[0..2].copy_from_slice(&segment[2..4]);
     tcp[2..4].copy_from_slice(&segment[0..2]);
     if flags & TCP_ACK != 0 {
@@ -251,40 +282,51 @@ fn reset<F: Reply, C: PacketCtx>(
         tcp[13] = TCP_RST | TCP_ACK;
     }
     tcp[12] = ((TCP_HLEN / 4) as u8) << 4;
-    let pseudo = F::pseudo(frontend, client, protocol::TCP, TCP_HLEN as u16);
-    let sum = checksum(&tcp, sum(&pseudo, 0)?)?;
+    F::pseudo(pseudo, frontend, client, protocol::TCP, TCP_HLEN as u16);
+    let sum = checksum(tcp, sum(pseudo, 0)?)?;
     tcp[16..18].copy_from_slice(&sum);
-    Ok(Reset {
-        ip: F::header(frontend, client, protocol::TCP, TCP_HLEN as u16),
-        tcp,
-    })
+    F::header(
+        &mut reply.ip,
+        frontend,
+        client,
+        protocol::TCP,
+        TCP_HLEN as u16,
+    );
+    Ok(())
+}
+
+/// Makes the packet its port unreachable.
+#[inline(never)]
+fn unreachable<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<(), Written> {
+    let scratch = scratch::get().ok_or(Written::Untouched)?;
+    let (reply, pseudo): (&mut Unreachable<F::Header, F::Quote>, _) = scratch.reply_and_pseudo();
+    build_unreachable::<F, C>(ctx, packet, reply, pseudo).map_err(|_| Written::Untouched)?;
+    write(ctx, reply)
 }
 
 #[inline(always)]
-fn unreachable<F: Reply, C: PacketCtx>(
+fn build_unreachable<F: Reply, C: PacketCtx>(
     ctx: &C,
     packet: &Packet<F::Addr>,
-    client: F::Addr,
-    frontend: F::Addr,
-) -> Result<Unreachable<F::Header, F::Quote>, i64> {
-    let quote: F::Quote = ctx.load(packet.l3_offset)?;
+    reply: &mut Unreachable<F::Header, F::Quote>,
+    pseudo: &mut F::Pseudo,
+) -> Result<(), i64> {
+    let (client, frontend) = (packet.source, packet.destination);
+    let message = &mut reply.message;
+    ctx.load_into(packet.l3_offset, &mut message.quote)?;
     let (kind, code) = F::PORT_UNREACHABLE;
-    let mut message = IcmpMessage {
-        icmp: [kind, code, 0, 0, 0, 0, 0, 0],
-        quote,
-    };
+    message.icmp = [kind, code, 0, 0, 0, 0, 0, 0];
     let icmp_length = (8 + F::HEADER_LEN + UDP_HLEN) as u16;
     let seed = if F::ICMP_PSEUDO {
-        sum(&F::pseudo(frontend, client, F::ICMP, icmp_length), 0)?
+        F::pseudo(pseudo, frontend, client, F::ICMP, icmp_length);
+        sum(pseudo, 0)?
     } else {
         0
     };
-    let sum = checksum(&message, seed)?;
+    let sum = checksum(message, seed)?;
     message.icmp[2..4].copy_from_slice(&sum);
-    Ok(Unreachable {
-        ip: F::header(frontend, client, F::ICMP, icmp_length),
-        message,
-    })
+    F::header(&mut reply.ip, frontend, client, F::ICMP, icmp_length);
+    Ok(())
 }
 
 /// Both families' headers are whole 32-bit words, as [`sum`] needs.

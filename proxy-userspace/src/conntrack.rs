@@ -8,7 +8,7 @@ use std::{collections::HashMap, os::fd::AsFd as _};
 use proxy_common::{
     ConntrackKey, ConntrackValue, LbFamily, RawAddress,
     conntrack::{State, Timeouts},
-    direction,
+    ct_flags, direction,
 };
 
 use crate::maps::{MapError, batch, codec::KernelFamily, kernel, pins::PinLayout};
@@ -23,11 +23,17 @@ pub fn monotonic_ns() -> u64 {
 
 type Entry<A> = (ConntrackKey<A>, ConntrackValue);
 
-/// The reverse entry's key for a forward entry: the backend sending to the client.
+/// The reverse entry's key for a forward entry: the backend sending to the client, or to the
+/// node address and port a masqueraded flow leaves from.
 fn reverse_key<A: RawAddress>(key: &ConntrackKey<A>, value: &ConntrackValue) -> ConntrackKey<A> {
+    let replies_to = if value.flags & ct_flags::SNAT != 0 {
+        (A::from_wide(&value.nat_address), value.nat_port)
+    } else {
+        (key.source, key.source_port)
+    };
     ConntrackKey::raw(
         (A::from_wide(&value.backend_address), value.backend_port),
-        (key.source, key.source_port),
+        replies_to,
         key.protocol,
         direction::REVERSE,
     )

@@ -1,7 +1,7 @@
 //! TC ingress on a pod interface: packets a pod sends. Service traffic is DNATed to a backend
 //! and tracked, so the rest of the flow follows and the replies can be translated back.
 use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::classifier, programs::TcContext};
-use proxy_common::{RawAddress, V4, V6, protocol, service_flags};
+use proxy_common::{RawAddress, V4, V6, ct_flags, protocol, service_flags};
 
 use crate::{
     ct::{self, Tuple},
@@ -11,91 +11,196 @@ use crate::{
     outcome::{Outcome, rewrite_error},
     parse::{self, EtherType, Packet, Parse},
     reject::{self, Reply},
+    snat,
 };
 
 #[classifier]
 pub(crate) fn from_pod(ctx: TcContext) -> i32 {
-    let served = match parse::ether_type(&ctx) {
-        Some(EtherType::V4) => service::<V4>(&ctx),
-        Some(EtherType::V6) => service::<V6>(&ctx),
-        None => None,
-    };
-    super::finish_tc(served.unwrap_or_else(|| icmp::to_backend(&ctx)))
+    super::finish_tc(match parse::ether_type(&ctx) {
+        Some(EtherType::V4) => family::<V4>(&ctx),
+        Some(EtherType::V6) => family::<V6>(&ctx),
+        None => Outcome::Pass,
+    })
 }
 
-/// The service path of one family; `None` if the packet has no ports. Its own BPF function
-/// (never inlined), so its stack, the other family's and the ICMP path's are not added up in
-/// one frame.
-#[inline(never)]
-fn service<F: Reply + Parse>(ctx: &TcContext) -> Option<Outcome> {
-    let packet = F::parse(ctx)?;
-    Some(super::either(forward::<F, _>(ctx, &packet)))
+/// What the service path made of a packet.
+enum Served {
+    Done(Outcome),
+    /// No ports: an ICMP error, maybe.
+    Unparsed,
+    /// To no frontend, on a port of `--masquerade-ports`: a reply to a masqueraded flow, maybe.
+    MaybeReply,
+    /// A packet of a live masqueraded flow (its entry touched, the packet not translated yet).
+    Masqueraded,
 }
 
-/// Translates a packet addressed to a service frontend.
+/// One family's paths, each a BPF function of its own (never inlined), called from here one
+/// after the other, so their stacks never add up.
 #[inline(always)]
-fn forward<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<Outcome, Outcome> {
+fn family<F: Reply + Parse>(ctx: &TcContext) -> Outcome {
+    match service::<F>(ctx) {
+        Served::Done(outcome) => outcome,
+        Served::Unparsed => icmp::to_backend(ctx),
+        Served::MaybeReply => snat::reply::<F, _>(ctx),
+        Served::Masqueraded => snat::established::<F, _>(ctx),
+    }
+}
+
+#[inline(never)]
+fn service<F: Reply + Parse>(ctx: &TcContext) -> Served {
+    let Some(packet) = parse::parsed::<F, _>(ctx) else {
+        return Served::Unparsed;
+    };
+    match forward::<F, _>(ctx, &packet) {
+        Ok(Some(Outcome::SnatEstablished)) => Served::Masqueraded,
+        Ok(Some(outcome)) | Err(outcome) => Served::Done(outcome),
+        Ok(None) if snat::may_reply(&packet) => Served::MaybeReply,
+        Ok(None) => Served::Done(Outcome::Pass),
+    }
+}
+
+/// Translates a packet addressed to a service frontend; `None` if it is addressed to none.
+/// Each phase is a BPF function of its own (never inlined), so this frame stays small and the
+/// deepest call chain (this, a phase, the helpers it inlines) stays within the verifier's 512
+/// bytes of stack.
+#[inline(always)]
+fn forward<F: Reply, C: PacketCtx>(
+    ctx: &C,
+    packet: &Packet<F::Addr>,
+) -> Result<Option<Outcome>, Outcome> {
     // The service entry is looked up first: a deleted service stops translation at once, even
     // for flows that still have conntrack entries. Pods are inside the cluster.
-    let Some(service) = lb::lookup::<F>(
+    let Some(service) = lookup::<F>(packet) else {
+        return Ok(None);
+    };
+    let now = ct::now();
+    let outcome = match known::<F, C>(ctx, packet, &service, now) {
+        Known::Translated(outcome) => return Ok(Some(outcome)),
+        // Translated beside this path ([`family`]), where the stack is free.
+        Known::Masqueraded => return Ok(Some(Outcome::SnatEstablished)),
+        Known::Repick => Outcome::Repick,
+        Known::New => Outcome::DnatNew,
+    };
+    if service.entry.count == 0 && service.entry.flags & service_flags::LOCAL != 0 {
+        return Ok(Some(Outcome::DropNoLocalEndpoint));
+    }
+    let Some(chosen) = select::<F>(packet, &service, now) else {
+        return Ok(Some(reject::reject::<F, C>(ctx, packet)));
+    };
+    let rev_nat_id = service.entry.rev_nat_id;
+    if snat::needed::<F>(packet.source, chosen.backend.address) {
+        let outcome = snat::new_flow::<F, C>(ctx, packet, rev_nat_id, &chosen, now);
+        return Ok(Some(outcome));
+    }
+    Ok(Some(
+        match new_flow::<F, C>(ctx, packet, rev_nat_id, &chosen, now) {
+            Outcome::DnatNew => outcome,
+            other => other,
+        },
+    ))
+}
+
+#[inline(never)]
+fn lookup<F: Reply>(packet: &Packet<F::Addr>) -> Option<lb::Service<F::Addr>> {
+    lb::lookup::<F>(
         packet.destination,
         packet.destination_port,
         packet.protocol,
         true,
-    ) else {
-        return Ok(Outcome::Pass);
-    };
+    )
+}
+
+/// What the packet's conntrack entry says.
+enum Known {
+    /// A live flow: translated to its backend.
+    Translated(Outcome),
+    /// A live masqueraded flow (touched, not translated yet).
+    Masqueraded,
+    /// A flow whose backend left (not TCP): balanced again.
+    Repick,
+    /// No live flow of this frontend: a new one.
+    New,
+}
+
+#[inline(never)]
+fn known<F: Reply, C: PacketCtx>(
+    ctx: &C,
+    packet: &Packet<F::Addr>,
+    service: &lb::Service<F::Addr>,
+    now: u64,
+) -> Known {
     let tuple = Tuple {
         client: packet.source(),
         frontend: packet.destination(),
         protocol: packet.protocol,
     };
-    let now = ct::now();
-
-    let mut outcome = Outcome::DnatNew;
-    if let Some(entry) = ct::forward::<F>(&tuple)
-        && entry.rev_nat_id == service.entry.rev_nat_id
-        && !ct::reopens(entry, packet.tcp_flags)
-        && !ct::expired::<F>(entry, &tuple, now)
+    let Some(entry) = ct::forward::<F>(&tuple) else {
+        return Known::New;
+    };
+    if entry.rev_nat_id != service.entry.rev_nat_id
+        || ct::reopens(entry, packet.tcp_flags)
+        || ct::expired::<F>(entry, &tuple, now)
     {
-        // A TCP connection keeps its backend for life, like a netfilter NAT binding, even
-        // once the backend has left the Service. Other flows follow the Service: if their
-        // backend is gone they are balanced again (kube-proxy clears their conntrack).
-        if packet.protocol == protocol::TCP || lb::backend_exists::<F>(entry.backend_id) {
-            ct::touch(entry, packet.tcp_flags, now);
-            let (address, port) = ct::backend_of::<F>(entry);
-            nat::rewrite::<F, C>(ctx, packet, Side::Destination, address, port)
-                .map_err(rewrite_error)?;
-            return Ok(Outcome::DnatEstablished);
-        }
-        outcome = Outcome::Repick;
+        return Known::New;
     }
+    // A TCP connection keeps its backend for life, like a netfilter NAT binding, even once
+    // the backend has left the Service. Other flows follow the Service: if their backend is
+    // gone they are balanced again (kube-proxy clears their conntrack).
+    if packet.protocol != protocol::TCP && !lb::backend_exists::<F>(entry.backend_id) {
+        return Known::Repick;
+    }
+    ct::touch(entry, packet.tcp_flags, now);
+    if entry.flags & ct_flags::SNAT != 0 {
+        return Known::Masqueraded;
+    }
+    let (address, port) = ct::backend_of::<F>(entry);
+    Known::Translated(
+        match nat::rewrite::<F, C>(ctx, packet, Side::Destination, address, port) {
+            Ok(()) => Outcome::DnatEstablished,
+            Err(error) => rewrite_error(error),
+        },
+    )
+}
 
-    if service.entry.count == 0 && service.entry.flags & service_flags::LOCAL != 0 {
-        return Ok(Outcome::DropNoLocalEndpoint);
-    }
+#[inline(never)]
+fn select<F: Reply>(
+    packet: &Packet<F::Addr>,
+    service: &lb::Service<F::Addr>,
+    now: u64,
+) -> Option<lb::Chosen<F::Addr>> {
     // SAFETY: no arguments.
     let random = unsafe { bpf_get_prandom_u32() };
     let client = lb::Client::Address(packet.source.to_wide());
-    let Some(chosen) = lb::select_for::<F>(&service, client, random, now) else {
-        return Ok(reject::reject::<F, C>(ctx, packet));
+    lb::select_for::<F>(service, client, random, now)
+}
+
+/// A new flow to `chosen`, not masqueraded: recorded and DNATed ([`Outcome::DnatNew`]). Five
+/// arguments at most: a BPF function takes no more.
+#[inline(never)]
+fn new_flow<F: Reply, C: PacketCtx>(
+    ctx: &C,
+    packet: &Packet<F::Addr>,
+    rev_nat_id: u32,
+    chosen: &lb::Chosen<F::Addr>,
+    now: u64,
+) -> Outcome {
+    let tuple = Tuple {
+        client: packet.source(),
+        frontend: packet.destination(),
+        protocol: packet.protocol,
     };
-    ct::create::<F>(
-        &tuple,
-        service.entry.rev_nat_id,
-        &chosen,
-        packet.tcp_flags,
-        now,
-    )
-    .map_err(|_| Outcome::ConntrackError)?;
+    if ct::create::<F>(&tuple, rev_nat_id, chosen, packet.tcp_flags, now).is_err() {
+        return Outcome::ConntrackError;
+    }
     let backend = chosen.backend;
-    nat::rewrite::<F, C>(
+    match nat::rewrite::<F, C>(
         ctx,
         packet,
         Side::Destination,
         backend.address,
         backend.port,
-    )
-    .map_err(rewrite_error)?;
-    Ok(outcome)
+    ) {
+        Ok(()) => Outcome::DnatNew,
+        Err(error) => rewrite_error(error),
+    }
 }

@@ -28,7 +28,7 @@ pub(crate) fn to_pod(ctx: TcContext) -> i32 {
 /// one frame.
 #[inline(never)]
 fn service<F: Family + Parse>(ctx: &TcContext) -> Option<Outcome> {
-    let packet = F::parse(ctx)?;
+    let packet = parse::parsed::<F, _>(ctx)?;
     Some(super::either(reverse::<F, _>(ctx, &packet)))
 }
 

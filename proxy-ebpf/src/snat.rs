@@ -1,0 +1,250 @@
+//! Masquerade, as kube-proxy's `KUBE-MARK-MASQ` and `MASQUERADE` do it: a flow through a
+//! Service is SNATed to the node when its client is outside `--cluster-cidr` of its family
+//! (the local-traffic detector), when it is a hairpin (a pod reaching itself through its own
+//! Service, whose reply would otherwise never come back through the datapath), and always with
+//! `--masquerade-all`. The source is the address the node's route to the backend picks (the
+//! FIB lookup's, as `MASQUERADE` takes the outgoing interface's), the port one of
+//! `--masquerade-ports`, so a masqueraded flow never takes a port of the node's own sockets.
+//!
+//! Both translations of a masqueraded flow happen at a pod interface's ingress, before the
+//! node's routing, which would refuse a packet from one of its own addresses (or from a
+//! service address): the packet is sent straight out of its route's interface instead
+//! (`bpf_redirect_neigh`). The flow lives in conntrack like any other: its forward entry holds
+//! the node address and port, its reverse entry is keyed to them and holds the client.
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use proxy_common::{RawAddress, config::flags, ct_flags};
+
+use crate::{
+    config,
+    ct::{self, Tuple},
+    ctx::PacketCtx,
+    family::Family,
+    lb::{self, Chosen},
+    nat::{self, Side},
+    outcome::Outcome,
+    parse::{Packet, Parse},
+};
+
+/// Ports tried for a new flow before giving up (random picks; the verifier needs a bound).
+const ATTEMPTS: u32 = 8;
+
+/// Whether a new flow from `client` to `backend` is masqueraded.
+#[inline(always)]
+pub(crate) fn needed<F: Family>(client: F::Addr, backend: F::Addr) -> bool {
+    if client == backend {
+        return true; // A hairpin.
+    }
+    if config::field!(flags) & flags::MASQUERADE_ALL != 0 {
+        return true;
+    }
+    // Without a cluster CIDR nothing is known to be outside (kube-proxy's no-op detector).
+    let (network, prefix) = F::cluster();
+    prefix != 0 && !within(client, network, prefix)
+}
+
+/// Whether the first `prefix` bits of `address` are `network`'s.
+#[inline(always)]
+fn within<A: RawAddress>(address: A, network: A, prefix: u8) -> bool {
+    let (address, network) = (address.to_wide(), network.to_wide());
+    let mut bits = usize::from(prefix);
+    for i in 0..16 {
+        if bits == 0 {
+            return true;
+        }
+        let take = if bits < 8 { bits } else { 8 };
+        let mask = 0xffu8 << (8 - take);
+        if (address[i] ^ network[i]) & mask != 0 {
+            return false;
+        }
+        bits -= take;
+    }
+    true
+}
+
+/// A new flow to `chosen`, masqueraded: routed, given a free port, recorded, translated and
+/// sent out of its route's interface. Each step is a BPF function of its own, called one
+/// after the other from the service path's frame, so their stacks never add up.
+#[inline(always)]
+pub(crate) fn new_flow<F: Family, C: PacketCtx>(
+    ctx: &C,
+    packet: &Packet<F::Addr>,
+    rev_nat_id: u32,
+    chosen: &Chosen<F::Addr>,
+    now: u64,
+) -> Outcome {
+    let backend = (chosen.backend.address, chosen.backend.port);
+    let mut found = (0, backend.0);
+    if !route_to::<F, C>(ctx, backend.0, &mut found) {
+        return Outcome::SnatError;
+    }
+    let (ifindex, node) = found;
+    let Some(port) = allocate::<F>(packet, rev_nat_id, chosen, now, node) else {
+        return Outcome::SnatError;
+    };
+    let rewrites = [(Side::Destination, backend), (Side::Source, (node, port))];
+    send_new::<F, C>(ctx, packet, &rewrites, ifindex)
+}
+
+/// The interface of the node's route to `destination`, and the source address it picks, into
+/// `found` (a BPF function returns one register, so no tuple).
+#[inline(never)]
+fn route_to<F: Family, C: PacketCtx>(
+    ctx: &C,
+    destination: F::Addr,
+    found: &mut (u32, F::Addr),
+) -> bool {
+    match route::<F, C>(ctx, destination) {
+        Some(route) => {
+            *found = route;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn route<F: Family, C: PacketCtx>(ctx: &C, destination: F::Addr) -> Option<(u32, F::Addr)> {
+    let route = ctx.route(F::AF, destination.to_wide())?;
+    Some((route.ifindex, F::Addr::from_wide(&route.source)))
+}
+
+/// [`send`] for a new flow, as a BPF function of its own.
+#[inline(never)]
+fn send_new<F: Family, C: PacketCtx>(
+    ctx: &C,
+    packet: &Packet<F::Addr>,
+    rewrites: &[(Side, (F::Addr, u16)); 2],
+    ifindex: u32,
+) -> Outcome {
+    send::<F, C>(ctx, packet, *rewrites, ifindex, Outcome::SnatNew)
+}
+
+/// A packet of a known masqueraded flow (its forward entry touched already). Parses the
+/// packet again: called beside the service path, not from it.
+#[inline(never)]
+pub(crate) fn established<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
+    let Some(packet) = F::parse(ctx) else {
+        return Outcome::Pass;
+    };
+    let packet = &packet;
+    let tuple = Tuple {
+        client: packet.source(),
+        frontend: packet.destination(),
+        protocol: packet.protocol,
+    };
+    let Some(entry) = ct::forward::<F>(&tuple) else {
+        return Outcome::Pass; // Gone since: the next packet starts afresh.
+    };
+    let backend = ct::backend_of::<F>(entry);
+    let node = ct::nat_of::<F>(entry);
+    let Some((ifindex, _)) = route::<F, C>(ctx, backend.0) else {
+        return Outcome::SnatError;
+    };
+    send::<F, C>(
+        ctx,
+        packet,
+        [(Side::Destination, backend), (Side::Source, node)],
+        ifindex,
+        Outcome::SnatEstablished,
+    )
+}
+
+/// Whether a packet to no frontend may be a backend's reply to a masqueraded flow: to a port
+/// of `--masquerade-ports`. Only those take [`reply`]'s conntrack lookup.
+#[inline(always)]
+pub(crate) fn may_reply<A>(packet: &Packet<A>) -> bool {
+    let port = u16::from_be(packet.destination_port);
+    port >= config::field!(snat_port_min) && port <= config::field!(snat_port_max)
+}
+
+/// A backend's reply to a masqueraded flow (matching a reverse entry) gets the frontend as
+/// its source and the client as its destination back and goes out to the client. Anything
+/// else passes. Parses the packet again: called beside the service path, not from it.
+#[inline(never)]
+pub(crate) fn reply<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
+    let Some(packet) = F::parse(ctx) else {
+        return Outcome::Pass;
+    };
+    let Some(entry) = ct::reverse::<F>(packet.source(), packet.destination(), packet.protocol)
+    else {
+        return Outcome::Pass;
+    };
+    if entry.flags & ct_flags::SNAT == 0 {
+        return Outcome::Pass;
+    }
+    let Some(frontend) = lb::frontend_of::<F>(entry.rev_nat_id) else {
+        return Outcome::Pass;
+    };
+    let client = ct::nat_of::<F>(entry);
+    ct::touch(entry, packet.tcp_flags, ct::now());
+    let tuple = Tuple {
+        client,
+        frontend,
+        protocol: packet.protocol,
+    };
+    ct::answered::<F>(entry, &tuple);
+    let Some((ifindex, _)) = route::<F, C>(ctx, client.0) else {
+        return Outcome::SnatError;
+    };
+    send::<F, C>(
+        ctx,
+        &packet,
+        [(Side::Source, frontend), (Side::Destination, client)],
+        ifindex,
+        Outcome::ReverseSnat,
+    )
+}
+
+/// Rewrites both ends and redirects the packet out of `ifindex`.
+#[inline(always)]
+fn send<F: Family, C: PacketCtx>(
+    ctx: &C,
+    packet: &Packet<F::Addr>,
+    rewrites: [(Side, (F::Addr, u16)); 2],
+    ifindex: u32,
+    outcome: Outcome,
+) -> Outcome {
+    for (side, (address, port)) in rewrites {
+        if nat::rewrite::<F, C>(ctx, packet, side, address, port).is_err() {
+            return Outcome::RewriteError;
+        }
+    }
+    match ctx.redirect(ifindex) {
+        Ok(()) => outcome,
+        Err(_) => Outcome::RewriteError,
+    }
+}
+
+/// Records the flow on a free port of `--masquerade-ports` for `node`, returned in network
+/// order. Its own BPF function: the conntrack entries it builds are not on the caller's stack.
+#[inline(never)]
+fn allocate<F: Family>(
+    packet: &Packet<F::Addr>,
+    rev_nat_id: u32,
+    chosen: &Chosen<F::Addr>,
+    now: u64,
+    node: F::Addr,
+) -> Option<u16> {
+    let tuple = Tuple {
+        client: packet.source(),
+        frontend: packet.destination(),
+        protocol: packet.protocol,
+    };
+    let tcp_flags = packet.tcp_flags;
+    let (min, max) = (config::field!(snat_port_min), config::field!(snat_port_max));
+    if max < min {
+        return None;
+    }
+    let span = u32::from(max - min) + 1;
+    for _ in 0..ATTEMPTS {
+        // SAFETY: no arguments.
+        let random = unsafe { bpf_get_prandom_u32() };
+        let port = ((u32::from(min) + random % span) as u16).to_be();
+        if ct::create_masqueraded::<F>(&tuple, rev_nat_id, chosen, tcp_flags, now, (node, port))
+            .is_ok()
+        {
+            return Some(port);
+        }
+    }
+    None
+}
