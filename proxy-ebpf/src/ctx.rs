@@ -89,10 +89,10 @@ pub(crate) struct FibParams {
 
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
-/// `BPF_FIB_LOOKUP_OUTPUT | BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC`: a lookup as the
-/// node's own output would make (no forwarding check of an ingress device), without needing a
-/// resolved neighbour (`bpf_redirect_neigh` resolves it), with the source address.
-const FIB_FLAGS: u32 = (1 << 1) | (1 << 2) | (1 << 4);
+/// `BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC`: the forwarding lookup of a packet that
+/// came in on the skb's device (which must forward, as a node's pod interfaces do), without
+/// needing a resolved neighbour (`bpf_redirect_neigh` resolves it), with the source address.
+const FIB_FLAGS: u32 = (1 << 2) | (1 << 4);
 
 #[inline(always)]
 fn l4_flags(change: L4Change) -> u64 {
@@ -190,13 +190,15 @@ impl PacketCtx for TcContext {
     #[inline(always)]
     fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route> {
         let params = &mut crate::scratch::get()?.fib;
+        // SAFETY: the skb of this program's context.
+        let ifindex = unsafe { (*self.skb.skb).ifindex };
         *params = FibParams {
             family,
             l4_protocol: 0,
             sport: 0,
             dport: 0,
             tot_len: 0,
-            ifindex: 0,
+            ifindex,
             flowinfo: 0,
             source: [0; 16],
             destination,

@@ -58,6 +58,25 @@ pub struct AgentConfig {
     pub min_sync_period: Duration,
     pub sync_period: Duration,
     pub conntrack: ConntrackConfig,
+    pub masquerade: Masquerade,
+}
+
+/// Which flows are SNATed to the node, and the source ports they get.
+#[derive(Clone, Copy, Debug)]
+pub struct Masquerade {
+    /// `--masquerade-all`.
+    pub all: bool,
+    /// `--masquerade-ports`, inclusive.
+    pub ports: (u16, u16),
+}
+
+impl Default for Masquerade {
+    fn default() -> Self {
+        Self {
+            all: false,
+            ports: proxy_common::config::DEFAULT_SNAT_PORTS,
+        }
+    }
 }
 
 /// Conntrack lifetimes and how often expired entries are collected.
@@ -103,8 +122,14 @@ fn own_netns_cookie() -> std::io::Result<u64> {
 fn datapath_config(config: &AgentConfig) -> anyhow::Result<DatapathConfig> {
     let mut datapath = DatapathConfig {
         ct_timeouts: config.conntrack.timeouts,
+        snat_port_min: config.masquerade.ports.0,
+        snat_port_max: config.masquerade.ports.1,
         ..DatapathConfig::default()
     };
+    if config.masquerade.all {
+        datapath.flags |= proxy_common::config::flags::MASQUERADE_ALL;
+    }
+    warn_on_ephemeral_overlap(config.masquerade.ports);
     if let Some(socket_lb) = &config.socket_lb {
         // The socket hooks tell the node's own processes from pods by it.
         datapath.host_netns_cookie = own_netns_cookie()
@@ -129,6 +154,28 @@ fn datapath_config(config: &AgentConfig) -> anyhow::Result<DatapathConfig> {
         }
     }
     Ok(datapath)
+}
+
+/// Masqueraded flows take their source ports from `--masquerade-ports`; a range that overlaps
+/// the node's ephemeral ports could meet a node connection's tuple. Said once, at start.
+fn warn_on_ephemeral_overlap((min, max): (u16, u16)) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u16>().ok());
+    if let (Some(low), Some(high)) = (bounds.next(), bounds.next())
+        && min <= high
+        && low <= max
+    {
+        tracing::warn!(
+            masquerade_ports = %format!("{min}-{max}"),
+            ephemeral = %format!("{low}-{high}"),
+            "--masquerade-ports overlaps net.ipv4.ip_local_port_range: a masqueraded flow may \
+             take a port the node's own connections use"
+        );
+    }
 }
 
 /// Closes the connected UDP sockets the socket hooks sent to a backend that has left its

@@ -1368,3 +1368,163 @@ fn icmp_errors_are_translated_ipv6() {
         (client, vip, backend, v6("fd00:10:244::1")),
     );
 }
+
+/// A namespace whose routes the datapath's FIB lookups see: a veth (its peer beside it)
+/// holding the node's addresses 10.244.0.1/16 and fd00:10:244::1/56, so every pod address
+/// (and the outside clients 192.0.2.0/24, 2001:db8::/32) routes through it with that source. The tests of masquerade run their programs in it.
+fn routed_node() -> twinstack_lab::netns::Netns {
+    require_root();
+    let netns = twinstack_lab::netns::Netns::create(&unique("tsdp-"));
+    netns.ip(&["link", "add", "ts0", "type", "veth", "peer", "name", "ts1"]);
+    netns.ip(&["addr", "add", "10.244.0.1/16", "dev", "ts0"]);
+    netns.ip(&["addr", "add", "fd00:10:244::1/56", "dev", "ts0", "nodad"]);
+    netns.ip(&["link", "set", "ts1", "up"]);
+    netns.ip(&["link", "set", "ts0", "up"]);
+    // Clients outside the cluster, reachable through the same interface.
+    netns.ip(&["route", "add", "192.0.2.0/24", "dev", "ts0"]);
+    netns.ip(&["-6", "route", "add", "2001:db8::/32", "dev", "ts0"]);
+    // The lookup is a forwarding one, as for a packet from a pod: the node forwards.
+    netns.sysctl("net.ipv4.ip_forward", "1");
+    netns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    netns
+}
+
+/// One masqueraded round trip in one family: a new flow from `client` to the frontend is
+/// DNATed to `backend` and SNATed to the node (`node`, a port of the range), redirected; the
+/// next packet takes the same port; the backend's reply, to that address and port, comes back
+/// from the frontend to the client, redirected; every checksum holds.
+fn masqueraded_round_trip(
+    fx: &mut Fixture,
+    (client, vip, backend, node): (IpAddr, IpAddr, IpAddr, IpAddr),
+    protocol: Protocol,
+) {
+    let build = |s, d| match protocol {
+        Protocol::Tcp => tcp(s, d, true),
+        _ => udp(s, d),
+    };
+    let request = build((client, 40000), (vip, 80));
+    let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+    assert_eq!(
+        verdict, REDIRECT,
+        "{client} → {vip}: sent on to the backend"
+    );
+    assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]));
+    let seen = inspect(&out);
+    assert_eq!(seen.destination, (backend, 8080));
+    assert_eq!(seen.source.0, node, "{client}: SNATed to the node");
+    let port = seen.source.1;
+    assert!(
+        (61000..=65535).contains(&port),
+        "a port of the range: {port}"
+    );
+    assert_eq!(seen.payload, PAYLOAD);
+
+    let ((verdict, again), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+    assert_eq!(verdict, REDIRECT);
+    assert_eq!(moved, counts(&[(Counter::SnatEstablished, 1)]));
+    assert_eq!(inspect(&again), seen, "the flow keeps its port");
+
+    let reply = build((backend, 8080), (node, port));
+    let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &reply));
+    assert_eq!(verdict, REDIRECT, "the reply goes out to the client");
+    assert_eq!(moved, counts(&[(Counter::ReverseSnat, 1)]));
+    let back = inspect(&out);
+    assert_eq!(
+        (back.source, back.destination),
+        ((vip, 80), (client, 40000))
+    );
+    assert_eq!(back.payload, PAYLOAD);
+}
+
+/// Masquerade, as kube-proxy decides it: a hairpin (a pod reaching itself through its own
+/// Service) and a client outside `--cluster-cidr` are SNATed to the node's address, a client
+/// inside is not; a packet to the node on a port of the range that matches no flow passes.
+/// Both families, TCP and UDP.
+#[test]
+fn hairpins_and_clients_outside_the_cluster_cidr_are_masqueraded() {
+    let netns = routed_node();
+    netns.enter(|| {
+        let mut options = LoadOptions::default();
+        options.config.cluster_v4 = [10, 244, 0, 0];
+        options.config.cluster_v4_prefix = 16;
+        options.config.cluster_v6 = v6("fd00:10:244::").octets();
+        options.config.cluster_v6_prefix = 56;
+        let mut fx = Fixture::with_options(&options);
+        let (client4, vip4, backend4, _) = v4_hosts();
+        let (client6, vip6, backend6, _) = v6_hosts();
+        let (outside4, outside6) = (Ipv4Addr::new(192, 0, 2, 7), v6("2001:db8::7"));
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            for backends in [[(backend4, 8080)], [(client4, 8080)]] {
+                let (f, e) = service(vip4, 80, protocol, &backends);
+                fx.v4.upsert(&f, &e).unwrap();
+                let backend6_now = if backends[0].0 == client4 {
+                    client6
+                } else {
+                    backend6
+                };
+                let (f, e) = service(vip6, 80, protocol, &[(backend6_now, 8080)]);
+                fx.v6.upsert(&f, &e).unwrap();
+                let hairpin = backends[0].0 == client4;
+                let node4: IpAddr = Ipv4Addr::new(10, 244, 0, 1).into();
+                let node6: IpAddr = v6("fd00:10:244::1").into();
+                if hairpin {
+                    for (client, vip, node) in [
+                        (IpAddr::from(client4), IpAddr::from(vip4), node4),
+                        (client6.into(), vip6.into(), node6),
+                    ] {
+                        masqueraded_round_trip(&mut fx, (client, vip, client, node), protocol);
+                    }
+                } else {
+                    for (client, vip, backend, node) in [
+                        (IpAddr::from(outside4), vip4.into(), backend4.into(), node4),
+                        (outside6.into(), vip6.into(), backend6.into(), node6),
+                    ] {
+                        masqueraded_round_trip(&mut fx, (client, vip, backend, node), protocol);
+                    }
+                    // A client inside the cluster CIDR keeps its address.
+                    for (client, vip) in [
+                        (IpAddr::from(client4), IpAddr::from(vip4)),
+                        (client6.into(), vip6.into()),
+                    ] {
+                        let request = match protocol {
+                            Protocol::Tcp => tcp((client, 40001), (vip, 80), true),
+                            _ => udp((client, 40001), (vip, 80)),
+                        };
+                        let (out, moved) = fx.counting(|fx| fx.ingress(&request));
+                        assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
+                        assert_eq!(inspect(&out).source, (client, 40001), "not masqueraded");
+                    }
+                }
+            }
+        }
+        // To the node, on a port of the range, but of no flow: passed untouched.
+        let stray = udp(
+            (backend4.into(), 8080),
+            (Ipv4Addr::new(10, 244, 0, 1).into(), 61234),
+        );
+        let (out, moved) = fx.counting(|fx| fx.ingress(&stray));
+        assert_eq!((out, moved), (stray, counts(&[(Counter::Pass, 1)])));
+    });
+}
+
+/// `--masquerade-all`: a client inside the cluster CIDR is masqueraded too.
+#[test]
+fn masquerade_all_masquerades_clients_inside_the_cluster_cidr() {
+    let netns = routed_node();
+    netns.enter(|| {
+        let mut options = LoadOptions::default();
+        options.config.cluster_v4 = [10, 244, 0, 0];
+        options.config.cluster_v4_prefix = 16;
+        options.config.flags |= proxy_common::config::flags::MASQUERADE_ALL;
+        let mut fx = Fixture::with_options(&options);
+        let (client, vip, backend, _) = v4_hosts();
+        let (f, e) = service(vip, 80, Protocol::Tcp, &[(backend, 8080)]);
+        fx.v4.upsert(&f, &e).unwrap();
+        let node = Ipv4Addr::new(10, 244, 0, 1);
+        masqueraded_round_trip(
+            &mut fx,
+            (client.into(), vip.into(), backend.into(), node.into()),
+            Protocol::Tcp,
+        );
+    });
+}

@@ -6,7 +6,7 @@ use clap::{ArgAction, Args};
 use proxy_common::conntrack::Timeouts;
 
 use crate::{
-    agent::{self, AgentConfig, ConntrackConfig, SocketLb, SourceConfig},
+    agent::{self, AgentConfig, ConntrackConfig, Masquerade, SocketLb, SourceConfig},
     config::{self, ClusterCidrs, InterfacePatterns},
 };
 
@@ -87,6 +87,27 @@ pub struct RunArgs {
     /// How often expired conntrack entries are deleted.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = duration)]
     conntrack_gc_interval: Duration,
+    /// SNAT every flow through a Service to the node, not only hairpins and clients outside
+    /// --cluster-cidr (kube-proxy's --masquerade-all).
+    #[arg(long)]
+    masquerade_all: bool,
+    /// Source ports of masqueraded flows. Keep them out of the node's ephemeral range
+    /// (net.ipv4.ip_local_port_range, 32768-60999 by default).
+    #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = port_range)]
+    masquerade_ports: (u16, u16),
+}
+
+fn port_range(value: &str) -> Result<(u16, u16), String> {
+    let expected = "expected MIN-MAX with 1 <= MIN <= MAX <= 65535, e.g. 61000-65535";
+    let (min, max) = value.split_once('-').ok_or(expected)?;
+    let (min, max): (u16, u16) = match (min.trim().parse(), max.trim().parse()) {
+        (Ok(min), Ok(max)) => (min, max),
+        _ => return Err(expected.to_owned()),
+    };
+    if min == 0 || min > max {
+        return Err(expected.to_owned());
+    }
+    Ok((min, max))
 }
 
 /// A conntrack timeout flag's value in whole seconds (rounded up), at least 1.
@@ -179,6 +200,10 @@ pub(super) fn main(args: RunArgs) -> anyhow::Result<()> {
         min_sync_period: args.min_sync_period,
         sync_period: args.sync_period,
         conntrack,
+        masquerade: Masquerade {
+            all: args.masquerade_all,
+            ports: args.masquerade_ports,
+        },
     };
     // One thread: syncs are sequential anyway, and one allocator arena keeps the agent small.
     tokio::runtime::Builder::new_current_thread()

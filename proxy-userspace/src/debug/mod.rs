@@ -155,8 +155,11 @@ pub struct ConntrackRow {
     pub age_seconds: Option<f64>,
     /// Seconds since the flow's last packet, in either direction.
     pub idle_seconds: f64,
-    /// This entry's own flags (its direction's TCP flags; REPLY in both).
+    /// This entry's own flags (its direction's TCP flags; REPLY in both; SNAT).
     pub flags: Vec<&'static str>,
+    /// A masqueraded flow's NAT: in its forward entry the node address and port it leaves
+    /// from, in its reverse entry the client restored on replies.
+    pub nat: Option<String>,
 }
 
 fn conntrack_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ConntrackRow>, MapError>
@@ -176,6 +179,7 @@ where
             (ct_flags::SEEN_FIN, "FIN"),
             (ct_flags::SEEN_RST, "RST"),
             (ct_flags::SEEN_REPLY, "REPLY"),
+            (ct_flags::SNAT, "SNAT"),
         ] {
             if value.flags & bit != 0 {
                 flags.push(name);
@@ -205,6 +209,12 @@ where
                 .then(|| seconds(now.saturating_sub(u64::from(value.created) * 1_000_000_000))),
             idle_seconds: seconds(now.saturating_sub(view.last_seen)),
             flags,
+            nat: (value.flags & ct_flags::SNAT != 0).then(|| {
+                socket_display(
+                    codec::decode_conntrack_address::<A>(&value.nat_address).into(),
+                    u16::from_be(value.nat_port),
+                )
+            }),
         });
     }
     rows.sort_by(|a, b| {
@@ -237,6 +247,7 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> Table {
         "AGE",
         "IDLE",
         "FLAGS",
+        "NAT",
     ]);
     for row in rows {
         table.row([
@@ -252,6 +263,7 @@ pub fn conntrack_table(rows: &[ConntrackRow]) -> Table {
                 .map_or_else(|| "-".to_owned(), |age| format!("{age:.1}s")),
             format!("{:.1}s", row.idle_seconds),
             row.flags.join(","),
+            row.nat.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     table
