@@ -405,3 +405,129 @@ fn the_collector_deletes_idle_udp_flows_and_keeps_the_rest() {
         lab.agent.metrics()
     );
 }
+
+/// Requests from a thread in `netns`; every one must succeed.
+fn requests_from(
+    netns: &twinstack_lab::netns::Netns,
+    target: SocketAddr,
+    udp: bool,
+    count: usize,
+) -> Vec<Answer> {
+    netns.enter(move || {
+        (0..count)
+            .map(|i| {
+                let answer = if udp {
+                    servers::udp_request(target, TIMEOUT)
+                } else {
+                    servers::tcp_request(target, TIMEOUT)
+                };
+                answer.unwrap_or_else(|e| panic!("request {i} to {target} (udp: {udp}): {e}"))
+            })
+            .collect()
+    })
+}
+
+/// The node's address on the veth of the pod with subnet `subnet` (10.244.<subnet>.1), in
+/// the family of `like`.
+fn node_side(subnet: u8, like: IpAddr) -> String {
+    if like.is_ipv4() {
+        format!("10.244.{subnet}.1")
+    } else {
+        format!("fd00:10:244:{subnet:x}::1")
+    }
+}
+
+/// Hairpin: the client pod is the only endpoint of a Service and reaches itself through it
+/// on the TC path, in both families, over TCP and UDP. Without masquerade its own reply would
+/// go straight back to itself untranslated; masqueraded, the server sees the node's address
+/// and the client gets its answer from the cluster IP.
+#[test]
+fn a_pod_reaches_itself_through_its_own_service() {
+    let lab = start();
+    let client = &lab.topology.client;
+    let _servers = twinstack_lab::servers::Servers::start(client, 8080, 5353);
+    let vips: [IpAddr; 2] = [
+        "10.96.0.60".parse().unwrap(),
+        "fd00:10:96::60".parse().unwrap(),
+    ];
+    let service = ServiceBuilder::new("hairpin")
+        .cluster_ips(&vips)
+        .port("http", "TCP", 80, 8080)
+        .port("dns", "UDP", 53, 5353);
+    let slice = |name, family, address: IpAddr| {
+        SliceBuilder::new("hairpin", name)
+            .address_type(family)
+            .port("http", "TCP", 8080)
+            .port("dns", "UDP", 5353)
+            .endpoint(twinstack_lab::objects::EndpointBuilder::ready(address))
+            .yaml()
+    };
+    let objects = [
+        service.yaml(),
+        slice("hairpin-v4", "IPv4", client.v4.into()),
+        slice("hairpin-v6", "IPv6", client.v6.into()),
+    ];
+    std::fs::write(
+        lab.manifests.path().join("hairpin.yaml"),
+        objects.join("---\n"),
+    )
+    .unwrap();
+    lab.until(Duration::from_secs(5), |lab| {
+        let list = lab.agent.twinstack(&["bpf", "service", "list"]);
+        list.contains("10.96.0.60:53") && list.contains("[fd00:10:96::60]:53")
+    });
+    let masqueraded = lab.counter("snat_new");
+    for vip in vips {
+        for (udp, port) in [(false, 80), (true, 53)] {
+            let target = SocketAddr::new(vip, port);
+            for answer in lab.requests(target, udp, 5) {
+                assert_eq!(answer.backend, "client", "{target}");
+                assert_eq!(
+                    answer.client_seen,
+                    node_side(1, vip),
+                    "{target}: masqueraded"
+                );
+                assert_eq!(answer.reply_from, target, "{target}: from the cluster IP");
+            }
+        }
+    }
+    assert_eq!(
+        lab.counter("snat_new"),
+        masqueraded + 20,
+        "every new flow masqueraded"
+    );
+}
+
+/// kube-proxy's local-traffic detector: with `--cluster-cidr` holding the backends' subnets
+/// but not the client's, the client's flows are masqueraded (the backends see the node's
+/// address on their own veth), while a pod inside the CIDR keeps its address, except on its
+/// hairpin to itself. Both families.
+#[test]
+fn a_source_outside_the_cluster_cidr_is_masqueraded_and_one_inside_is_not() {
+    let lab = ExampleLab::start("10.244.2.0/23,fd00:10:244:2::/63", &[]);
+    for vip in [VIP4, VIP6] {
+        let vip: IpAddr = vip.parse().unwrap();
+        let target = SocketAddr::new(vip, 80);
+        let answers = lab.requests(target, false, 20);
+        assert_eq!(tally(&answers).len(), 2, "{vip}: both backends used");
+        for answer in &answers {
+            let subnet = if answer.backend == "backend-a" { 2 } else { 3 };
+            assert_eq!(
+                answer.client_seen,
+                node_side(subnet, vip),
+                "{vip}: the client (outside) is masqueraded"
+            );
+        }
+        let inside = &lab.topology.backends[1];
+        let answers = requests_from(&inside.netns, target, false, 20);
+        assert_eq!(tally(&answers).len(), 2, "{vip}: both backends used");
+        for answer in &answers {
+            let expected = if answer.backend == "backend-a" {
+                inside.address(vip.is_ipv6()).to_string()
+            } else {
+                node_side(3, vip) // Its hairpin.
+            };
+            assert_eq!(answer.client_seen, expected, "{vip}: from backend-b");
+        }
+    }
+}
