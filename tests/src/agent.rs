@@ -62,9 +62,11 @@ impl Agent {
                 arguments.push(path.into());
             }
         }
+        // Node "node-a" unless the test names another.
+        if !options.extra.iter().any(|flag| flag == "--node-name") {
+            arguments.extend(["--node-name".into(), "node-a".into()]);
+        }
         for flag in [
-            "--node-name",
-            "node-a",
             "--cluster-cidr",
             options.cluster_cidr,
             "--pod-interfaces",

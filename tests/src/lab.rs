@@ -10,10 +10,36 @@ use std::{
 
 use crate::{
     agent::{Agent, AgentOptions, AgentSource},
+    netns::Netns,
     require_root,
     servers::{self, Answer, Servers},
-    topology::Topology,
+    topology::{Topology, TwoNodes},
 };
+
+/// `count` requests from a thread of this process in `netns`; every one must succeed.
+pub fn requests_from(netns: &Netns, target: SocketAddr, udp: bool, count: usize) -> Vec<Answer> {
+    netns.enter(move || {
+        (0..count)
+            .map(|i| {
+                let answer = if udp {
+                    servers::udp_request(target, TIMEOUT)
+                } else {
+                    servers::tcp_request(target, TIMEOUT)
+                };
+                answer.unwrap_or_else(|e| panic!("request {i} to {target} (udp: {udp}): {e}"))
+            })
+            .collect()
+    })
+}
+
+/// A copy of `examples/`'s Service and EndpointSlices, for an agent's `--manifests`.
+fn example_manifests() -> tempfile::TempDir {
+    let manifests = tempfile::tempdir().expect("temp dir");
+    for file in ["service.yaml", "endpointslices.yaml"] {
+        std::fs::copy(examples().join(file), manifests.path().join(file)).expect("copy example");
+    }
+    manifests
+}
 
 /// `--cluster-cidr` of a dual-stack lab.
 pub const DUAL_STACK: &str = "10.244.0.0/16,fd00:10:244::/56";
@@ -42,11 +68,7 @@ impl ExampleLab {
             .iter()
             .map(|pod| Servers::start(pod, 8080, 5353))
             .collect();
-        let manifests = tempfile::tempdir().expect("temp dir");
-        for file in ["service.yaml", "endpointslices.yaml"] {
-            std::fs::copy(examples().join(file), manifests.path().join(file))
-                .expect("copy example");
-        }
+        let manifests = example_manifests();
         let agent = Agent::start(
             &topology.node,
             AgentOptions {
@@ -66,18 +88,7 @@ impl ExampleLab {
     /// `count` requests from a thread of this process in the client pod; every one must
     /// succeed.
     pub fn requests(&self, target: SocketAddr, udp: bool, count: usize) -> Vec<Answer> {
-        self.topology.client.netns.enter(move || {
-            (0..count)
-                .map(|i| {
-                    let answer = if udp {
-                        servers::udp_request(target, TIMEOUT)
-                    } else {
-                        servers::tcp_request(target, TIMEOUT)
-                    };
-                    answer.unwrap_or_else(|e| panic!("request {i} to {target} (udp: {udp}): {e}"))
-                })
-                .collect()
-        })
+        requests_from(&self.topology.client.netns, target, udp, count)
     }
 
     /// Polls (bounded) until `done` holds; returns the time it took.
@@ -103,5 +114,71 @@ impl ExampleLab {
             ))
             .unwrap_or_else(|| panic!("no counter {outcome}:\n{}", self.agent.metrics()))
             as u64
+    }
+}
+
+/// Two nodes ([`TwoNodes`]): backend-a beside the client on node 1, backend-b on node 2, each
+/// with servers (TCP 8080, UDP 5353), each node with its own agent (own pins, `--node-name`
+/// node-a and node-b) on one manifest directory (a copy of `examples/`, whose slices place the
+/// backends on those nodes). Drop order stops the agents before the namespaces go.
+pub struct TwoNodeLab {
+    pub agents: [Agent; 2],
+    pub manifests: tempfile::TempDir,
+    _servers: Vec<Servers>,
+    pub topology: TwoNodes,
+}
+
+impl TwoNodeLab {
+    pub fn start(cluster_cidr: &str, extra: &[&str]) -> Self {
+        require_root();
+        let topology = TwoNodes::new();
+        let servers = topology
+            .backends
+            .iter()
+            .map(|pod| Servers::start(pod, 8080, 5353))
+            .collect();
+        let manifests = example_manifests();
+        // backend-b lives on node-b here.
+        let slices = manifests.path().join("endpointslices.yaml");
+        let text = std::fs::read_to_string(&slices).expect("example slices");
+        let moved = text.replace(
+            "nodeName: node-a\n    targetRef: {kind: Pod, name: backend-b",
+            "nodeName: node-b\n    targetRef: {kind: Pod, name: backend-b",
+        );
+        assert_ne!(moved, text, "the example slices name backend-b's node");
+        std::fs::write(&slices, moved).expect("write slices");
+        let agents = [("node-a", 0), ("node-b", 1)].map(|(name, i)| {
+            let mut flags: Vec<String> = vec!["--node-name".into(), name.into()];
+            flags.extend(extra.iter().map(|s| (*s).to_owned()));
+            Agent::start(
+                &topology.nodes[i],
+                AgentOptions {
+                    source: AgentSource::Manifests(manifests.path()),
+                    cluster_cidr,
+                    extra: flags,
+                },
+            )
+        });
+        Self {
+            agents,
+            manifests,
+            _servers: servers,
+            topology,
+        }
+    }
+
+    /// `count` requests from a thread in the client pod (node 1); every one must succeed.
+    pub fn requests(&self, target: SocketAddr, udp: bool, count: usize) -> Vec<Answer> {
+        requests_from(&self.topology.client.netns, target, udp, count)
+    }
+
+    /// A datapath counter of node `node`'s agent (0 or 1).
+    pub fn counter(&self, node: usize, outcome: &str) -> u64 {
+        let agent = &self.agents[node];
+        agent
+            .metric(&format!(
+                "twinstack_datapath_packets_total{{outcome=\"{outcome}\"}}"
+            ))
+            .unwrap_or_else(|| panic!("no counter {outcome}:\n{}", agent.metrics())) as u64
     }
 }

@@ -80,3 +80,91 @@ fn add_pod(node: &Netns, ns_name: &str, name: &str, subnet: u8) -> Pod {
         host_interface: host,
     }
 }
+
+/// Two nodes joined by a veth (`tsn1` in node 1, 10.244.254.1/24 and fd00:10:244:fe::1/64;
+/// `tsn2` in node 2, .2 and ::2), each with plain routes to the other's pod subnets, no CNI
+/// and no default route. Node 1 holds the client pod (subnet 1) and backend-a (subnet 2),
+/// node 2 backend-b (subnet 3).
+pub struct TwoNodes {
+    pub client: Pod,
+    /// backend-a on node 1, backend-b on node 2.
+    pub backends: Vec<Pod>,
+    // Dropped last: the pods' veths and the link go with their namespaces first.
+    pub nodes: [Netns; 2],
+}
+
+/// The node link's addresses: node 1's, node 2's.
+pub const NODE_LINK_V4: [&str; 2] = ["10.244.254.1", "10.244.254.2"];
+pub const NODE_LINK_V6: [&str; 2] = ["fd00:10:244:fe::1", "fd00:10:244:fe::2"];
+
+impl TwoNodes {
+    pub fn new() -> Self {
+        let id = unique("ts");
+        let nodes = [1, 2].map(|n| {
+            let node = Netns::create(&format!("{id}-node{n}"));
+            node.sysctl("net.ipv4.ip_forward", "1");
+            node.sysctl("net.ipv6.conf.all.forwarding", "1");
+            node.sysctl("net.ipv4.conf.all.rp_filter", "0");
+            node.sysctl("net.ipv4.conf.default.rp_filter", "0");
+            node
+        });
+        nodes[0].ip(&[
+            "link",
+            "add",
+            "tsn1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tsn2",
+            "netns",
+            nodes[1].name(),
+        ]);
+        for (i, (node, link)) in nodes.iter().zip(["tsn1", "tsn2"]).enumerate() {
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", NODE_LINK_V4[i]),
+                "dev",
+                link,
+            ]);
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("{}/64", NODE_LINK_V6[i]),
+                "dev",
+                link,
+                "nodad",
+            ]);
+            node.ip(&["link", "set", link, "up"]);
+        }
+        let client = add_pod(&nodes[0], &format!("{id}-client"), "client", 1);
+        let backend_a = add_pod(&nodes[0], &format!("{id}-backend-a"), "backend-a", 2);
+        let backend_b = add_pod(&nodes[1], &format!("{id}-backend-b"), "backend-b", 3);
+        // Each node reaches the other's pod subnets through the link.
+        for (node, peer, subnets) in [(&nodes[0], 1, &[3u8][..]), (&nodes[1], 0, &[1, 2][..])] {
+            for subnet in subnets {
+                node.ip(&[
+                    "route",
+                    "add",
+                    &format!("10.244.{subnet}.0/24"),
+                    "via",
+                    NODE_LINK_V4[peer],
+                ]);
+                node.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:10:244:{subnet:x}::/64"),
+                    "via",
+                    NODE_LINK_V6[peer],
+                ]);
+            }
+        }
+        Self {
+            client,
+            backends: vec![backend_a, backend_b],
+            nodes,
+        }
+    }
+}

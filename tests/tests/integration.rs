@@ -531,3 +531,39 @@ fn a_source_outside_the_cluster_cidr_is_masqueraded_and_one_inside_is_not() {
         }
     }
 }
+
+/// Two nodes: a client on node 1 reaches the backend beside it and the one on node 2, through
+/// both cluster IPs over TCP and UDP; the remote backend's replies cross back to node 1, whose
+/// datapath gives them the cluster IP back (no masquerade: the backends see the client). Node
+/// 2's agent translates nothing of it.
+#[test]
+fn a_client_on_one_node_reaches_backends_on_both_nodes() {
+    let lab = twinstack_lab::lab::TwoNodeLab::start(DUAL_STACK, &[]);
+    let reversed = lab.counter(0, "reverse_nat");
+    let remote_before = lab.counter(1, "reverse_nat") + lab.counter(1, "dnat_new");
+    for vip in [VIP4, VIP6] {
+        for (udp, port) in [(false, 80), (true, 5353)] {
+            let target = target(vip, port);
+            let answers = lab.requests(target, udp, 20);
+            assert_eq!(
+                tally(&answers).keys().collect::<Vec<_>>(),
+                ["backend-a", "backend-b"],
+                "{target}: the local and the remote backend"
+            );
+            let client = lab.topology.client.address(target.is_ipv6()).to_string();
+            for answer in &answers {
+                assert_eq!(answer.reply_from, target, "{target}: from the cluster IP");
+                assert_eq!(answer.client_seen, client, "{target}: not masqueraded");
+            }
+        }
+    }
+    assert!(
+        lab.counter(0, "reverse_nat") >= reversed + 80,
+        "replies translated on node 1"
+    );
+    assert_eq!(
+        lab.counter(1, "reverse_nat") + lab.counter(1, "dnat_new"),
+        remote_before,
+        "node 2 translated nothing"
+    );
+}
