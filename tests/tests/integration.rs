@@ -567,3 +567,98 @@ fn a_client_on_one_node_reaches_backends_on_both_nodes() {
         "node 2 translated nothing"
     );
 }
+
+/// Topology: node-a is in zone-a, node-b in zone-b (their Nodes' `topology.kubernetes.io/zone`),
+/// and the EndpointSlices hint each backend to its own zone, as the controller does for
+/// `trafficDistribution: PreferClose`. Each node's agent then keeps the Service in its zone: a
+/// client on node-a reaches only backend-a, one on node-b only backend-b, in both families.
+#[test]
+fn a_zone_hinted_service_stays_in_its_zone() {
+    use twinstack_lab::objects::EndpointBuilder;
+    let lab = twinstack_lab::lab::TwoNodeLab::start(DUAL_STACK, &[]);
+    let node = |name: &str, zone: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    \
+             topology.kubernetes.io/zone: {zone}\n"
+        )
+    };
+    let vips: [IpAddr; 2] = [
+        "10.96.0.70".parse().unwrap(),
+        "fd00:10:96::70".parse().unwrap(),
+    ];
+    let service = ServiceBuilder::new("zoned")
+        .cluster_ips(&vips)
+        .port("http", "TCP", 80, 8080)
+        .spec("trafficDistribution", serde_json::json!("PreferClose"));
+    let (a, b) = (&lab.topology.backends[0], &lab.topology.backends[1]);
+    let slice = |name, family, v6: bool| {
+        SliceBuilder::new("zoned", name)
+            .address_type(family)
+            .port("http", "TCP", 8080)
+            .endpoint(
+                EndpointBuilder::ready(a.address(v6))
+                    .node("node-a")
+                    .zone("zone-a")
+                    .zone_hints(&["zone-a"]),
+            )
+            .endpoint(
+                EndpointBuilder::ready(b.address(v6))
+                    .node("node-b")
+                    .zone("zone-b")
+                    .zone_hints(&["zone-b"]),
+            )
+            .yaml()
+    };
+    let objects = [
+        node("node-a", "zone-a"),
+        node("node-b", "zone-b"),
+        service.yaml(),
+        slice("zoned-v4", "IPv4", false),
+        slice("zoned-v6", "IPv6", true),
+    ];
+    std::fs::write(
+        lab.manifests.path().join("zoned.yaml"),
+        objects.join("---\n"),
+    )
+    .unwrap();
+    // Each node programs its own zone's backend only.
+    for (agent, own, other) in [(0, a, b), (1, b, a)] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = lab.agents[agent].twinstack(&["bpf", "service", "list"]);
+            let zoned: Vec<&str> = list
+                .lines()
+                .filter(|l| l.contains("10.96.0.70:80/") || l.contains("[fd00:10:96::70]:80/"))
+                .collect();
+            let done = zoned.len() == 2
+                && zoned.iter().all(|l| {
+                    (l.contains(&own.v4.to_string()) || l.contains(&own.v6.to_string()))
+                        && !l.contains(&other.v4.to_string())
+                        && !l.contains(&other.v6.to_string())
+                });
+            if done {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {agent}: not zoned:\n{list}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for vip in vips {
+        let target = SocketAddr::new(vip, 80);
+        let from_a = tally(&lab.requests(target, false, 20));
+        assert_eq!(
+            from_a.keys().collect::<Vec<_>>(),
+            ["backend-a"],
+            "{vip} from node-a"
+        );
+        let from_b = tally(&requests_from(&b.netns, target, false, 20));
+        assert_eq!(
+            from_b.keys().collect::<Vec<_>>(),
+            ["backend-b"],
+            "{vip} from node-b"
+        );
+    }
+}
