@@ -45,6 +45,17 @@ pub(crate) fn lookup<F: Family>(
     Some(Service { key, entry })
 }
 
+/// The frontend of `address`'s unexposed ports (port 0, no backend) for `protocol`, if
+/// `address` is a cluster IP: a packet or a call to a port the Service does not expose meets
+/// it and is rejected, as kube-proxy's nftables mode rejects it.
+#[inline(always)]
+pub(crate) fn unexposed<F: Family>(address: F::Addr, protocol: u8) -> Option<Service<F::Addr>> {
+    lookup::<F>(address, UNEXPOSED_PORT, protocol, false)
+}
+
+/// The agent's port for a cluster IP's unexposed ports: no Service port is 0.
+const UNEXPOSED_PORT: u16 = 0;
+
 /// A backend, with the id its slot names.
 #[derive(Clone, Copy)]
 pub(crate) struct Chosen<A> {

@@ -35,7 +35,10 @@ pub(crate) fn forward<F: Family>(
     sticky: bool,
 ) -> Forward<F::Addr> {
     // Every socket is inside the cluster: pods and the node's own processes.
-    let Some(service) = lb::lookup::<F>(address, port, protocol, true) else {
+    // A port the cluster IP does not expose meets its unexposed-port frontend: refused.
+    let Some(service) = lb::lookup::<F>(address, port, protocol, true)
+        .or_else(|| lb::unexposed::<F>(address, protocol))
+    else {
         return Forward::Untouched;
     };
     if service.entry.count == 0 {

@@ -144,6 +144,33 @@ impl<A> ServiceEntry<A> {
 /// A frontend with the entry it should have.
 pub type Planned<A> = (Frontend<A>, ServiceEntry<A>);
 
+/// The port of a cluster IP's "every other port" frontend: no Service port is 0.
+pub const UNEXPOSED_PORT: u16 = 0;
+
+/// The unexposed-port frontends of a Service's cluster IPs in family `A`, as kube-proxy's
+/// nftables mode rejects what they catch: a TCP or UDP packet (or socket call) to a port of a
+/// cluster IP that no port of the Service exposes meets port 0 there, a frontend with no
+/// backend, and is rejected. One per cluster IP and protocol, whatever the Service's ports.
+pub fn unexposed<A: Address>(ports: &[ServicePort]) -> Vec<Planned<A>> {
+    let mut addresses: Vec<A> = ports
+        .iter()
+        .filter_map(|port| A::from_ip(port.cluster_ip))
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+        .into_iter()
+        .flat_map(|address| {
+            [Protocol::Tcp, Protocol::Udp].map(|protocol| {
+                (
+                    Frontend::new(address, UNEXPOSED_PORT, protocol),
+                    ServiceEntry::cluster_ip(Vec::new()),
+                )
+            })
+        })
+        .collect()
+}
+
 /// The frontend entries family `A` serves for one service port on this node: its cluster IP,
 /// a NodePort on each NodePort address, its external IPs and load balancer IPs.
 pub fn frontends<A: Address>(port: &ServicePort, node: &NodeContext) -> Vec<Planned<A>> {

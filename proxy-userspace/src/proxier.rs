@@ -76,10 +76,11 @@ impl<A: Address> Proxier<A> {
         let mut owner_of = HashMap::new();
         let mut removals = Vec::new();
         for (service, ports) in changes {
-            let desired: Vec<_> = ports
+            let mut desired: Vec<_> = ports
                 .iter()
                 .flat_map(|port| plan::frontends::<A>(port, node))
                 .collect();
+            desired.extend(plan::unexposed::<A>(ports));
             let old = self.owned.remove(service).unwrap_or_default();
             let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
             removals.extend(

@@ -730,7 +730,7 @@ fn bad_service_beside_a_good_one_does_not_stop_it_being_programmed() {
     let memory4 = memory4.lock().unwrap();
     let memory6 = memory6.lock().unwrap();
     assert_eq!(
-        memory4.served(),
+        memory4.served_ports(),
         BTreeMap::from([(
             Frontend::new(v4("10.96.70.1"), 80, Protocol::Tcp),
             vec![active(v4("10.244.5.10"), 8080, Protocol::Tcp)],
@@ -738,7 +738,7 @@ fn bad_service_beside_a_good_one_does_not_stop_it_being_programmed() {
     );
     // broken's IPv6 cluster IP is valid on its own, but the Service is skipped as a whole.
     assert_eq!(
-        memory6.served(),
+        memory6.served_ports(),
         BTreeMap::from([(
             Frontend::new(v6("fd00:10:96::7001"), 80, Protocol::Tcp),
             vec![active(v6("fd00:10:244:5::10"), 8080, Protocol::Tcp)],

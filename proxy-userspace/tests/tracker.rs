@@ -106,15 +106,17 @@ impl Harness {
     }
 }
 
-/// Slot-0 writes and deletes (frontends written, removed) among `ops`.
+/// Slot-0 writes and deletes (Service-port frontends written, removed) among `ops`; the
+/// unexposed-port frontends (port 0) are counted apart.
 fn heads<A>(ops: &[Op<A>]) -> (usize, usize) {
+    let port = |f: &Frontend<A>| f.port != proxy_userspace::plan::UNEXPOSED_PORT;
     let written = ops
         .iter()
-        .filter(|op| matches!(op, Op::PutService(_, 0)))
+        .filter(|op| matches!(op, Op::PutService(f, 0) if port(f)))
         .count();
     let deleted = ops
         .iter()
-        .filter(|op| matches!(op, Op::DeleteService(_, 0)))
+        .filter(|op| matches!(op, Op::DeleteService(f, 0) if port(f)))
         .count();
     (written, deleted)
 }
@@ -125,7 +127,7 @@ fn served<A: proxy_userspace::family::Address>(
 ) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
     let maps = maps.lock().unwrap();
     assert!(maps.violations.is_empty(), "{:#?}", maps.violations);
-    maps.served()
+    maps.served_ports()
 }
 
 /// The dual-stack `demo` Service, programmed: nothing is pending afterwards.
@@ -437,5 +439,44 @@ fn a_family_comes_and_goes_with_the_nodes_addresses() {
         memory4.lock().unwrap().ops.len(),
         ipv4_ops,
         "the IPv4 frontends were rewritten for nothing"
+    );
+}
+
+/// Each cluster IP gets one unexposed-port frontend per protocol (TCP, UDP: port 0, no
+/// backend), whatever its Service's ports, so the datapath rejects a port the Service does not
+/// expose; they go when the Service goes.
+#[test]
+fn cluster_ips_get_unexposed_port_frontends_that_go_with_their_service() {
+    let (_, mut harness) = programmed_demo();
+    let unexposed = |harness: &Harness| {
+        let v4: BTreeMap<_, _> = harness.memory4.lock().unwrap().served();
+        let v6: BTreeMap<_, _> = harness.memory6.lock().unwrap().served();
+        let v4: Vec<_> = v4.into_iter().filter(|(f, _)| f.port == 0).collect();
+        let v6: Vec<_> = v6.into_iter().filter(|(f, _)| f.port == 0).collect();
+        (v4, v6)
+    };
+    let (v4, v6) = unexposed(&harness);
+    let vip4 = Ipv4Addr::new(10, 96, 0, 10);
+    let vip6: Ipv6Addr = "fd00:10:96::10".parse().unwrap();
+    assert_eq!(
+        v4,
+        [
+            (Frontend::new(vip4, 0, Protocol::Tcp), vec![]),
+            (Frontend::new(vip4, 0, Protocol::Udp), vec![])
+        ]
+    );
+    assert_eq!(
+        v6,
+        [
+            (Frontend::new(vip6, 0, Protocol::Tcp), vec![]),
+            (Frontend::new(vip6, 0, Protocol::Udp), vec![])
+        ]
+    );
+    harness.replace(Vec::new(), Vec::new());
+    harness.sync();
+    assert_eq!(
+        unexposed(&harness),
+        (vec![], vec![]),
+        "gone with the Service"
     );
 }

@@ -165,7 +165,7 @@ impl Pipeline {
 /// Frontend → backend addresses served, per family.
 fn served<A: Address>(maps: &SharedMemoryMaps<A>) -> Vec<(String, Vec<String>)> {
     let maps = maps.lock().expect("maps");
-    maps.served()
+    maps.served_ports()
         .into_iter()
         .map(|(frontend, backends)| {
             let backends = backends

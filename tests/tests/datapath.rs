@@ -1528,3 +1528,55 @@ fn masquerade_all_masquerades_clients_inside_the_cluster_cidr() {
         );
     });
 }
+
+/// A port a cluster IP does not expose, as kube-proxy's nftables mode: the cluster IP's
+/// unexposed-port frontends (port 0, no backend, as the agent programs them) make a new TCP
+/// connection get a reset and a UDP datagram a port unreachable, from that port of the
+/// cluster IP, in both families. A segment of no new connection, and any address that is not
+/// a cluster IP, pass; the exposed port works as before.
+#[test]
+fn a_port_the_cluster_ip_does_not_expose_is_rejected() {
+    let mut fx = Fixture::new();
+    let (client4, vip4, backend4, _) = v4_hosts();
+    let (client6, vip6, backend6, _) = v6_hosts();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let (f, e) = service(vip4, 0, protocol, &[]);
+        fx.v4.upsert(&f, &e).unwrap();
+        let (f, e) = service(vip6, 0, protocol, &[]);
+        fx.v6.upsert(&f, &e).unwrap();
+    }
+    let (f, e) = service(vip4, 80, Protocol::Tcp, &[(backend4, 8080)]);
+    fx.v4.upsert(&f, &e).unwrap();
+    let (f, e) = service(vip6, 80, Protocol::Tcp, &[(backend6, 8080)]);
+    fx.v6.upsert(&f, &e).unwrap();
+    let families: [(IpAddr, IpAddr, IpAddr); 2] = [
+        (client4.into(), vip4.into(), backend4.into()),
+        (client6.into(), vip6.into(), backend6.into()),
+    ];
+    for (client, vip, backend) in families {
+        let from = (client, 40000);
+        let syn = tcp(from, (vip, 81), true);
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &syn));
+        assert_eq!(verdict, REDIRECT, "{vip}:81: a reset goes back");
+        assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
+        assert!(matches!(rejection(&syn, &out), Rejection::Reset { .. }));
+        let datagram = udp(from, (vip, 53));
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &datagram));
+        assert_eq!(
+            verdict, REDIRECT,
+            "{vip}:53/UDP: a port unreachable goes back"
+        );
+        assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
+        assert!(matches!(
+            rejection(&datagram, &out),
+            Rejection::PortUnreachable { .. }
+        ));
+        for passing in [tcp(from, (vip, 81), false), tcp(from, (backend, 81), true)] {
+            let (out, moved) = fx.counting(|fx| fx.ingress(&passing));
+            assert_eq!((out, moved), (passing, counts(&[(Counter::Pass, 1)])));
+        }
+        let (out, moved) = fx.counting(|fx| fx.ingress(&tcp(from, (vip, 80), true)));
+        assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
+        assert_eq!(inspect(&out).destination, (backend, 8080));
+    }
+}

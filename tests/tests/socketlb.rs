@@ -708,3 +708,39 @@ fn a_smaller_mtu_on_the_way_to_the_backend_reaches_the_client_and_large_transfer
         }
     }
 }
+
+/// A port the cluster IP does not expose (the demo Service has TCP 80 and UDP 5353 only) is
+/// refused at once, as kube-proxy's nftables mode rejects it: the socket path fails the call,
+/// the TC path answers with a reset or a port unreachable, in both families.
+#[test]
+fn a_port_the_cluster_ip_does_not_expose_is_refused_at_once_on_both_paths() {
+    let lab = start(&[]);
+    let pod = &lab.topology.client.netns;
+    let (refused, rejected) = (lab.counter("sock_refused"), lab.counter("reject"));
+    for vip in [VIP4, VIP6] {
+        let (tcp, udp) = (target(vip, 81), target(vip, 53));
+        for (place, args) in [
+            (In::Cgroup(pod), ["tcp", &tcp, "1"]),
+            (In::Cgroup(pod), ["udp-connected", &udp, "1"]),
+            (In::Outside(pod), ["tcp", &tcp, "1"]),
+            (In::Outside(pod), ["udp-connected", &udp, "1"]),
+        ] {
+            let started = Instant::now();
+            let answer = client(&lab, place, &args);
+            assert_eq!(
+                answer[0]["error"], "ConnectionRefused",
+                "{args:?}: {answer:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{args:?} took {:?}: refused at once, not timed out",
+                started.elapsed()
+            );
+        }
+        // The exposed port still works.
+        let answers = client(&lab, In::Outside(pod), &["tcp", &target(vip, 80), "4"]);
+        assert!(!backends(&answers).is_empty());
+    }
+    assert_eq!(lab.counter("sock_refused"), refused + 4);
+    assert_eq!(lab.counter("reject"), rejected + 4, "the TC path's answers");
+}

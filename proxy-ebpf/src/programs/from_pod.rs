@@ -100,15 +100,32 @@ fn forward<F: Reply, C: PacketCtx>(
     ))
 }
 
+/// The frontend the packet is addressed to; for a new flow (a TCP SYN, a UDP datagram) to a
+/// port its cluster IP does not expose, that cluster IP's unexposed-port frontend (rejected).
 #[inline(never)]
 fn lookup<F: Reply>(packet: &Packet<F::Addr>) -> Option<lb::Service<F::Addr>> {
-    lb::lookup::<F>(
+    let service = lb::lookup::<F>(
         packet.destination,
         packet.destination_port,
         packet.protocol,
         true,
-    )
+    );
+    if service.is_some() {
+        return service;
+    }
+    let new_flow = match packet.protocol {
+        protocol::TCP => packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        protocol::UDP => true,
+        _ => false,
+    };
+    if !new_flow {
+        return None;
+    }
+    lb::unexposed::<F>(packet.destination, packet.protocol)
 }
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// What the packet's conntrack entry says.
 enum Known {

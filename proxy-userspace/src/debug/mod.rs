@@ -117,7 +117,10 @@ pub fn services_table(rows: &[ServiceRow]) -> Table {
         if let Some(timeout) = row.affinity_timeout {
             kind.push_str(&format!(",affinity={timeout}s"));
         }
-        let backends = if row.backends.is_empty() {
+        let unexposed = row.port == crate::plan::UNEXPOSED_PORT;
+        let backends = if unexposed {
+            "(other ports: rejected)".to_owned()
+        } else if row.backends.is_empty() {
             "(none)".to_owned()
         } else {
             row.backends
@@ -131,7 +134,15 @@ pub fn services_table(rows: &[ServiceRow]) -> Table {
         };
         table.row([
             row.rev_nat_id.to_string(),
-            format!("{}/{}", socket_display(row.address, row.port), row.protocol),
+            if unexposed {
+                format!(
+                    "{}/{}",
+                    socket_display(row.address, 0).replace(":0", ":*"),
+                    row.protocol
+                )
+            } else {
+                format!("{}/{}", socket_display(row.address, row.port), row.protocol)
+            },
             kind,
             backends,
         ]);

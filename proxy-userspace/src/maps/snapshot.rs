@@ -76,6 +76,14 @@ impl<A: Address> LbSnapshot<A> {
             .collect()
     }
 
+    /// [`Self::served`] without the cluster IPs' unexposed-port frontends (port 0, no backend:
+    /// see `plan::unexposed`): the Service ports alone.
+    pub fn served_ports(&self) -> BTreeMap<Frontend<A>, Vec<Backend<A>>> {
+        let mut served = self.served();
+        served.retain(|frontend, _| frontend.port != crate::plan::UNEXPOSED_PORT);
+        served
+    }
+
     /// Each way a packet could see half a service now (empty: none).
     pub fn half_written(&self) -> Vec<String> {
         let mut problems = Vec::new();
