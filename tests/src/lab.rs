@@ -131,7 +131,7 @@ pub struct TwoNodeLab {
 impl TwoNodeLab {
     pub fn start(cluster_cidr: &str, extra: &[&str]) -> Self {
         require_root();
-        let topology = TwoNodes::new();
+        let topology = TwoNodes::create();
         let servers = topology
             .backends
             .iter()

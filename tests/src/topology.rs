@@ -98,7 +98,8 @@ pub const NODE_LINK_V4: [&str; 2] = ["10.244.254.1", "10.244.254.2"];
 pub const NODE_LINK_V6: [&str; 2] = ["fd00:10:244:fe::1", "fd00:10:244:fe::2"];
 
 impl TwoNodes {
-    pub fn new() -> Self {
+    /// Creates both nodes, the link, the pods and the routes.
+    pub fn create() -> Self {
         let id = unique("ts");
         let nodes = [1, 2].map(|n| {
             let node = Netns::create(&format!("{id}-node{n}"));
