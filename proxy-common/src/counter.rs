@@ -58,6 +58,9 @@ counters! {
     /// A reply to a masqueraded flow was translated back (frontend and client) and sent on to
     /// the client.
     ReverseSnat => "reverse_snat",
+    /// A fragment after the first of a translated flow's datagram got its first fragment's
+    /// address (fragments of no known datagram pass untouched, counted `pass`).
+    Fragment => "fragment",
     /// A flow that must be masqueraded could not be: no route to the backend, or no free
     /// port in `--masquerade-ports`. Dropped, as netfilter drops a flow it cannot NAT.
     SnatError => "snat_error",

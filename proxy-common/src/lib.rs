@@ -44,6 +44,8 @@ pub mod map_names {
     pub const SOCK_UDP_V6: &str = "lb6_sock_udp";
     pub const AFFINITY_V4: &str = "lb4_affinity";
     pub const AFFINITY_V6: &str = "lb6_affinity";
+    pub const FRAGMENTS_V4: &str = "lb4_fragments";
+    pub const FRAGMENTS_V6: &str = "lb6_fragments";
     pub const COUNTERS: &str = "counters";
     /// Per-CPU scratch memory of the kernel programs (their stack is 512 bytes).
     pub const SCRATCH: &str = "scratch";
@@ -62,6 +64,9 @@ pub mod capacity {
     pub const SOCK_UDP: u32 = 65_536;
     /// `sessionAffinity: ClientIP` bindings (client, frontend) → backend.
     pub const AFFINITY: u32 = 65_536;
+    /// Fragmented datagrams of translated flows in flight (each entry lives until the LRU
+    /// needs its room: a datagram's fragments arrive within moments).
+    pub const FRAGMENTS: u32 = 8_192;
 }
 
 /// IANA protocol numbers used in keys.
@@ -320,6 +325,56 @@ pub mod affinity_by {
     pub const NETNS: u8 = 1;
 }
 
+/// Key of the fragment maps: one fragmented IP datagram of a translated flow, as each of its
+/// fragments carries it (the fragments after the first have no ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentKey<A> {
+    pub source: A,
+    pub destination: A,
+    /// The IPv4 identification (16 bits) or the IPv6 fragment header's.
+    pub id: u32,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+impl<A> FragmentKey<A> {
+    #[inline(always)]
+    pub fn new(source: A, destination: A, id: u32, protocol: u8) -> Self {
+        Self {
+            source,
+            destination,
+            id,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What the fragments after the first of a datagram get: the address their first fragment's
+/// translation wrote, on that side ([`fragment_side`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentValue<A> {
+    pub address: A,
+    /// [`fragment_side`].
+    pub side: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Which address of a fragment [`FragmentValue::address`] replaces.
+pub mod fragment_side {
+    /// The destination: a client's datagram DNATed to a backend.
+    pub const DESTINATION: u8 = 0;
+    /// The source: a backend's reply given its frontend back.
+    pub const SOURCE: u8 = 1;
+}
+
+pub type FragmentKeyV4 = FragmentKey<[u8; 4]>;
+pub type FragmentKeyV6 = FragmentKey<[u8; 16]>;
+pub type FragmentValueV4 = FragmentValue<[u8; 4]>;
+pub type FragmentValueV6 = FragmentValue<[u8; 16]>;
+
 /// Key of the session-affinity maps: a client and a frontend entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
@@ -441,6 +496,10 @@ assert_layout! {
     ConntrackKeyV4 => 16, fields: [u8; 4], [u8; 4], u16, u16, u8, u8, [u8; 2];
     ConntrackKeyV6 => 40, fields: [u8; 16], [u8; 16], u16, u16, u8, u8, [u8; 2];
     ConntrackValue => 64;
+    FragmentKeyV4 => 16, fields: [u8; 4], [u8; 4], u32, u8, [u8; 3];
+    FragmentKeyV6 => 40, fields: [u8; 16], [u8; 16], u32, u8, [u8; 3];
+    FragmentValueV4 => 8, fields: [u8; 4], u8, [u8; 3];
+    FragmentValueV6 => 20, fields: [u8; 16], u8, [u8; 3];
     SockRevKeyV4 => 16, fields: [u8; 8], [u8; 4], u16, [u8; 2];
     SockRevKeyV6 => 28, fields: [u8; 8], [u8; 16], u16, [u8; 2];
     SockRevValueV4 => 12, fields: [u8; 4], u16, [u8; 2], u32;
@@ -473,7 +532,9 @@ pod!(
     ReverseNat,
     ConntrackKey,
     SockRevKey,
-    SockRevValue
+    SockRevValue,
+    FragmentKey,
+    FragmentValue
 );
 
 #[cfg(feature = "user")]

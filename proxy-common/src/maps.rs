@@ -5,9 +5,9 @@ use core::mem::size_of;
 
 use crate::{
     AffinityKey, AffinityValue, BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6,
-    ConntrackValue, ReverseNatV4, ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue,
-    SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6, SockUdpKey, capacity,
-    counter::Counter, map_names,
+    ConntrackValue, FragmentKeyV4, FragmentKeyV6, FragmentValueV4, FragmentValueV6, ReverseNatV4,
+    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, SockRevKeyV4, SockRevKeyV6,
+    SockRevValueV4, SockRevValueV6, SockUdpKey, capacity, counter::Counter, map_names,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +119,18 @@ pub const MAPS: &[MapSpec] = &[
         Some(V6),
         LruHash,
         capacity::AFFINITY,
+    ),
+    spec::<FragmentKeyV4, FragmentValueV4>(
+        map_names::FRAGMENTS_V4,
+        Some(V4),
+        LruHash,
+        capacity::FRAGMENTS,
+    ),
+    spec::<FragmentKeyV6, FragmentValueV6>(
+        map_names::FRAGMENTS_V6,
+        Some(V6),
+        LruHash,
+        capacity::FRAGMENTS,
     ),
     spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
     spec::<u32, [u8; crate::SCRATCH_SIZE]>(map_names::SCRATCH, None, PerCpuArray, 1),

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, ConntrackKey, ConntrackValue, LbFamily, ReverseNat,
-    ServiceKey, ServiceValue, SockRevKey, SockRevValue, SockUdpKey, V4, V6,
+    AffinityKey, AffinityValue, Backend, ConntrackKey, ConntrackValue, FragmentKey, FragmentValue,
+    LbFamily, ReverseNat, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SockUdpKey, V4, V6,
 };
 
 use crate::{
@@ -26,6 +26,7 @@ pub(crate) trait Family: LbFamily {
     fn sock_rev() -> &'static LruHashMap<SockRevKey<Addr<Self>>, SockRevValue<Addr<Self>>>;
     fn sock_udp() -> &'static LruHashMap<SockUdpKey, u32>;
     fn affinity() -> &'static LruHashMap<AffinityKey, AffinityValue>;
+    fn fragments() -> &'static LruHashMap<FragmentKey<Addr<Self>>, FragmentValue<Addr<Self>>>;
 
     /// `AF_INET` / `AF_INET6`.
     const AF: u8;
@@ -52,7 +53,7 @@ const IPV4_CHECK_OFFSET: usize = 10;
 
 macro_rules! maps_of {
     ($services:path, $backends:path, $reverse_nat:path, $conntrack:path, $sock_rev:path,
-     $sock_udp:path, $affinity:path) => {
+     $sock_udp:path, $affinity:path, $fragments:path) => {
         #[inline(always)]
         fn services() -> &'static HashMap<ServiceKey<Addr<Self>>, ServiceValue> {
             &$services
@@ -81,6 +82,10 @@ macro_rules! maps_of {
         fn affinity() -> &'static LruHashMap<AffinityKey, AffinityValue> {
             &$affinity
         }
+        #[inline(always)]
+        fn fragments() -> &'static LruHashMap<FragmentKey<Addr<Self>>, FragmentValue<Addr<Self>>> {
+            &$fragments
+        }
     };
 }
 
@@ -92,7 +97,8 @@ impl Family for V4 {
         maps::CONNTRACK_V4,
         maps::SOCK_REV_V4,
         maps::SOCK_UDP_V4,
-        maps::AFFINITY_V4
+        maps::AFFINITY_V4,
+        maps::FRAGMENTS_V4
     );
 
     const AF: u8 = 2;
@@ -133,7 +139,8 @@ impl Family for V6 {
         maps::CONNTRACK_V6,
         maps::SOCK_REV_V6,
         maps::SOCK_UDP_V6,
-        maps::AFFINITY_V6
+        maps::AFFINITY_V6,
+        maps::FRAGMENTS_V6
     );
 
     const AF: u8 = 10;

@@ -11,6 +11,7 @@ mod csum;
 mod ct;
 mod ctx;
 mod family;
+mod frag;
 mod icmp;
 mod lb;
 mod maps;

@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use proxy_common::{
     AffinityKey, AffinityValue, BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6,
-    ConntrackValue, ReverseNatV4, ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue,
-    SockRevKeyV4, SockRevKeyV6, SockRevValueV4, SockRevValueV6, SockUdpKey, capacity,
-    counter::Counter,
+    ConntrackValue, FragmentKeyV4, FragmentKeyV6, FragmentValueV4, FragmentValueV6, ReverseNatV4,
+    ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, SockRevKeyV4, SockRevKeyV6,
+    SockRevValueV4, SockRevValueV6, SockUdpKey, capacity, counter::Counter,
 };
 
 #[map(name = "lb4_services")]
@@ -61,6 +61,13 @@ pub(crate) static AFFINITY_V4: LruHashMap<AffinityKey, AffinityValue> =
 #[map(name = "lb6_affinity")]
 pub(crate) static AFFINITY_V6: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(capacity::AFFINITY, 0);
+
+#[map(name = "lb4_fragments")]
+pub(crate) static FRAGMENTS_V4: LruHashMap<FragmentKeyV4, FragmentValueV4> =
+    LruHashMap::pinned(capacity::FRAGMENTS, 0);
+#[map(name = "lb6_fragments")]
+pub(crate) static FRAGMENTS_V6: LruHashMap<FragmentKeyV6, FragmentValueV6> =
+    LruHashMap::pinned(capacity::FRAGMENTS, 0);
 
 #[map(name = "counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

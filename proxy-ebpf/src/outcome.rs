@@ -30,6 +30,8 @@ pub(crate) enum Outcome {
     ReverseSnat,
     /// A flow to masquerade had no route or no free port: dropped.
     SnatError,
+    /// A later fragment of a translated datagram got its first fragment's address.
+    Fragment,
     /// A helper failed mid-rewrite or before it; the packet goes on as it is.
     RewriteError,
     /// No conntrack entry could be made; the packet goes on untranslated.
@@ -90,6 +92,7 @@ impl Outcome {
             Outcome::SnatEstablished => Counter::SnatEstablished,
             Outcome::ReverseSnat => Counter::ReverseSnat,
             Outcome::SnatError => Counter::SnatError,
+            Outcome::Fragment => Counter::Fragment,
             Outcome::RewriteError => Counter::RewriteError,
             Outcome::ConntrackError => Counter::ConntrackError,
             Outcome::SockConnect => Counter::SockConnect,

@@ -32,6 +32,20 @@ pub(crate) struct Packet<A> {
     pub protocol: u8,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
+    /// When this is the first fragment of several (the rest, without ports, follow its
+    /// translation: [`crate::frag`]), where its datagram's identification is, from
+    /// `l3_offset`: IPv4's 16 bits or the IPv6 fragment header's 32. 0: not a first fragment.
+    /// (An offset, not the value, to keep the packet small: it is on the service path's stack.)
+    pub fragment_id_at: u16,
+}
+
+/// A fragment after the first of an IP datagram: no ports, the datagram's identity only.
+pub(crate) struct Fragment<A> {
+    pub l3_offset: usize,
+    pub source: A,
+    pub destination: A,
+    pub id: u32,
+    pub protocol: u8,
 }
 
 impl<A: Copy> Packet<A> {
@@ -66,6 +80,8 @@ pub(crate) fn ether_type<C: PacketCtx>(ctx: &C) -> Option<EtherType> {
 pub(crate) trait Parse: LbFamily {
     /// The packet after the Ethernet header, if it is one of this family with ports.
     fn parse<C: PacketCtx>(ctx: &C) -> Option<Packet<Self::Addr>>;
+    /// The packet after the Ethernet header, if it is a fragment after the first.
+    fn fragment<C: PacketCtx>(ctx: &C) -> Option<Fragment<Self::Addr>>;
 }
 
 /// `F::parse`, as a BPF function of its own: the headers it loads are not on its caller's
@@ -80,12 +96,22 @@ impl Parse for V4 {
     fn parse<C: PacketCtx>(ctx: &C) -> Option<Packet<[u8; 4]>> {
         parse_v4(ctx, ETH_HLEN)
     }
+
+    #[inline(always)]
+    fn fragment<C: PacketCtx>(ctx: &C) -> Option<Fragment<[u8; 4]>> {
+        fragment_v4(ctx, ETH_HLEN)
+    }
 }
 
 impl Parse for V6 {
     #[inline(always)]
     fn parse<C: PacketCtx>(ctx: &C) -> Option<Packet<[u8; 16]>> {
         parse_v6(ctx, ETH_HLEN)
+    }
+
+    #[inline(always)]
+    fn fragment<C: PacketCtx>(ctx: &C) -> Option<Fragment<[u8; 16]>> {
+        fragment_v6(ctx, ETH_HLEN)
     }
 }
 
@@ -99,11 +125,16 @@ fn parse_v4<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 4]>> {
     if header_len < 20 {
         return None;
     }
-    // A non-first fragment carries no ports; it is not ours to translate.
-    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
-    if fragment_offset != 0 {
+    // A non-first fragment carries no ports: [`fragment_v4`] reads it.
+    let flags_offset = u16::from_be_bytes([header[6], header[7]]);
+    if flags_offset & IPV4_OFFSET_MASK != 0 {
         return None;
     }
+    let fragment_id_at = if flags_offset & IPV4_MORE_FRAGMENTS != 0 {
+        IPV4_ID_OFFSET
+    } else {
+        0
+    };
     let protocol = header[9];
     let l4 = l3 + header_len;
     let (source_port, destination_port, tcp_flags) = ports(ctx, l4, protocol)?;
@@ -116,6 +147,53 @@ fn parse_v4<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 4]>> {
         destination_port,
         protocol,
         tcp_flags,
+        fragment_id_at,
+    })
+}
+
+const IPV4_OFFSET_MASK: u16 = 0x1fff;
+const IPV4_ID_OFFSET: u16 = 4;
+/// The identification's offset in an IPv6 fragment header.
+const IPV6_FRAGMENT_ID_OFFSET: usize = 4;
+const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
+
+/// An IPv4 fragment after the first.
+#[inline(always)]
+fn fragment_v4<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Fragment<[u8; 4]>> {
+    let header: [u8; 20] = ctx.load(l3).ok()?;
+    if header[0] >> 4 != 4 {
+        return None;
+    }
+    if u16::from_be_bytes([header[6], header[7]]) & IPV4_OFFSET_MASK == 0 {
+        return None;
+    }
+    Some(Fragment {
+        l3_offset: l3,
+        source: [header[12], header[13], header[14], header[15]],
+        destination: [header[16], header[17], header[18], header[19]],
+        id: u32::from(u16::from_be_bytes([header[4], header[5]])),
+        protocol: header[9],
+    })
+}
+
+/// An IPv6 fragment after the first: its fragment header right after the fixed header (where
+/// a sender puts it when there is no other extension header to come before it).
+#[inline(always)]
+fn fragment_v6<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Fragment<[u8; 16]>> {
+    let first: [u8; 8] = ctx.load(l3).ok()?;
+    if first[0] >> 4 != 6 || first[6] != NEXTHDR_FRAGMENT {
+        return None;
+    }
+    let ext: [u8; 8] = ctx.load(l3 + IPV6_HLEN).ok()?;
+    if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 == 0 {
+        return None;
+    }
+    Some(Fragment {
+        l3_offset: l3,
+        source: ctx.load(l3 + 8).ok()?,
+        destination: ctx.load(l3 + 24).ok()?,
+        id: u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]),
+        protocol: ext[0],
     })
 }
 
@@ -128,6 +206,7 @@ fn parse_v6<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 16]>> {
     let mut next = header[6];
     let mut offset = l3 + IPV6_HLEN;
     let mut found = false;
+    let mut fragment_id_at = 0u16;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
             protocol::TCP | protocol::UDP | protocol::SCTP => {
@@ -140,9 +219,13 @@ fn parse_v6<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 16]>> {
                 offset += (usize::from(ext[1]) + 1) * 8;
             }
             NEXTHDR_FRAGMENT => {
-                let ext: [u8; 4] = ctx.load(offset).ok()?;
-                if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
+                let ext: [u8; 8] = ctx.load(offset).ok()?;
+                let offset_flags = u16::from_be_bytes([ext[2], ext[3]]);
+                if offset_flags & 0xfff8 != 0 {
                     return None;
+                }
+                if offset_flags & 1 != 0 {
+                    fragment_id_at = (offset - l3 + IPV6_FRAGMENT_ID_OFFSET) as u16;
                 }
                 next = ext[0];
                 offset += 8;
@@ -172,6 +255,7 @@ fn parse_v6<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 16]>> {
         destination_port,
         protocol: next,
         tcp_flags,
+        fragment_id_at,
     })
 }
 

@@ -206,9 +206,6 @@ pub(crate) fn reject<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) 
     if !answerable::<F>(packet) {
         return Outcome::NoBackend;
     }
-    let Ok(macs) = ctx.load::<[[u8; 6]; 2]>(0) else {
-        return Outcome::NoBackend;
-    };
     let written = if packet.protocol == protocol::TCP {
         reset::<F, C>(ctx, packet)
     } else {
@@ -217,9 +214,7 @@ pub(crate) fn reject<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) 
     match written {
         Err(Written::Untouched) => Outcome::NoBackend,
         Err(Written::Broken) => Outcome::RejectError,
-        Ok(()) if ctx.store(0, &[macs[1], macs[0]]).is_ok() && ctx.bounce().is_ok() => {
-            Outcome::Reject
-        }
+        Ok(()) if ctx.bounce().is_ok() => Outcome::Reject,
         Ok(()) => Outcome::RejectError,
     }
 }
@@ -230,12 +225,17 @@ enum Written {
     Broken,
 }
 
-/// Makes the packet the Ethernet header followed by `reply`.
+/// Makes the packet the Ethernet header, its addresses swapped, followed by `reply`.
 #[inline(always)]
 fn write<C: PacketCtx, T>(ctx: &C, reply: &T) -> Result<(), Written> {
+    let macs = ctx
+        .load::<[[u8; 6]; 2]>(0)
+        .map_err(|_| Written::Untouched)?;
     ctx.resize((ETH_HLEN + core::mem::size_of::<T>()) as u32)
         .map_err(|_| Written::Untouched)?;
-    ctx.store(ETH_HLEN, reply).map_err(|_| Written::Broken)
+    ctx.store(ETH_HLEN, reply).map_err(|_| Written::Broken)?;
+    ctx.store(0, &[macs[1], macs[0]])
+        .map_err(|_| Written::Broken)
 }
 
 /// Makes the packet its reset. Its own BPF function, as is [`unreachable`]; both build the

@@ -32,6 +32,22 @@ pub(crate) fn get() -> Option<&'static mut Scratch> {
 const _: () = assert!(core::mem::offset_of!(Scratch, key) % 8 == 0);
 
 impl Scratch {
+    /// The key buffer as a `K` and the reply buffer as a `V` (plain data; as
+    /// [`Self::entry_and_key`] and [`Self::reply_and_pseudo`] check).
+    #[inline(always)]
+    pub(crate) fn key_and_reply<K, V>(&mut self) -> (&mut K, &mut V) {
+        const { assert!(core::mem::size_of::<K>() <= 40 && core::mem::align_of::<K>() <= 8) };
+        const { assert!(core::mem::size_of::<V>() <= REPLY && core::mem::align_of::<V>() == 1) };
+        // SAFETY: in bounds and aligned (checked above), disjoint; the caller writes both
+        // whole before reading them.
+        unsafe {
+            (
+                &mut *self.key.as_mut_ptr().cast::<K>(),
+                &mut *self.reply.as_mut_ptr().cast::<V>(),
+            )
+        }
+    }
+
     /// The conntrack entry, and the key buffer as a `K` (at most 40 bytes, 8-aligned at most).
     #[inline(always)]
     pub(crate) fn entry_and_key<K>(&mut self) -> (&mut ConntrackValue, &mut K) {

@@ -57,7 +57,12 @@ impl Fixture {
         require_root();
         ensure_bpffs();
         let pins = PinLayout::new(format!("/sys/fs/bpf/{}", unique("twinstack-dp-")));
-        let programs = Programs::load(&pins, options).expect("loading the BPF object");
+        // A failed load may leave maps pinned: removed before the test fails, so a broken
+        // build cannot fill the machine's memory with leftover maps.
+        let programs = Programs::load(&pins, options).unwrap_or_else(|error| {
+            let _ = loader::cleanup(&pins);
+            panic!("loading the BPF object: {error:?}")
+        });
         let counters = MapData::from_pin(pins.map(map_names::COUNTERS)).expect("counters pin");
         let counters = PerCpuArray::try_from(Map::from_map_data(counters).expect("map"))
             .expect("per-CPU array");
@@ -1579,4 +1584,140 @@ fn a_port_the_cluster_ip_does_not_expose_is_rejected() {
         assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
         assert_eq!(inspect(&out).destination, (backend, 8080));
     }
+}
+
+/// The IPv4 header checksum of `header`, computed afresh.
+fn ipv4_checksum(header: &[u8]) -> [u8; 2] {
+    let mut sum: u32 = header
+        .chunks(2)
+        .enumerate()
+        .filter(|(i, _)| *i != 5)
+        .map(|(_, w)| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// `packet` (Ethernet, an IP header without options or extension headers, then its L4 bytes)
+/// as two fragments of datagram `id`: the first 32 L4 bytes (more to come), then the rest.
+fn fragments_of(packet: &[u8], id: u32) -> (Vec<u8>, Vec<u8>) {
+    let v4 = packet[12..14] == [0x08, 0x00];
+    let header_len = if v4 { 20 } else { 40 };
+    let (ip, l4) = packet[14..].split_at(header_len);
+    let (head, tail) = l4.split_at(32);
+    let piece = |data: &[u8], offset: usize, more: bool| {
+        let mut out = packet[..14].to_vec();
+        let mut header = ip.to_vec();
+        if v4 {
+            header[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+            header[4..6].copy_from_slice(&(id as u16).to_be_bytes());
+            let flags = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+            header[6..8].copy_from_slice(&flags.to_be_bytes());
+            let sum = ipv4_checksum(&header);
+            header[10..12].copy_from_slice(&sum);
+            out.extend_from_slice(&header);
+        } else {
+            let protocol = header[6];
+            header[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+            header[6] = 44;
+            out.extend_from_slice(&header);
+            let offset_flags = (offset as u16) | u16::from(more);
+            out.extend_from_slice(&[protocol, 0]);
+            out.extend_from_slice(&offset_flags.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        out.extend_from_slice(data);
+        out
+    };
+    (piece(head, 0, true), piece(tail, 32, false))
+}
+
+/// The datagram two fragments (as [`fragments_of`] makes them) reassemble to.
+fn reassembled(first: &[u8], rest: &[u8]) -> Vec<u8> {
+    let v4 = first[12..14] == [0x08, 0x00];
+    let (header_len, skip) = if v4 { (20, 20) } else { (40, 48) };
+    let data = [&first[14 + skip..], &rest[14 + skip..]].concat();
+    let mut header = first[14..14 + header_len].to_vec();
+    if v4 {
+        header[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        header[6..8].copy_from_slice(&[0, 0]);
+        let sum = ipv4_checksum(&header);
+        header[10..12].copy_from_slice(&sum);
+    } else {
+        header[4..6].copy_from_slice(&(data.len() as u16).to_be_bytes());
+        header[6] = first[14 + 40];
+    }
+    [&first[..14], &header[..], &data[..]].concat()
+}
+
+/// Fragments of a translated datagram, one family: the first fragment is translated with its
+/// flow, the later one (no ports) gets the same address, and the two reassemble to the
+/// translated datagram with every checksum right; a backend's fragmented reply the same way
+/// back. A later fragment of an unknown datagram passes untouched.
+fn fragments_follow_their_first<A: Address + KernelFamily>(
+    writer: fn(&mut Fixture) -> &mut Writer<A>,
+    (client, vip, backend, _): (A, A, A, A),
+) {
+    let mut fx = Fixture::new();
+    let (f, e) = service(vip, 53, Protocol::Udp, &[(backend, 5353)]);
+    writer(&mut fx).upsert(&f, &e).unwrap();
+    let (client, vip, backend): (IpAddr, IpAddr, IpAddr) =
+        (client.into(), vip.into(), backend.into());
+
+    let (first, rest) = fragments_of(&udp((client, 40000), (vip, 53)), 0x1234);
+    let (first_out, moved) = fx.counting(|fx| fx.ingress(&first));
+    assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]), "{vip}");
+    let (rest_out, moved) = fx.counting(|fx| fx.ingress(&rest));
+    assert_eq!(
+        moved,
+        counts(&[(Counter::Fragment, 1)]),
+        "{vip}: the later fragment"
+    );
+    assert_eq!(
+        inspect(&reassembled(&first_out, &rest_out)),
+        Seen {
+            source: (client, 40000),
+            destination: (backend, 5353),
+            payload: PAYLOAD.to_vec()
+        },
+        "{vip}: the datagram reaches the backend whole"
+    );
+    if client.is_ipv4() {
+        assert_eq!(
+            rest_out[24..26],
+            ipv4_checksum(&rest_out[14..34]),
+            "IPv4 checksum"
+        );
+    }
+
+    let (first, rest) = fragments_of(&udp((backend, 5353), (client, 40000)), 0x5678);
+    let (first_out, moved) = fx.counting(|fx| fx.egress(&first));
+    assert_eq!(moved, counts(&[(Counter::ReverseNat, 1)]));
+    let (rest_out, moved) = fx.counting(|fx| fx.egress(&rest));
+    assert_eq!(moved, counts(&[(Counter::Fragment, 1)]));
+    assert_eq!(
+        inspect(&reassembled(&first_out, &rest_out)),
+        Seen {
+            source: (vip, 53),
+            destination: (client, 40000),
+            payload: PAYLOAD.to_vec()
+        },
+        "{vip}: the reply reaches the client whole, from the frontend"
+    );
+
+    let (_, stranger) = fragments_of(&udp((client, 40000), (vip, 53)), 0x9999);
+    let (out, moved) = fx.counting(|fx| fx.ingress(&stranger));
+    assert_eq!((out, moved), (stranger, counts(&[(Counter::Pass, 1)])));
+}
+
+#[test]
+fn fragments_follow_their_first_fragment_ipv4() {
+    fragments_follow_their_first(|fx| &mut fx.v4, v4_hosts());
+}
+
+#[test]
+fn fragments_follow_their_first_fragment_ipv6() {
+    fragments_follow_their_first(|fx| &mut fx.v6, v6_hosts());
 }

@@ -6,7 +6,7 @@ use proxy_common::{RawAddress, V4, V6, ct_flags, protocol, service_flags};
 use crate::{
     ct::{self, Tuple},
     ctx::PacketCtx,
-    icmp, lb,
+    frag, icmp, lb,
     nat::{self, Side},
     outcome::{Outcome, rewrite_error},
     parse::{self, EtherType, Packet, Parse},
@@ -40,7 +40,7 @@ enum Served {
 fn family<F: Reply + Parse>(ctx: &TcContext) -> Outcome {
     match service::<F>(ctx) {
         Served::Done(outcome) => outcome,
-        Served::Unparsed => icmp::to_backend(ctx),
+        Served::Unparsed => frag::translate::<F, _>(ctx).unwrap_or_else(|| icmp::to_backend(ctx)),
         Served::MaybeReply => snat::reply::<F, _>(ctx),
         Served::Masqueraded => snat::established::<F, _>(ctx),
     }
@@ -75,6 +75,10 @@ fn forward<F: Reply, C: PacketCtx>(
     };
     let now = ct::now();
     let outcome = match known::<F, C>(ctx, packet, &service, now) {
+        Known::Translated(Outcome::DnatEstablished) if packet.fragment_id_at != 0 => {
+            frag::remember_flow::<F, C>(ctx, packet);
+            return Ok(Some(Outcome::DnatEstablished));
+        }
         Known::Translated(outcome) => return Ok(Some(outcome)),
         // Translated beside this path ([`family`]), where the stack is free.
         Known::Masqueraded => return Ok(Some(Outcome::SnatEstablished)),
@@ -94,7 +98,10 @@ fn forward<F: Reply, C: PacketCtx>(
     }
     Ok(Some(
         match new_flow::<F, C>(ctx, packet, rev_nat_id, &chosen, now) {
-            Outcome::DnatNew => outcome,
+            Outcome::DnatNew => {
+                frag::remember_backend::<F, C>(ctx, packet, &chosen.backend.address);
+                outcome
+            }
             other => other,
         },
     ))

@@ -1,13 +1,13 @@
 //! TC egress on a pod interface: packets going to a pod. A backend's reply to a translated
 //! flow gets the service address back, so the client sees the frontend it addressed.
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use proxy_common::{V4, V6};
+use proxy_common::{V4, V6, fragment_side};
 
 use crate::{
     ct,
     ctx::PacketCtx,
     family::Family,
-    icmp, lb,
+    frag, icmp, lb,
     nat::{self, Side},
     outcome::{Outcome, rewrite_error},
     parse::{self, EtherType, Packet, Parse},
@@ -15,12 +15,19 @@ use crate::{
 
 #[classifier]
 pub(crate) fn to_pod(ctx: TcContext) -> i32 {
-    let served = match parse::ether_type(&ctx) {
-        Some(EtherType::V4) => service::<V4>(&ctx),
-        Some(EtherType::V6) => service::<V6>(&ctx),
-        None => None,
-    };
-    super::finish_tc(served.unwrap_or_else(|| icmp::to_client(&ctx)))
+    super::finish_tc(match parse::ether_type(&ctx) {
+        Some(EtherType::V4) => family::<V4>(&ctx),
+        Some(EtherType::V6) => family::<V6>(&ctx),
+        None => Outcome::Pass,
+    })
+}
+
+/// One family's paths, each a BPF function of its own, called one after the other.
+#[inline(always)]
+fn family<F: Family + Parse>(ctx: &TcContext) -> Outcome {
+    service::<F>(ctx)
+        .or_else(|| frag::translate::<F, _>(ctx))
+        .unwrap_or_else(|| icmp::to_client(ctx))
 }
 
 /// The service path of one family; `None` if the packet has no ports. Its own BPF function
@@ -50,5 +57,6 @@ fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
     };
     ct::answered::<F>(entry, &tuple);
     nat::rewrite::<F, C>(ctx, packet, Side::Source, address, port).map_err(rewrite_error)?;
+    frag::remember::<F, C>(ctx, packet, fragment_side::SOURCE, &address);
     Ok(Outcome::ReverseNat)
 }
