@@ -58,10 +58,15 @@ impl Servers {
                     .set_read_timeout(Some(Duration::from_millis(20)))
                     .expect("timeout");
                 ready.send(()).expect("ready");
-                let mut buffer = [0u8; 2048];
+                let mut buffer = vec![0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
-                        let _ = socket.send_to(reply(&name, peer).as_bytes(), peer);
+                    if let Ok((n, peer)) = socket.recv_from(&mut buffer) {
+                        // As long as the request: a large one gets a large (fragmented) reply.
+                        let mut answer = reply(&name, peer).into_bytes();
+                        if n > answer.len() {
+                            answer.resize(n, b' ');
+                        }
+                        let _ = socket.send_to(&answer, peer);
                     }
                 }
             }));
@@ -168,6 +173,16 @@ pub fn tcp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<Ans
 
 /// One UDP request from the current thread's namespace; the reply's source is recorded.
 pub fn udp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<Answer> {
+    udp_request_of(target, timeout, 0).map(|(answer, _)| answer)
+}
+
+/// One UDP request of at least `size` bytes (padded); the answer and the reply's size (the
+/// servers answer as long as they were asked).
+pub fn udp_request_of(
+    target: SocketAddr,
+    timeout: Duration,
+    size: usize,
+) -> std::io::Result<(Answer, usize)> {
     let bind: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0".parse().expect("addr")
     } else {
@@ -175,9 +190,12 @@ pub fn udp_request(target: SocketAddr, timeout: Duration) -> std::io::Result<Ans
     };
     let socket = UdpSocket::bind(bind)?;
     socket.set_read_timeout(Some(timeout))?;
-    socket.send_to(b"hello\n", target)?;
-    let mut buffer = [0u8; 2048];
+    let mut request = b"hello\n".to_vec();
+    request.resize(size.max(request.len()), b' ');
+    socket.send_to(&request, target)?;
+    let mut buffer = vec![0u8; 65536];
     let (n, from) = socket.recv_from(&mut buffer)?;
-    parse_answer(&String::from_utf8_lossy(&buffer[..n]), from)
-        .ok_or_else(|| std::io::Error::other("unexpected UDP reply"))
+    let answer = parse_answer(&String::from_utf8_lossy(&buffer[..n]), from)
+        .ok_or_else(|| std::io::Error::other("unexpected UDP reply"))?;
+    Ok((answer, n))
 }

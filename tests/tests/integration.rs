@@ -664,3 +664,27 @@ fn a_zone_hinted_service_stays_in_its_zone() {
         );
     }
 }
+
+/// A datagram too big for one packet (3000 bytes over 1500-byte links) through a cluster IP,
+/// both families: the client's fragments reach the backend, which reassembles it, and the
+/// backend's as-big answer comes back in fragments, each given the cluster IP back.
+#[test]
+fn datagrams_too_big_for_one_packet_go_through_the_service_in_fragments() {
+    let lab = start();
+    let fragments = lab.counter("fragment");
+    for vip in [VIP4, VIP6] {
+        let target = target(vip, 5353);
+        for _ in 0..5 {
+            let (answer, size) = lab.topology.client.netns.enter(move || {
+                servers::udp_request_of(target, TIMEOUT, 3000).expect("a 3000-byte exchange")
+            });
+            assert_eq!(size, 3000, "{target}: the whole answer");
+            assert_eq!(answer.reply_from, target, "{target}: from the cluster IP");
+        }
+    }
+    // Each exchange: at least one later fragment each way.
+    assert!(
+        lab.counter("fragment") >= fragments + 20,
+        "later fragments translated"
+    );
+}
