@@ -42,6 +42,14 @@ pub(crate) fn needed<F: Family>(client: F::Addr, backend: F::Addr) -> bool {
     prefix != 0 && !within(client, network, prefix)
 }
 
+/// Whether `address` is inside `--cluster-cidr` of its family (a pod's: never a cluster IP,
+/// which Kubernetes keeps out of the pod range). `false` without a cluster CIDR.
+#[inline(always)]
+pub(crate) fn in_cluster_cidr<F: Family>(address: F::Addr) -> bool {
+    let (network, prefix) = F::cluster();
+    prefix != 0 && within(address, network, prefix)
+}
+
 /// Whether the first `prefix` bits of `address` are `network`'s.
 #[inline(always)]
 fn within<A: RawAddress>(address: A, network: A, prefix: u8) -> bool {

@@ -9,6 +9,7 @@ use crate::{
     config,
     family::Family,
     lb::{self, Chosen},
+    snat,
 };
 
 /// What to do with a socket's destination.
@@ -36,9 +37,12 @@ pub(crate) fn forward<F: Family>(
 ) -> Forward<F::Addr> {
     // Every socket is inside the cluster: pods and the node's own processes.
     // A port the cluster IP does not expose meets its unexposed-port frontend: refused.
-    let Some(service) = lb::lookup::<F>(address, port, protocol, true)
-        .or_else(|| lb::unexposed::<F>(address, protocol))
-    else {
+    let Some(service) = lb::lookup::<F>(address, port, protocol, true).or_else(|| {
+        // A pod address is no cluster IP: connections to pods pay no second lookup.
+        (!snat::in_cluster_cidr::<F>(address))
+            .then(|| lb::unexposed::<F>(address, protocol))
+            .flatten()
+    }) else {
         return Forward::Untouched;
     };
     if service.entry.count == 0 {

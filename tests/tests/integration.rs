@@ -648,6 +648,13 @@ fn a_zone_hinted_service_stays_in_its_zone() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    each_node_reaches_only_its_own_backend(&lab, vips);
+}
+
+/// 20 connections from the client (node-a) to each VIP reach backend-a only, 20 from
+/// backend-b's pod (node-b) backend-b only.
+fn each_node_reaches_only_its_own_backend(lab: &twinstack_lab::lab::TwoNodeLab, vips: [IpAddr; 2]) {
+    let b = &lab.topology.backends[1];
     for vip in vips {
         let target = SocketAddr::new(vip, 80);
         let from_a = tally(&lab.requests(target, false, 20));
@@ -686,5 +693,90 @@ fn datagrams_too_big_for_one_packet_go_through_the_service_in_fragments() {
     assert!(
         lab.counter("fragment") >= fragments + 20,
         "later fragments translated"
+    );
+}
+
+/// `internalTrafficPolicy: Local` on two nodes: each node's pods use only the endpoint on
+/// their own node (node-a's client backend-a, backend-b on node-b itself), both families;
+/// once node-a has none, its client's connections are dropped (and counted) while node-b's
+/// still work.
+#[test]
+fn an_internal_local_policy_keeps_each_node_to_its_own_endpoints() {
+    use twinstack_lab::objects::EndpointBuilder;
+    let lab = twinstack_lab::lab::TwoNodeLab::start(DUAL_STACK, &[]);
+    let vips: [IpAddr; 2] = [
+        "10.96.0.80".parse().unwrap(),
+        "fd00:10:96::80".parse().unwrap(),
+    ];
+    let (a, b) = (&lab.topology.backends[0], &lab.topology.backends[1]);
+    let write = |with_a: bool| {
+        let service = ServiceBuilder::new("local2")
+            .cluster_ips(&vips)
+            .port("http", "TCP", 80, 8080)
+            .internal_traffic_policy("Local");
+        let slice = |name, family, v6: bool| {
+            let mut slice = SliceBuilder::new("local2", name)
+                .address_type(family)
+                .port("http", "TCP", 8080)
+                .endpoint(EndpointBuilder::ready(b.address(v6)).node("node-b"));
+            if with_a {
+                slice = slice.endpoint(EndpointBuilder::ready(a.address(v6)).node("node-a"));
+            }
+            slice.yaml()
+        };
+        let objects = [
+            service.yaml(),
+            slice("local2-v4", "IPv4", false),
+            slice("local2-v6", "IPv6", true),
+        ];
+        std::fs::write(
+            lab.manifests.path().join("local2.yaml"),
+            objects.join("---\n"),
+        )
+        .unwrap();
+    };
+    // Node `node` programs its frontends with `v4` and `v6` as their backends' text.
+    let programmed = |node: usize, v4: &str, v6: &str| {
+        let list = lab.agents[node].twinstack(&["bpf", "service", "list"]);
+        [("10.96.0.80:80/", v4), ("[fd00:10:96::80]:80/", v6)]
+            .iter()
+            .all(|(f, backends)| list.lines().any(|l| l.contains(f) && l.contains(backends)))
+    };
+    let wait = |what: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !what() {
+            assert!(std::time::Instant::now() < deadline, "not programmed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    write(true);
+    let own = |pod: &twinstack_lab::topology::Pod| {
+        (format!("{}:8080", pod.v4), format!("[{}]:8080", pod.v6))
+    };
+    let ((a4, a6), (b4, b6)) = (own(a), own(b));
+    wait(&|| programmed(0, &a4, &a6) && programmed(1, &b4, &b6));
+    each_node_reaches_only_its_own_backend(&lab, vips);
+
+    write(false);
+    wait(&|| programmed(0, "(none)", "(none)"));
+    let dropped = lab.counter(0, "drop_no_local_endpoint");
+    for vip in vips {
+        let target = SocketAddr::new(vip, 80);
+        let failed = lab
+            .topology
+            .client
+            .netns
+            .enter(move || servers::tcp_request(target, Duration::from_millis(300)).is_err());
+        assert!(failed, "{vip}: node-a has no local endpoint: dropped");
+        let from_b = tally(&requests_from(&b.netns, target, false, 5));
+        assert_eq!(
+            from_b.keys().collect::<Vec<_>>(),
+            ["backend-b"],
+            "{vip} on node-b"
+        );
+    }
+    assert!(
+        lab.counter(0, "drop_no_local_endpoint") > dropped,
+        "counted on node-a"
     );
 }

@@ -125,7 +125,9 @@ fn lookup<F: Reply>(packet: &Packet<F::Addr>) -> Option<lb::Service<F::Addr>> {
         protocol::UDP => true,
         _ => false,
     };
-    if !new_flow {
+    // A pod address (inside the cluster CIDR) is no cluster IP: pod-to-pod traffic pays no
+    // second lookup.
+    if !new_flow || snat::in_cluster_cidr::<F>(packet.destination) {
         return None;
     }
     lb::unexposed::<F>(packet.destination, packet.protocol)
