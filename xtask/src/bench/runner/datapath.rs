@@ -185,13 +185,19 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
             return None;
         })
     };
-    let options = LoadOptions {
+    let mut options = LoadOptions {
         max_entries: MAPS
             .iter()
             .filter_map(|spec| Some((spec.name, needed(spec.name)?.max(spec.capacity))))
             .collect(),
         ..LoadOptions::default()
     };
+    // The synthetic cluster's pod ranges, as the agent's `--cluster-cidr` sets them: clients,
+    // backends and the miss's pod are inside, the Services outside.
+    options.config.cluster_v4 = [10, 244, 0, 0];
+    options.config.cluster_v4_prefix = 16;
+    options.config.cluster_v6 = "fd00:10:244::".parse::<Ipv6Addr>().expect("IPv6").octets();
+    options.config.cluster_v6_prefix = 56;
     let datapath = Programs::load(&pins.0, &options).context("loading the BPF object")?;
     let mut bench = Bench {
         datapath,
