@@ -8,7 +8,7 @@ use std::{
 
 use twinstack_lab::{
     agent::Agent,
-    lab::{DUAL_STACK, ExampleLab},
+    lab::{DUAL_STACK, ExampleLab, requests_from},
     manifests,
     objects::{ServiceBuilder, SliceBuilder},
     servers::{self, Answer},
@@ -406,27 +406,6 @@ fn the_collector_deletes_idle_udp_flows_and_keeps_the_rest() {
         "{}",
         lab.agent.metrics()
     );
-}
-
-/// Requests from a thread in `netns`; every one must succeed.
-fn requests_from(
-    netns: &twinstack_lab::netns::Netns,
-    target: SocketAddr,
-    udp: bool,
-    count: usize,
-) -> Vec<Answer> {
-    netns.enter(move || {
-        (0..count)
-            .map(|i| {
-                let answer = if udp {
-                    servers::udp_request(target, TIMEOUT)
-                } else {
-                    servers::tcp_request(target, TIMEOUT)
-                };
-                answer.unwrap_or_else(|e| panic!("request {i} to {target} (udp: {udp}): {e}"))
-            })
-            .collect()
-    })
 }
 
 /// The node's address on the veth of the pod with subnet `subnet` (10.244.<subnet>.1), in
