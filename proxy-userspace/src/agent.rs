@@ -335,6 +335,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     }
     health.synced();
+    let mut health_checks = crate::healthcheck::HealthCheckServers::default();
+    health_checks.reconcile(syncer.health_checks());
     publish(&syncer, conntrack_figures);
     // The first lists and sync are the agent's biggest transient allocations; hand the freed
     // memory back instead of keeping it as allocator slack for the agent's lifetime.
@@ -376,6 +378,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 let rebuilt = syncer.sync();
                 close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
                 health.synced();
+                health_checks.reconcile(syncer.health_checks());
                 publish(&syncer, conntrack_figures);
                 tracing::debug!(
                     services = rebuilt,
@@ -388,6 +391,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 syncer.repair();
                 close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
                 health.synced();
+                // Ports that could not be bound are tried again.
+                health_checks.reconcile(syncer.health_checks());
                 publish(&syncer, conntrack_figures);
                 tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "maps re-read and repaired");
             }

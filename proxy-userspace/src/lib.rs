@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod debug;
 pub mod family;
 pub mod health;
+pub mod healthcheck;
 pub mod loader;
 pub mod maps;
 pub mod metrics;

@@ -3,7 +3,7 @@
 //! entries (the plan) and hands them to its map writer; nothing in it asks which family it is.
 //! The dispatcher owns the one family decision: which families this node serves.
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr},
 };
 
@@ -204,6 +204,43 @@ pub struct MetaProxier {
     node: NodeContext,
     /// (Service, family) pairs already warned about as not served on this node.
     warned: HashSet<(ServiceName, Family)>,
+    /// Each Service's health check (`healthCheckNodePort` of an `externalTrafficPolicy:
+    /// Local` Service) and its local endpoints, as the last sync planned it.
+    health_checks: BTreeMap<ServiceName, HealthCheck>,
+}
+
+/// A Service's health check, as kube-proxy's service health server answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: ServiceName,
+    pub port: u16,
+    /// Ready endpoints on this node (pods: the larger of the families' counts).
+    pub local_endpoints: usize,
+}
+
+/// The health check of a Service whose ports are `ports`, on node `node`.
+fn health_check(service: &ServiceName, ports: &[ServicePort], node: &str) -> Option<HealthCheck> {
+    let port = ports.iter().find_map(|p| {
+        (p.external_policy == crate::model::TrafficPolicy::Local)
+            .then_some(p.health_check_node_port)
+            .flatten()
+    })?;
+    let mut local: BTreeMap<Family, BTreeSet<std::net::IpAddr>> = BTreeMap::new();
+    for port in ports {
+        let here = port
+            .endpoints
+            .iter()
+            .filter(|e| e.conditions.ready && e.node_name.as_deref() == Some(node));
+        local
+            .entry(port.family)
+            .or_default()
+            .extend(here.map(|e| e.address));
+    }
+    Some(HealthCheck {
+        service: service.clone(),
+        port,
+        local_endpoints: local.values().map(BTreeSet::len).max().unwrap_or(0),
+    })
 }
 
 impl MetaProxier {
@@ -224,6 +261,7 @@ impl MetaProxier {
                 ..NodeContext::default()
             },
             warned: HashSet::new(),
+            health_checks: BTreeMap::new(),
         };
         meta.served = meta.decide_served(&NodeInfo::default());
         Ok(meta)
@@ -287,6 +325,10 @@ impl MetaProxier {
     pub fn apply_all(&mut self, changes: &[Change]) -> Vec<SyncError> {
         let mut errors = Vec::new();
         for (service, ports) in changes {
+            match health_check(service, ports, &self.node.name) {
+                Some(check) => self.health_checks.insert(service.clone(), check),
+                None => self.health_checks.remove(service),
+            };
             for port in ports {
                 if !self.served.contains(&port.family)
                     && self.warned.insert((service.clone(), port.family))
@@ -306,6 +348,16 @@ impl MetaProxier {
             self.v6.apply_all(changes, &self.node, &mut errors);
         }
         errors
+    }
+
+    /// The health checks to serve, by node port. Two Services claiming one port (a conflict
+    /// in the cluster): the first by name is served.
+    pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
+        let mut by_port = BTreeMap::new();
+        for check in self.health_checks.values() {
+            by_port.entry(check.port).or_insert_with(|| check.clone());
+        }
+        by_port
     }
 
     pub fn reconcile(&mut self) -> Vec<SyncError> {

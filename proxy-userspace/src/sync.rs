@@ -78,6 +78,11 @@ impl Syncer {
         })
     }
 
+    /// The Services' health checks to serve, by node port.
+    pub fn health_checks(&self) -> std::collections::BTreeMap<u16, crate::proxier::HealthCheck> {
+        self.meta.health_checks()
+    }
+
     pub fn node(&self) -> &NodeInfo {
         &self.node
     }

@@ -138,16 +138,25 @@ impl Agent {
 
     /// One HTTP GET on the node's loopback: (status, body).
     fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        self.http_get([127, 0, 0, 1].into(), port, path)
+    }
+
+    /// `GET path` from inside the node namespace to `address:port`: the status code and the
+    /// body, or `None` if nothing answered.
+    pub fn http_get(
+        &self,
+        address: std::net::IpAddr,
+        port: u16,
+        path: &str,
+    ) -> Option<(u16, String)> {
         let node = self.node_path.clone();
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         std::thread::spawn(move || {
             crate::netns::join(&node);
-            let mut stream = TcpStream::connect_timeout(
-                &([127, 0, 0, 1], port).into(),
-                Duration::from_millis(500),
-            )
-            .ok()?;
+            let mut stream =
+                TcpStream::connect_timeout(&(address, port).into(), Duration::from_millis(500))
+                    .ok()?;
             stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
             stream.write_all(request.as_bytes()).ok()?;
             let mut response = String::new();

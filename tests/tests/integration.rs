@@ -759,3 +759,77 @@ fn an_internal_local_policy_keeps_each_node_to_its_own_endpoints() {
         "counted on node-a"
     );
 }
+
+/// kube-proxy's service health checks: an `externalTrafficPolicy: Local` LoadBalancer Service
+/// with `healthCheckNodePort` is answered on that port on IPv4 and IPv6 with kube-proxy's
+/// JSON: 200 and the count of this node's ready endpoints while it has some, 503 and 0 once
+/// they are on another node; the port closes with the Service.
+#[test]
+fn the_health_check_node_port_answers_as_endpoints_move() {
+    use twinstack_lab::objects::EndpointBuilder;
+    let lab = start();
+    const PORT: u16 = 32100;
+    let vips: [IpAddr; 2] = [
+        "10.96.0.90".parse().unwrap(),
+        "fd00:10:96::90".parse().unwrap(),
+    ];
+    let service = ServiceBuilder::new("checked")
+        .cluster_ips(&vips)
+        .type_("LoadBalancer")
+        .port("http", "TCP", 80, 8080)
+        .node_port("http", 30090)
+        .external_traffic_policy("Local")
+        .health_check_node_port(PORT);
+    let (a, b) = (&lab.topology.backends[0], &lab.topology.backends[1]);
+    let write = |node: &str| {
+        let slice = |name, family, v6: bool| {
+            SliceBuilder::new("checked", name)
+                .address_type(family)
+                .port("http", "TCP", 8080)
+                .endpoint(EndpointBuilder::ready(a.address(v6)).node(node))
+                .endpoint(EndpointBuilder::ready(b.address(v6)).node(node))
+                .yaml()
+        };
+        let objects = [
+            service.yaml(),
+            slice("checked-v4", "IPv4", false),
+            slice("checked-v6", "IPv6", true),
+        ];
+        std::fs::write(
+            lab.manifests.path().join("checked.yaml"),
+            objects.join("---\n"),
+        )
+        .unwrap();
+    };
+    let addresses: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    let answers =
+        |lab: &Lab| addresses.map(|address| lab.agent.http_get(address, PORT, "/healthz"));
+    let expected = |status: u16, local: usize| {
+        let body = serde_json::json!({
+            "service": {"namespace": "default", "name": "checked"},
+            "localEndpoints": local,
+            "serviceProxyHealthy": true,
+        });
+        Some((status, body))
+    };
+    let parsed = |answer: Option<(u16, String)>| {
+        answer.map(|(status, body)| (status, serde_json::from_str(&body).expect("JSON")))
+    };
+
+    write("node-a");
+    lab.until(Duration::from_secs(5), |lab| {
+        answers(lab)
+            .into_iter()
+            .all(|a| parsed(a) == expected(200, 2))
+    });
+    write("node-b");
+    lab.until(Duration::from_secs(5), |lab| {
+        answers(lab)
+            .into_iter()
+            .all(|a| parsed(a) == expected(503, 0))
+    });
+    std::fs::remove_file(lab.manifests.path().join("checked.yaml")).unwrap();
+    lab.until(Duration::from_secs(5), |lab| {
+        answers(lab).iter().all(Option::is_none)
+    });
+}
