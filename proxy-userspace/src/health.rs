@@ -44,11 +44,21 @@ impl Health {
 }
 
 /// Binds `address` (the caller reports failures naming the flag) and returns the server task.
+/// `0.0.0.0` means every address of both families, as it does for kube-proxy (Go listens
+/// dual-stack on it): one `[::]` socket where the node has IPv6, else IPv4 alone.
 pub async fn bind(
     address: SocketAddr,
     health: Health,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let listener = if address.ip() == std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED) {
+        let both = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, address.port()));
+        match tokio::net::TcpListener::bind(both).await {
+            Ok(listener) => listener,
+            Err(_) => tokio::net::TcpListener::bind(address).await?,
+        }
+    } else {
+        tokio::net::TcpListener::bind(address).await?
+    };
     let app = Router::new().route("/healthz", get(move || async move { health.report() }));
     Ok(async move { axum::serve(listener, app).await })
 }

@@ -62,17 +62,23 @@ impl Agent {
                 arguments.push(path.into());
             }
         }
-        // Node "node-a" unless the test names another.
+        // Node "node-a" and /healthz on 127.0.0.1 unless the test says otherwise.
         if !options.extra.iter().any(|flag| flag == "--node-name") {
             arguments.extend(["--node-name".into(), "node-a".into()]);
+        }
+        if !options
+            .extra
+            .iter()
+            .any(|flag| flag == "--healthz-bind-address")
+        {
+            arguments.push("--healthz-bind-address".into());
+            arguments.push(format!("127.0.0.1:{HEALTHZ_PORT}").into());
         }
         for flag in [
             "--cluster-cidr",
             options.cluster_cidr,
             "--pod-interfaces",
             POD_INTERFACES,
-            "--healthz-bind-address",
-            &format!("127.0.0.1:{HEALTHZ_PORT}"),
             "--bpf-root",
         ] {
             arguments.push(flag.into());

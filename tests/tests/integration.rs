@@ -833,3 +833,16 @@ fn the_health_check_node_port_answers_as_endpoints_move() {
         answers(lab).iter().all(Option::is_none)
     });
 }
+
+/// `--healthz-bind-address 0.0.0.0:10256` (kube-proxy's default) serves `/healthz` on every
+/// address of both families, as kube-proxy's does.
+#[test]
+fn healthz_on_the_unspecified_address_answers_on_both_families() {
+    let lab = ExampleLab::start(DUAL_STACK, &["--healthz-bind-address", "0.0.0.0:10256"]);
+    for address in ["127.0.0.1", "::1", "10.244.1.1", "fd00:10:244:1::1"] {
+        let answer = lab
+            .agent
+            .http_get(address.parse().unwrap(), 10256, "/healthz");
+        assert_eq!(answer.map(|(status, _)| status), Some(200), "{address}");
+    }
+}
