@@ -9,8 +9,9 @@
 //! Rewritten: the quoted address and port, the quoted IPv4 header checksum, the quoted L4
 //! checksum when the quote holds it (a router may quote only 8 bytes), and the error's own
 //! checksum for each. Not handled (passed): an outer IPv6 header with extension headers, a
-//! quote with IPv6 extension headers, a fragmented error. Echo requests are never answered.
-use proxy_common::{ConntrackKey, V4, V6, direction, protocol};
+//! quote with IPv6 extension headers, a fragmented error, a client's error about a reply of a
+//! masqueraded flow. Echo requests are never answered.
+use proxy_common::{ConntrackKey, V4, V6, ct_flags, direction, protocol};
 
 use crate::{
     csum::{self, word},
@@ -222,6 +223,8 @@ fn translated<F: Errors, C: PacketCtx>(ctx: &C, toward: Toward) -> Result<Outcom
             };
             translate::<F, C>(ctx, &error, Side::Destination, frontend)
         }
+        // A masqueraded flow's backend knows the node, not the client: not translated.
+        Toward::Frontend if entry.flags & ct_flags::SNAT != 0 => Ok(Outcome::Pass),
         Toward::Frontend => {
             let backend = ct::backend_of::<F>(entry);
             translate::<F, C>(ctx, &error, Side::Source, backend)
