@@ -43,19 +43,29 @@ pub struct DatapathConfig {
 /// masqueraded flow never takes a port the node's own connections use.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
 
+impl DatapathConfig {
+    /// All zeros: what the object holds until the loader sets it.
+    pub const UNSET: Self = Self {
+        host_netns_cookie: 0,
+        cluster_v4: [0; 4],
+        cluster_v6: [0; 16],
+        cluster_v4_prefix: 0,
+        cluster_v6_prefix: 0,
+        flags: 0,
+        ct_timeouts: Timeouts::ZERO,
+        snat_port_min: 0,
+        snat_port_max: 0,
+        _pad: [0; 4],
+    };
+}
+
 impl Default for DatapathConfig {
     fn default() -> Self {
         Self {
-            host_netns_cookie: 0,
-            cluster_v4: [0; 4],
-            cluster_v6: [0; 16],
-            cluster_v4_prefix: 0,
-            cluster_v6_prefix: 0,
-            flags: 0,
             ct_timeouts: Timeouts::DEFAULT,
             snat_port_min: DEFAULT_SNAT_PORTS.0,
             snat_port_max: DEFAULT_SNAT_PORTS.1,
-            _pad: [0; 4],
+            ..Self::UNSET
         }
     }
 }

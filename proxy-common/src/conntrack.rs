@@ -108,6 +108,18 @@ impl Timeouts {
     /// kube-proxy's defaults where it sets them (`--conntrack-tcp-timeout-established` 24h,
     /// `--conntrack-tcp-timeout-close-wait` 1h), netfilter's elsewhere (SYN_SENT 120s,
     /// TIME_WAIT 120s, CLOSE 10s, UDP 30s, UDP stream 120s); SCTP and others 60s.
+    /// Every timeout zero (an unset configuration).
+    pub const ZERO: Timeouts = Timeouts {
+        syn_sent: 0,
+        established: 0,
+        close_wait: 0,
+        time_wait: 0,
+        reset: 0,
+        udp: 0,
+        udp_stream: 0,
+        other: 0,
+    };
+
     pub const DEFAULT: Timeouts = Timeouts {
         syn_sent: 120,
         established: 86_400,

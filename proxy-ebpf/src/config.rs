@@ -7,27 +7,7 @@ use proxy_common::{config::DatapathConfig, conntrack::Timeouts};
 /// always find it (it refuses to load an object without it).
 #[unsafe(no_mangle)]
 #[used]
-pub(crate) static CONFIG: DatapathConfig = DatapathConfig {
-    host_netns_cookie: 0,
-    cluster_v4: [0; 4],
-    cluster_v6: [0; 16],
-    cluster_v4_prefix: 0,
-    cluster_v6_prefix: 0,
-    flags: 0,
-    ct_timeouts: Timeouts {
-        syn_sent: 0,
-        established: 0,
-        close_wait: 0,
-        time_wait: 0,
-        reset: 0,
-        udp: 0,
-        udp_stream: 0,
-        other: 0,
-    },
-    snat_port_min: 0,
-    snat_port_max: 0,
-    _pad: [0; 4],
-};
+pub(crate) static CONFIG: DatapathConfig = DatapathConfig::UNSET;
 
 /// The configuration the agent loaded the programs with.
 #[inline(always)]

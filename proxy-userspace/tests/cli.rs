@@ -27,6 +27,27 @@ fn run_with_cidr(cidr: &str) -> (bool, String) {
     ])
 }
 
+/// `twinstack run` with valid base flags and `extra`. Should a bad flag ever be accepted, the
+/// agent fails at once and touches nothing: no interface matches, socket LB is off, and its
+/// pin root cannot be made.
+fn run_with(extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "run",
+        "--manifests",
+        ".",
+        "--cluster-cidr",
+        "10.0.0.0/8",
+        "--pod-interfaces",
+        "tscli-none*",
+        "--socket-lb",
+        "false",
+        "--bpf-root",
+        "/proc/twinstack-cli-test",
+    ];
+    args.extend_from_slice(extra);
+    twinstack(&args)
+}
+
 #[test]
 fn bad_cluster_cidrs_are_refused_with_the_flag_and_an_example() {
     for bad in [
@@ -58,17 +79,7 @@ fn other_bad_flags_name_the_flag() {
         "veth[",
     ]);
     assert!(!ok && stderr.contains("--pod-interfaces"), "{stderr}");
-    let (ok, stderr) = twinstack(&[
-        "run",
-        "--manifests",
-        ".",
-        "--cluster-cidr",
-        "10.0.0.0/8",
-        "--pod-interfaces",
-        "veth*",
-        "--min-sync-period",
-        "soon",
-    ]);
+    let (ok, stderr) = run_with(&["--min-sync-period", "soon"]);
     assert!(!ok && stderr.contains("--min-sync-period"), "{stderr}");
     let (ok, stderr) = twinstack(&[
         "run",
@@ -83,7 +94,7 @@ fn other_bad_flags_name_the_flag() {
 }
 
 #[test]
-fn bad_conntrack_timeouts_name_the_flag_and_an_example() {
+fn bad_conntrack_and_masquerade_flags_name_the_flag_and_an_example() {
     for (flag, bad, expected) in [
         ("--conntrack-udp-timeout", "0", "at least 1s"),
         ("--conntrack-tcp-timeout-established", "0", "at least 1s"),
@@ -93,18 +104,12 @@ fn bad_conntrack_timeouts_name_the_flag_and_an_example() {
             "expected e.g.",
         ),
         ("--conntrack-gc-interval", "0", "greater than 0"),
+        ("--masquerade-ports", "61000", "expected MIN-MAX"),
+        ("--masquerade-ports", "65000-61000", "expected MIN-MAX"),
+        ("--masquerade-ports", "0-100", "expected MIN-MAX"),
+        ("--masquerade-ports", "61000-70000", "expected MIN-MAX"),
     ] {
-        let (ok, stderr) = twinstack(&[
-            "run",
-            "--manifests",
-            ".",
-            "--cluster-cidr",
-            "10.0.0.0/8",
-            "--pod-interfaces",
-            "veth*",
-            flag,
-            bad,
-        ]);
+        let (ok, stderr) = run_with(&[flag, bad]);
         assert!(!ok, "{flag} {bad} accepted");
         assert!(
             stderr.contains(flag) && stderr.contains(expected),

@@ -123,6 +123,14 @@ impl Agent {
         self.wait_healthy(Duration::from_secs(20));
     }
 
+    /// A datapath counter, summed over CPUs, from /metrics.
+    pub fn counter(&self, outcome: &str) -> u64 {
+        self.metric(&format!(
+            "twinstack_datapath_packets_total{{outcome=\"{outcome}\"}}"
+        ))
+        .unwrap_or_else(|| panic!("no counter {outcome}:\n{}", self.metrics())) as u64
+    }
+
     /// GET /healthz from inside the node namespace: the status code, or None if unreachable.
     pub fn healthz(&self) -> Option<u16> {
         self.get(HEALTHZ_PORT, "/healthz").map(|(status, _)| status)

@@ -32,6 +32,14 @@ pub fn requests_from(netns: &Netns, target: SocketAddr, udp: bool, count: usize)
     })
 }
 
+/// Servers (TCP 8080, UDP 5353) on each backend pod.
+fn start_servers(backends: &[crate::topology::Pod]) -> Vec<Servers> {
+    backends
+        .iter()
+        .map(|pod| Servers::start(pod, 8080, 5353))
+        .collect()
+}
+
 /// A copy of `examples/`'s Service and EndpointSlices, for an agent's `--manifests`.
 fn example_manifests() -> tempfile::TempDir {
     let manifests = tempfile::tempdir().expect("temp dir");
@@ -63,11 +71,7 @@ impl ExampleLab {
     pub fn start(cluster_cidr: &str, extra: &[&str]) -> Self {
         require_root();
         let topology = Topology::new(2);
-        let servers = topology
-            .backends
-            .iter()
-            .map(|pod| Servers::start(pod, 8080, 5353))
-            .collect();
+        let servers = start_servers(&topology.backends);
         let manifests = example_manifests();
         let agent = Agent::start(
             &topology.node,
@@ -108,12 +112,7 @@ impl ExampleLab {
 
     /// A datapath counter, summed over CPUs, from the agent's /metrics.
     pub fn counter(&self, outcome: &str) -> u64 {
-        self.agent
-            .metric(&format!(
-                "twinstack_datapath_packets_total{{outcome=\"{outcome}\"}}"
-            ))
-            .unwrap_or_else(|| panic!("no counter {outcome}:\n{}", self.agent.metrics()))
-            as u64
+        self.agent.counter(outcome)
     }
 }
 
@@ -132,11 +131,7 @@ impl TwoNodeLab {
     pub fn start(cluster_cidr: &str, extra: &[&str]) -> Self {
         require_root();
         let topology = TwoNodes::create();
-        let servers = topology
-            .backends
-            .iter()
-            .map(|pod| Servers::start(pod, 8080, 5353))
-            .collect();
+        let servers = start_servers(&topology.backends);
         let manifests = example_manifests();
         // backend-b lives on node-b here.
         let slices = manifests.path().join("endpointslices.yaml");
@@ -174,11 +169,6 @@ impl TwoNodeLab {
 
     /// A datapath counter of node `node`'s agent (0 or 1).
     pub fn counter(&self, node: usize, outcome: &str) -> u64 {
-        let agent = &self.agents[node];
-        agent
-            .metric(&format!(
-                "twinstack_datapath_packets_total{{outcome=\"{outcome}\"}}"
-            ))
-            .unwrap_or_else(|| panic!("no counter {outcome}:\n{}", agent.metrics())) as u64
+        self.agents[node].counter(outcome)
     }
 }

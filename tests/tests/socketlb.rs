@@ -62,6 +62,22 @@ fn client(lab: &Lab, place: In<'_>, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// One `lab-client` run that must fail with ECONNREFUSED within 500 ms (refused, not timed
+/// out).
+fn refused_at_once(lab: &Lab, place: In<'_>, args: &[&str]) {
+    let started = Instant::now();
+    let answer = client(lab, place, args);
+    assert_eq!(
+        answer[0]["error"], "ConnectionRefused",
+        "{args:?}: {answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{args:?} took {:?}: refused at once, not timed out",
+        started.elapsed()
+    );
+}
+
 fn target(vip: &str, port: u16) -> String {
     SocketAddr::new(vip.parse().expect("VIP"), port).to_string()
 }
@@ -242,17 +258,7 @@ fn a_service_with_no_endpoints_refuses_at_once_on_both_paths_in_both_families() 
             (In::Outside(pod), ["tcp", &tcp, "1"]),
             (In::Outside(pod), ["udp-connected", &udp, "1"]),
         ] {
-            let started = Instant::now();
-            let answer = client(&lab, place, &args);
-            assert_eq!(
-                answer[0]["error"], "ConnectionRefused",
-                "{args:?}: {answer:?}"
-            );
-            assert!(
-                started.elapsed() < Duration::from_millis(500),
-                "{args:?} took {:?}: refused at once, not timed out",
-                started.elapsed()
-            );
+            refused_at_once(&lab, place, &args);
         }
     }
     assert_eq!(lab.counter("sock_refused"), refused + 6);
@@ -660,10 +666,7 @@ fn an_internal_local_policy_keeps_to_this_node_and_drops_without_a_local_endpoin
         "every SYN dropped and counted"
     );
     for vip in vips {
-        let started = Instant::now();
-        let answer = client(&lab, In::Cgroup(node), &["tcp", &target(vip, 80), "1"]);
-        assert_eq!(answer[0]["error"], "ConnectionRefused", "{vip}: {answer:?}");
-        assert!(started.elapsed() < Duration::from_millis(500));
+        refused_at_once(&lab, In::Cgroup(node), &["tcp", &target(vip, 80), "1"]);
     }
 }
 
@@ -725,17 +728,7 @@ fn a_port_the_cluster_ip_does_not_expose_is_refused_at_once_on_both_paths() {
             (In::Outside(pod), ["tcp", &tcp, "1"]),
             (In::Outside(pod), ["udp-connected", &udp, "1"]),
         ] {
-            let started = Instant::now();
-            let answer = client(&lab, place, &args);
-            assert_eq!(
-                answer[0]["error"], "ConnectionRefused",
-                "{args:?}: {answer:?}"
-            );
-            assert!(
-                started.elapsed() < Duration::from_millis(500),
-                "{args:?} took {:?}: refused at once, not timed out",
-                started.elapsed()
-            );
+            refused_at_once(&lab, place, &args);
         }
         // The exposed port still works.
         let answers = client(&lab, In::Outside(pod), &["tcp", &target(vip, 80), "4"]);

@@ -51,52 +51,48 @@ fn service<F: Reply + Parse>(ctx: &TcContext) -> Served {
     let Some(packet) = parse::parsed::<F, _>(ctx) else {
         return Served::Unparsed;
     };
-    match forward::<F, _>(ctx, &packet) {
-        Ok(Some(Outcome::SnatEstablished)) => Served::Masqueraded,
-        Ok(Some(outcome)) | Err(outcome) => Served::Done(outcome),
-        Ok(None) if snat::may_reply(&packet) => Served::MaybeReply,
-        Ok(None) => Served::Done(Outcome::Pass),
-    }
+    forward::<F, _>(ctx, &packet)
 }
 
-/// Translates a packet addressed to a service frontend; `None` if it is addressed to none.
-/// Each phase is a BPF function of its own (never inlined), so this frame stays small and the
-/// deepest call chain (this, a phase, the helpers it inlines) stays within the verifier's 512
-/// bytes of stack.
+/// Translates a packet addressed to a service frontend. Each phase is a BPF function of its
+/// own (never inlined), so this frame stays small and the deepest call chain (this, a phase,
+/// the helpers it inlines) stays within the verifier's 512 bytes of stack.
 #[inline(always)]
-fn forward<F: Reply, C: PacketCtx>(
-    ctx: &C,
-    packet: &Packet<F::Addr>,
-) -> Result<Option<Outcome>, Outcome> {
+fn forward<F: Reply, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Served {
     // The service entry is looked up first: a deleted service stops translation at once, even
     // for flows that still have conntrack entries. Pods are inside the cluster.
     let Some(service) = lookup::<F>(packet) else {
-        return Ok(None);
+        return if snat::may_reply(packet) {
+            Served::MaybeReply
+        } else {
+            Served::Done(Outcome::Pass)
+        };
     };
     let now = ct::now();
     let outcome = match known::<F, C>(ctx, packet, &service, now) {
         Known::Translated(Outcome::DnatEstablished) if packet.fragment_id_at != 0 => {
             frag::remember_flow::<F, C>(ctx, packet);
-            return Ok(Some(Outcome::DnatEstablished));
+            return Served::Done(Outcome::DnatEstablished);
         }
-        Known::Translated(outcome) => return Ok(Some(outcome)),
+        Known::Translated(outcome) => return Served::Done(outcome),
         // Translated beside this path ([`family`]), where the stack is free.
-        Known::Masqueraded => return Ok(Some(Outcome::SnatEstablished)),
+        Known::Masqueraded => return Served::Masqueraded,
         Known::Repick => Outcome::Repick,
         Known::New => Outcome::DnatNew,
     };
     if service.entry.count == 0 && service.entry.flags & service_flags::LOCAL != 0 {
-        return Ok(Some(Outcome::DropNoLocalEndpoint));
+        return Served::Done(Outcome::DropNoLocalEndpoint);
     }
     let Some(chosen) = select::<F>(packet, &service, now) else {
-        return Ok(Some(reject::reject::<F, C>(ctx, packet)));
+        return Served::Done(reject::reject::<F, C>(ctx, packet));
     };
     let rev_nat_id = service.entry.rev_nat_id;
     if snat::needed::<F>(packet.source, chosen.backend.address) {
-        let outcome = snat::new_flow::<F, C>(ctx, packet, rev_nat_id, &chosen, now);
-        return Ok(Some(outcome));
+        return Served::Done(snat::new_flow::<F, C>(
+            ctx, packet, rev_nat_id, &chosen, now,
+        ));
     }
-    Ok(Some(
+    Served::Done(
         match new_flow::<F, C>(ctx, packet, rev_nat_id, &chosen, now) {
             Outcome::DnatNew => {
                 frag::remember_backend::<F, C>(ctx, packet, &chosen.backend.address);
@@ -104,7 +100,7 @@ fn forward<F: Reply, C: PacketCtx>(
             }
             other => other,
         },
-    ))
+    )
 }
 
 /// The frontend the packet is addressed to; for a new flow (a TCP SYN, a UDP datagram) to a

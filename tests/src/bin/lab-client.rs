@@ -182,16 +182,8 @@ fn hold(target: SocketAddr, duration: Duration, kind: Option<&String>) -> std::i
         }
         return Ok(json!({"exchanges": exchanges, "errors": errors, "backends": backends}));
     }
-    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
+    let (mut stream, backend) = open_stream(target, TIMEOUT)?;
     let peer = stream.peer_addr()?;
-    stream.write_all(b"stream\n")?;
-    let mut header = Vec::new();
-    let mut byte = [0u8; 1];
-    while !header.ends_with(b"\n") && stream.read(&mut byte)? == 1 {
-        header.push(byte[0]);
-    }
-    let (backend, _) = answer(&String::from_utf8_lossy(&header));
     backends.insert(backend);
     let mut counter = 0u64;
     while Instant::now() < deadline {
@@ -215,6 +207,21 @@ fn hold(target: SocketAddr, duration: Duration, kind: Option<&String>) -> std::i
     }))
 }
 
+/// A stream in the servers' `stream` mode (reads time out after `timeout`), and the backend
+/// its first line names.
+fn open_stream(target: SocketAddr, timeout: Duration) -> std::io::Result<(TcpStream, String)> {
+    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"stream\n")?;
+    let mut header = Vec::new();
+    let mut byte = [0u8; 1];
+    while !header.ends_with(b"\n") && stream.read(&mut byte)? == 1 {
+        header.push(byte[0]);
+    }
+    let (backend, _) = answer(&String::from_utf8_lossy(&header));
+    Ok((stream, backend))
+}
+
 /// The byte at `offset` of an upload: a pattern that shows a lost, repeated or reordered piece.
 fn pattern(offset: u64) -> u8 {
     (offset % 251) as u8
@@ -225,15 +232,7 @@ fn pattern(offset: u64) -> u8 {
 /// 20 s for all of it, 3 s for any one read).
 fn upload(target: SocketAddr, bytes: u64) -> std::io::Result<Value> {
     let started = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    stream.write_all(b"stream\n")?;
-    let mut header = Vec::new();
-    let mut byte = [0u8; 1];
-    while !header.ends_with(b"\n") && stream.read(&mut byte)? == 1 {
-        header.push(byte[0]);
-    }
-    let (backend, _) = answer(&String::from_utf8_lossy(&header));
+    let (mut stream, backend) = open_stream(target, Duration::from_secs(3))?;
     let mut writer = stream.try_clone()?;
     let sender = std::thread::spawn(move || -> std::io::Result<()> {
         let mut chunk = vec![0u8; 16 * 1024];
