@@ -48,6 +48,9 @@ counters! {
     /// A packet to a service with no usable backend, answered as kube-proxy's `REJECT` does:
     /// a TCP reset or an ICMP (ICMPv6) port unreachable, sent back to the client.
     Reject => "reject",
+    /// A packet to a load balancer IP from a client outside its `loadBalancerSourceRanges`:
+    /// dropped, as kube-proxy's firewall chain drops it.
+    DropSourceRange => "drop_source_range",
     /// A known flow's backend had gone and a new one was picked.
     Repick => "repick",
     /// A new flow was load-balanced and masqueraded (SNATed to the node: a hairpin, a source

@@ -81,6 +81,7 @@ pub trait LbFamily: 'static {
     const SOCK_REV: &'static str;
     const SOCK_UDP: &'static str;
     const AFFINITY: &'static str;
+    const SOURCE_RANGES: &'static str;
 }
 
 pub enum V4 {}
@@ -96,6 +97,7 @@ impl LbFamily for V4 {
     const SOCK_REV: &'static str = map_names::SOCK_REV_V4;
     const SOCK_UDP: &'static str = map_names::SOCK_UDP_V4;
     const AFFINITY: &'static str = map_names::AFFINITY_V4;
+    const SOURCE_RANGES: &'static str = map_names::SOURCE_RANGES_V4;
 }
 
 impl LbFamily for V6 {
@@ -108,4 +110,5 @@ impl LbFamily for V6 {
     const SOCK_REV: &'static str = map_names::SOCK_REV_V6;
     const SOCK_UDP: &'static str = map_names::SOCK_UDP_V6;
     const AFFINITY: &'static str = map_names::AFFINITY_V6;
+    const SOURCE_RANGES: &'static str = map_names::SOURCE_RANGES_V6;
 }

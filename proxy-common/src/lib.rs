@@ -46,6 +46,8 @@ pub mod map_names {
     pub const AFFINITY_V6: &str = "lb6_affinity";
     pub const FRAGMENTS_V4: &str = "lb4_fragments";
     pub const FRAGMENTS_V6: &str = "lb6_fragments";
+    pub const SOURCE_RANGES_V4: &str = "lb4_src_ranges";
+    pub const SOURCE_RANGES_V6: &str = "lb6_src_ranges";
     pub const COUNTERS: &str = "counters";
     /// Per-CPU scratch memory of the kernel programs (their stack is 512 bytes).
     pub const SCRATCH: &str = "scratch";
@@ -67,6 +69,8 @@ pub mod capacity {
     /// Fragmented datagrams of translated flows in flight (each entry lives until the LRU
     /// needs its room: a datagram's fragments arrive within moments).
     pub const FRAGMENTS: u32 = 8_192;
+    /// `loadBalancerSourceRanges` entries, every Service's together.
+    pub const SOURCE_RANGES: u32 = 16_384;
 }
 
 /// IANA protocol numbers used in keys.
@@ -101,6 +105,9 @@ pub mod service_flags {
     /// The external entry has an internal twin (scope [`super::scope::INTERNAL`]) for traffic
     /// from inside the cluster.
     pub const TWO_SCOPES: u16 = 1 << 5;
+    /// `loadBalancerSourceRanges` apply: only clients in this frontend's entries of the
+    /// source-range map are served, the others dropped.
+    pub const SOURCE_RANGES: u16 = 1 << 6;
 }
 
 /// [`Backend`] states.
@@ -375,6 +382,39 @@ pub type FragmentKeyV6 = FragmentKey<[u8; 16]>;
 pub type FragmentValueV4 = FragmentValue<[u8; 4]>;
 pub type FragmentValueV6 = FragmentValue<[u8; 16]>;
 
+/// Data of a source-range (LPM trie) key: a frontend and an allowed client prefix. Its
+/// prefix length is [`SourceRange::FRONTEND_BITS`] plus the client prefix's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange<A> {
+    pub frontend: A,
+    /// Network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+    pub client: A,
+}
+
+impl<A: RawAddress> SourceRange<A> {
+    /// The bits of the key that name the frontend (always matched whole).
+    pub const FRONTEND_BITS: u32 = (core::mem::size_of::<A>() as u32 + 4) * 8;
+
+    /// `port` in network order.
+    #[inline(always)]
+    pub fn new(frontend: A, port: u16, protocol: u8, client: A) -> Self {
+        Self {
+            frontend,
+            port,
+            protocol,
+            _pad: 0,
+            client,
+        }
+    }
+}
+
+pub type SourceRangeV4 = SourceRange<[u8; 4]>;
+pub type SourceRangeV6 = SourceRange<[u8; 16]>;
+
 /// Key of the session-affinity maps: a client and a frontend entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
@@ -506,6 +546,8 @@ assert_layout! {
     SockRevValueV6 => 24, fields: [u8; 16], u16, [u8; 2], u32;
     SockUdpKey => 12;
     AffinityKey => 24;
+    SourceRangeV4 => 12, fields: [u8; 4], u16, u8, u8, [u8; 4];
+    SourceRangeV6 => 36, fields: [u8; 16], u16, u8, u8, [u8; 16];
     AffinityValue => 16;
     config::DatapathConfig => 72;
     conntrack::Timeouts => 32;
@@ -534,7 +576,8 @@ pod!(
     SockRevKey,
     SockRevValue,
     FragmentKey,
-    FragmentValue
+    FragmentValue,
+    SourceRange
 );
 
 #[cfg(feature = "user")]

@@ -7,7 +7,8 @@ use crate::{
     AffinityKey, AffinityValue, BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6,
     ConntrackValue, FragmentKeyV4, FragmentKeyV6, FragmentValueV4, FragmentValueV6, ReverseNatV4,
     ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, SockRevKeyV4, SockRevKeyV6,
-    SockRevValueV4, SockRevValueV6, SockUdpKey, capacity, counter::Counter, map_names,
+    SockRevValueV4, SockRevValueV6, SockUdpKey, SourceRangeV4, SourceRangeV6, capacity,
+    counter::Counter, map_names,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub enum MapKind {
     Hash,
     LruHash,
     PerCpuArray,
+    /// A longest-prefix-match trie (keys carry their prefix length first).
+    LpmTrie,
 }
 
 /// The family a map belongs to.
@@ -53,7 +56,7 @@ const fn spec<K, V>(
 }
 
 use MapFamily::{V4, V6};
-use MapKind::{Hash, LruHash, PerCpuArray};
+use MapKind::{Hash, LpmTrie, LruHash, PerCpuArray};
 
 pub const MAPS: &[MapSpec] = &[
     spec::<ServiceKeyV4, ServiceValue>(map_names::SERVICES_V4, Some(V4), Hash, capacity::SERVICES),
@@ -131,6 +134,19 @@ pub const MAPS: &[MapSpec] = &[
         Some(V6),
         LruHash,
         capacity::FRAGMENTS,
+    ),
+    // LPM keys: a 4-byte prefix length, then the data.
+    spec::<(u32, SourceRangeV4), u8>(
+        map_names::SOURCE_RANGES_V4,
+        Some(V4),
+        LpmTrie,
+        capacity::SOURCE_RANGES,
+    ),
+    spec::<(u32, SourceRangeV6), u8>(
+        map_names::SOURCE_RANGES_V6,
+        Some(V6),
+        LpmTrie,
+        capacity::SOURCE_RANGES,
     ),
     spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
     spec::<u32, [u8; crate::SCRATCH_SIZE]>(map_names::SCRATCH, None, PerCpuArray, 1),

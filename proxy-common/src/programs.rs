@@ -34,6 +34,8 @@ pub enum SockAddrHook {
 pub enum AttachPoint {
     /// Every interface matching `--pod-interfaces`.
     PodInterfaces,
+    /// Every device of `--devices`: the node's external interfaces.
+    Devices,
     /// The cgroup v2 directory `--cgroup-root` (with `--socket-lb true`).
     Cgroup,
 }
@@ -49,6 +51,13 @@ pub struct ProgramSpec {
 pub const FROM_POD: &str = "from_pod";
 /// TC egress on a pod interface: packets going to a pod (reverse NAT).
 pub const TO_POD: &str = "to_pod";
+/// TC ingress on a device: packets from outside the node (NodePort, external and load
+/// balancer IPs: DNAT, and SNAT unless the policy is `Local`) and backends' replies to flows
+/// masqueraded to this node.
+pub const FROM_DEVICE: &str = "from_device";
+/// TC egress on a device: a local backend's reply to an outside client whose address it saw
+/// (reverse NAT).
+pub const TO_DEVICE: &str = "to_device";
 
 const fn sock(name: &'static str, hook: SockAddrHook) -> ProgramSpec {
     ProgramSpec {
@@ -68,6 +77,16 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         name: TO_POD,
         hook: Hook::TcEgress,
         on: AttachPoint::PodInterfaces,
+    },
+    ProgramSpec {
+        name: FROM_DEVICE,
+        hook: Hook::TcIngress,
+        on: AttachPoint::Devices,
+    },
+    ProgramSpec {
+        name: TO_DEVICE,
+        hook: Hook::TcEgress,
+        on: AttachPoint::Devices,
     },
     // Socket-level load balancing: translate once per connection (per datagram for
     // unconnected UDP), restore the frontend in replies and peer names.

@@ -3,11 +3,12 @@
 //! what only the kernel side has: the map statics and the family's header layout.
 use aya_ebpf::{
     helpers::bpf_csum_diff,
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LpmTrie, LruHashMap},
 };
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, ConntrackKey, ConntrackValue, FragmentKey, FragmentValue,
-    LbFamily, ReverseNat, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SockUdpKey, V4, V6,
+    LbFamily, ReverseNat, ServiceKey, ServiceValue, SockRevKey, SockRevValue, SockUdpKey,
+    SourceRange, V4, V6,
 };
 
 use crate::{
@@ -27,6 +28,7 @@ pub(crate) trait Family: LbFamily {
     fn sock_udp() -> &'static LruHashMap<SockUdpKey, u32>;
     fn affinity() -> &'static LruHashMap<AffinityKey, AffinityValue>;
     fn fragments() -> &'static LruHashMap<FragmentKey<Addr<Self>>, FragmentValue<Addr<Self>>>;
+    fn source_ranges() -> &'static LpmTrie<SourceRange<Addr<Self>>, u8>;
 
     /// `AF_INET` / `AF_INET6`.
     const AF: u8;
@@ -53,7 +55,7 @@ const IPV4_CHECK_OFFSET: usize = 10;
 
 macro_rules! maps_of {
     ($services:path, $backends:path, $reverse_nat:path, $conntrack:path, $sock_rev:path,
-     $sock_udp:path, $affinity:path, $fragments:path) => {
+     $sock_udp:path, $affinity:path, $fragments:path, $source_ranges:path) => {
         #[inline(always)]
         fn services() -> &'static HashMap<ServiceKey<Addr<Self>>, ServiceValue> {
             &$services
@@ -86,6 +88,10 @@ macro_rules! maps_of {
         fn fragments() -> &'static LruHashMap<FragmentKey<Addr<Self>>, FragmentValue<Addr<Self>>> {
             &$fragments
         }
+        #[inline(always)]
+        fn source_ranges() -> &'static LpmTrie<SourceRange<Addr<Self>>, u8> {
+            &$source_ranges
+        }
     };
 }
 
@@ -98,7 +104,8 @@ impl Family for V4 {
         maps::SOCK_REV_V4,
         maps::SOCK_UDP_V4,
         maps::AFFINITY_V4,
-        maps::FRAGMENTS_V4
+        maps::FRAGMENTS_V4,
+        maps::SOURCE_RANGES_V4
     );
 
     const AF: u8 = 2;
@@ -140,7 +147,8 @@ impl Family for V6 {
         maps::SOCK_REV_V6,
         maps::SOCK_UDP_V6,
         maps::AFFINITY_V6,
-        maps::FRAGMENTS_V6
+        maps::FRAGMENTS_V6,
+        maps::SOURCE_RANGES_V6
     );
 
     const AF: u8 = 10;

@@ -1,8 +1,9 @@
 //! Service lookup and backend selection, at the level of addresses and ports only: no packet
 //! context here, so every hook (TC now; XDP and the cgroup socket hooks next) shares them.
+use aya_ebpf::maps::lpm_trie::Key;
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, affinity_by, scope,
-    service_flags,
+    AffinityKey, AffinityValue, Backend, RawAddress, ServiceKey, ServiceValue, SourceRange,
+    affinity_by, scope, service_flags,
 };
 
 use crate::family::Family;
@@ -43,6 +44,32 @@ pub(crate) fn lookup<F: Family>(
         }
     }
     Some(Service { key, entry })
+}
+
+/// Whether `client` may use `service`: any client, unless the frontend has
+/// `loadBalancerSourceRanges`; then only one inside a range (the agent writes each range of
+/// the frontend into the family's source-range trie).
+#[inline(always)]
+pub(crate) fn admits<F: Family>(service: &Service<F::Addr>, client: F::Addr) -> bool {
+    if service.entry.flags & service_flags::SOURCE_RANGES == 0 {
+        return true;
+    }
+    let bits = SourceRange::<F::Addr>::FRONTEND_BITS + address_bits::<F::Addr>();
+    let key = Key::new(
+        bits,
+        SourceRange::new(
+            service.key.address,
+            service.key.port,
+            service.key.protocol,
+            client,
+        ),
+    );
+    F::source_ranges().get(&key).is_some()
+}
+
+#[inline(always)]
+fn address_bits<A: RawAddress>() -> u32 {
+    (core::mem::size_of::<A>() * 8) as u32
 }
 
 /// The frontend of `address`'s unexposed ports (port 0, no backend) for `protocol`, if

@@ -6,13 +6,14 @@
 //! cost of programming thousands of Services, for a fixed kernel-memory footprint.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     AffinityKey, AffinityValue, BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6,
     ConntrackValue, FragmentKeyV4, FragmentKeyV6, FragmentValueV4, FragmentValueV6, ReverseNatV4,
     ReverseNatV6, ServiceKeyV4, ServiceKeyV6, ServiceValue, SockRevKeyV4, SockRevKeyV6,
-    SockRevValueV4, SockRevValueV6, SockUdpKey, capacity, counter::Counter,
+    SockRevValueV4, SockRevValueV6, SockUdpKey, SourceRangeV4, SourceRangeV6, capacity,
+    counter::Counter,
 };
 
 #[map(name = "lb4_services")]
@@ -68,6 +69,13 @@ pub(crate) static FRAGMENTS_V4: LruHashMap<FragmentKeyV4, FragmentValueV4> =
 #[map(name = "lb6_fragments")]
 pub(crate) static FRAGMENTS_V6: LruHashMap<FragmentKeyV6, FragmentValueV6> =
     LruHashMap::pinned(capacity::FRAGMENTS, 0);
+
+#[map(name = "lb4_src_ranges")]
+pub(crate) static SOURCE_RANGES_V4: LpmTrie<SourceRangeV4, u8> =
+    LpmTrie::pinned(capacity::SOURCE_RANGES, 0);
+#[map(name = "lb6_src_ranges")]
+pub(crate) static SOURCE_RANGES_V6: LpmTrie<SourceRangeV6, u8> =
+    LpmTrie::pinned(capacity::SOURCE_RANGES, 0);
 
 #[map(name = "counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

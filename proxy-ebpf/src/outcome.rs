@@ -14,6 +14,8 @@ pub(crate) enum Outcome {
     NoBackend,
     /// A `Local` policy with no endpoint on this node: dropped.
     DropNoLocalEndpoint,
+    /// A client outside the frontend's `loadBalancerSourceRanges`: dropped.
+    DropSourceRange,
     /// No usable backend: answered with a reset or a port unreachable.
     Reject,
     /// A helper failed once a reject had begun to rewrite the packet: what is left of it is
@@ -84,6 +86,7 @@ impl Outcome {
             Outcome::ReverseNat => Counter::ReverseNat,
             Outcome::NoBackend => Counter::NoBackend,
             Outcome::DropNoLocalEndpoint => Counter::DropNoLocalEndpoint,
+            Outcome::DropSourceRange => Counter::DropSourceRange,
             Outcome::Reject => Counter::Reject,
             Outcome::RejectError => Counter::RewriteError,
             Outcome::Repick => Counter::Repick,
@@ -105,15 +108,17 @@ impl Outcome {
     }
 
     /// A proxy must never black-hole traffic that is not a service's: every outcome but a
-    /// refused socket call, a `Local` policy without local endpoint, a reject (and a reject
+    /// refused socket call, a `Local` policy without local endpoint, a client outside the
+    /// source ranges, a reject (and a reject
     /// that broke the packet halfway), errors included, hands the packet (or the call) on.
     #[inline(always)]
     pub(crate) fn verdict(self) -> Verdict {
         match self {
             Outcome::SockRefused => Verdict::Refuse,
-            Outcome::DropNoLocalEndpoint | Outcome::RejectError | Outcome::SnatError => {
-                Verdict::Drop
-            }
+            Outcome::DropNoLocalEndpoint
+            | Outcome::DropSourceRange
+            | Outcome::RejectError
+            | Outcome::SnatError => Verdict::Drop,
             Outcome::Reject => Verdict::Bounce,
             Outcome::SnatNew | Outcome::SnatEstablished | Outcome::ReverseSnat => Verdict::Redirect,
             _ => Verdict::Next,

@@ -3,7 +3,8 @@
 //! batched changes are due; a periodic full pass (`sync_period`) re-reads the kernel maps and
 //! repairs any drift; interfaces are watched for new pods.
 use std::{
-    net::SocketAddr,
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -14,11 +15,13 @@ use proxy_common::config::DatapathConfig;
 use tokio::sync::mpsc;
 
 use crate::{
-    config::{ClusterCidrs, InterfacePatterns},
+    config::{ClusterCidrs, InterfacePatterns, NodePortAddresses},
+    devices,
     health::{self, Health},
     loader::{LoadOptions, Programs},
     maps::{kernel, pins::PinLayout},
     metrics::{AgentFigures, ConntrackFigures},
+    node::NodeInfo,
     proxier::MetaProxier,
     source::{self, SourceEvent},
     sync::Syncer,
@@ -52,6 +55,9 @@ pub struct AgentConfig {
     pub node_name: String,
     pub cluster_cidrs: ClusterCidrs,
     pub pod_interfaces: InterfacePatterns,
+    /// `--devices` (`None`: the interfaces holding the Node's addresses).
+    pub devices: Option<InterfacePatterns>,
+    pub nodeport_addresses: NodePortAddresses,
     pub bpf_root: PathBuf,
     pub healthz_bind_address: SocketAddr,
     pub metrics_bind_address: SocketAddr,
@@ -116,6 +122,28 @@ fn own_netns_cookie() -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// The devices (`--devices`) and NodePort addresses (`--nodeport-addresses`) now.
+fn node_devices(config: &AgentConfig, node: &NodeInfo) -> (BTreeSet<String>, Vec<IpAddr>) {
+    let interfaces = crate::loader::interfaces().unwrap_or_else(|error| {
+        tracing::warn!(%error, "listing interfaces");
+        Vec::new()
+    });
+    let addresses = devices::local_addresses().unwrap_or_else(|error| {
+        tracing::warn!(%error, "listing the node's addresses");
+        Vec::new()
+    });
+    let chosen = devices::devices(
+        config.devices.as_ref(),
+        &config.pod_interfaces,
+        &interfaces,
+        &addresses,
+        node,
+    );
+    let nodeport =
+        devices::nodeport_addresses(&config.nodeport_addresses, &chosen, &addresses, node);
+    (chosen, nodeport)
 }
 
 /// The programs' load-time configuration, from the flags.
@@ -292,14 +320,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         syncer.handle(event);
     }
     let listed = started.elapsed();
+    let mut devices = node_devices(&config, syncer.node());
+    syncer.set_nodeport_addresses(devices.1.clone());
     let rebuilt = syncer.sync();
     // Whatever an earlier agent left that no Service owns now goes (and sockets the hooks had
     // connected to backends that left while no agent ran are closed).
     syncer.reconcile();
     close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
 
-    let report_interfaces = |programs: &mut Programs| {
-        let r = programs.sync_interfaces(&config.pod_interfaces);
+    let report_interfaces = |programs: &mut Programs, devices: &BTreeSet<String>| {
+        let r = programs.sync_interfaces(&config.pod_interfaces, devices);
         for name in r.attached {
             tracing::info!(interface = name, "attached");
         }
@@ -311,7 +341,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     };
     // Maps first, then the programs that read them; healthy once both are in place.
-    report_interfaces(&mut programs);
+    report_interfaces(&mut programs, &devices.0);
     match &config.socket_lb {
         Some(socket_lb) => {
             programs
@@ -416,7 +446,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     Err(error) => tracing::warn!(%error, "the conntrack collector stopped"),
                 }
             }
-            _ = interfaces.tick() => report_interfaces(&mut programs),
+            _ = interfaces.tick() => {
+                let now = node_devices(&config, syncer.node());
+                if now.0 != devices.0 {
+                    tracing::info!(devices = ?now.0, "devices");
+                }
+                syncer.set_nodeport_addresses(now.1.clone());
+                devices = now;
+                report_interfaces(&mut programs, &devices.0);
+            }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

@@ -104,6 +104,43 @@ impl InterfacePatterns {
     }
 }
 
+/// `--nodeport-addresses`: which of the node's addresses serve NodePorts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every address of the devices (`--devices`): the default.
+    #[default]
+    Devices,
+    /// The node's addresses inside these CIDRs.
+    Cidrs(Vec<ipnet::IpNet>),
+    /// `primary`: the Node's primary address of each family.
+    Primary,
+}
+
+impl FromStr for NodePortAddresses {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let expected = "expected CIDRs, e.g. 198.51.100.0/24,2001:db8::/64, or primary";
+        if value.trim() == "primary" {
+            return Ok(Self::Primary);
+        }
+        let cidrs = value
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse::<ipnet::IpNet>()
+                    .map(|n| n.trunc())
+                    .map_err(|_| format!("{c:?} is not a CIDR; {expected}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if cidrs.is_empty() {
+            return Err(expected.into());
+        }
+        Ok(Self::Cidrs(cidrs))
+    }
+}
+
 /// `statfs(2)`'s `f_type` of a cgroup v2 filesystem.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 

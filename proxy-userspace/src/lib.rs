@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod conntrack;
 pub mod debug;
+pub mod devices;
 pub mod family;
 pub mod health;
 pub mod healthcheck;

@@ -5,7 +5,7 @@
 //! no packet goes untranslated. Load-time configuration reaches the programs as one value
 //! ([`LoadOptions::config`]).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CStr,
     io,
     path::{Path, PathBuf},
@@ -158,6 +158,14 @@ enum LinkPin {
     Cgroup(&'static str),
 }
 
+/// Where the program named `program` is attached (the table says).
+fn attach_point(program: &str) -> AttachPoint {
+    PROGRAMS
+        .iter()
+        .find(|p| p.name == program)
+        .map_or(AttachPoint::PodInterfaces, |p| p.on)
+}
+
 fn parse_link_pin_name(name: &str) -> Option<LinkPin> {
     if let Some(program) = name.strip_suffix("-cgroup") {
         let spec = PROGRAMS.iter().find(|p| p.name == program)?;
@@ -188,8 +196,8 @@ pub struct InterfaceReport {
 pub struct Programs {
     ebpf: Ebpf,
     pins: PinLayout,
-    /// Interfaces we have attached to (index → name).
-    attached: BTreeMap<u32, String>,
+    /// Interfaces we have attached to, as pod interfaces or devices (→ name).
+    attached: BTreeMap<(AttachPoint, u32), String>,
 }
 
 impl Programs {
@@ -256,10 +264,15 @@ impl Programs {
         Self::classifier_of(&mut self.ebpf, name)
     }
 
-    /// Attaches the pod-interface programs to every present interface matching `patterns` that
-    /// we are not attached to yet, and forgets (unpins) links of interfaces that are gone or no
-    /// longer match. Links pinned by an earlier agent are taken over in place.
-    pub fn sync_interfaces(&mut self, patterns: &InterfacePatterns) -> InterfaceReport {
+    /// Attaches the pod-interface programs to every present interface matching `pods`, and the
+    /// device programs to every present interface named in `devices`, where we are not
+    /// attached yet; forgets (unpins) links of interfaces that are gone or no longer wanted.
+    /// Links pinned by an earlier agent are taken over in place.
+    pub fn sync_interfaces(
+        &mut self,
+        pods: &InterfacePatterns,
+        devices: &BTreeSet<String>,
+    ) -> InterfaceReport {
         let mut report = InterfaceReport::default();
         let present = match interfaces() {
             Ok(list) => list,
@@ -268,9 +281,17 @@ impl Programs {
                 return report;
             }
         };
-        let wanted: BTreeMap<u32, String> = present
+        let wanted: BTreeMap<(AttachPoint, u32), String> = present
             .into_iter()
-            .filter(|(_, name)| patterns.matches(name))
+            .flat_map(|(index, name)| {
+                let pod = pods
+                    .matches(&name)
+                    .then(|| ((AttachPoint::PodInterfaces, index), name.clone()));
+                let device = devices
+                    .contains(&name)
+                    .then(|| ((AttachPoint::Devices, index), name.clone()));
+                pod.into_iter().chain(device)
+            })
             .collect();
 
         // Pins of interfaces that are gone (or renamed, or no longer wanted).
@@ -280,7 +301,9 @@ impl Programs {
                 let file = entry.file_name().to_string_lossy().into_owned();
                 let parsed = parse_link_pin_name(&file);
                 let keep = match &parsed {
-                    Some(LinkPin::Interface(_, index, name)) => wanted.get(index) == Some(name),
+                    Some(LinkPin::Interface(program, index, name)) => {
+                        wanted.get(&(attach_point(program), *index)) == Some(name)
+                    }
                     // Not an interface's: `attach_cgroup`/`detach_cgroup` own these.
                     Some(LinkPin::Cgroup(_)) => true,
                     None => false,
@@ -289,8 +312,11 @@ impl Programs {
                     if let Err(e) = std::fs::remove_file(entry.path()) {
                         report.errors.push(format!("{file}: removing pin: {e}"));
                     }
-                    if let Some(LinkPin::Interface(_, index, name)) = parsed
-                        && self.attached.remove(&index).is_some()
+                    if let Some(LinkPin::Interface(program, index, name)) = parsed
+                        && self
+                            .attached
+                            .remove(&(attach_point(program), index))
+                            .is_some()
                     {
                         report.detached.push(name);
                     }
@@ -298,17 +324,14 @@ impl Programs {
             }
         }
         self.attached
-            .retain(|index, name| wanted.get(index) == Some(name));
+            .retain(|key, name| wanted.get(key) == Some(name));
 
-        for (index, name) in wanted {
-            if self.attached.contains_key(&index) {
+        for ((on, index), name) in wanted {
+            if self.attached.contains_key(&(on, index)) {
                 continue;
             }
             let mut ok = true;
-            for spec in PROGRAMS
-                .iter()
-                .filter(|p| p.on == AttachPoint::PodInterfaces)
-            {
+            for spec in PROGRAMS.iter().filter(|p| p.on == on) {
                 if let Err(e) = self.attach_tc(spec, index, &name) {
                     report
                         .errors
@@ -317,8 +340,11 @@ impl Programs {
                 }
             }
             if ok {
-                self.attached.insert(index, name.clone());
-                report.attached.push(name);
+                self.attached.insert((on, index), name.clone());
+                report.attached.push(match on {
+                    AttachPoint::Devices => format!("{name} (device)"),
+                    _ => name,
+                });
             }
         }
         report
@@ -359,6 +385,14 @@ impl Programs {
 
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attached.values().map(String::as_str)
+    }
+
+    /// The devices (of `--devices`) the device programs are attached to.
+    pub fn devices(&self) -> impl Iterator<Item = &str> {
+        self.attached
+            .iter()
+            .filter(|((on, _), _)| *on == AttachPoint::Devices)
+            .map(|(_, name)| name.as_str())
     }
 
     /// Attaches the socket programs to the cgroup v2 directory `cgroup` (every socket its

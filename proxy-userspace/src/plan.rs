@@ -126,6 +126,9 @@ pub struct ServiceEntry<A> {
     pub two_scopes: bool,
     /// `sessionAffinity: ClientIP`: the timeout in seconds.
     pub affinity_timeout: Option<u32>,
+    /// `loadBalancerSourceRanges` of this family (a load balancer IP's entry only): the client
+    /// prefixes served, as (network, prefix length); empty: every client.
+    pub source_ranges: Vec<(A, u8)>,
 }
 
 impl<A> ServiceEntry<A> {
@@ -137,6 +140,7 @@ impl<A> ServiceEntry<A> {
             local: false,
             two_scopes: false,
             affinity_timeout: None,
+            source_ranges: Vec::new(),
         }
     }
 }
@@ -180,12 +184,23 @@ pub fn frontends<A: Address>(port: &ServicePort, node: &NodeContext) -> Vec<Plan
     let endpoints = categorize(port, node);
     let cluster = backends::<A>(port, &endpoints.cluster);
     let local = backends::<A>(port, &endpoints.local);
+    let source_ranges: Vec<(A, u8)> = port
+        .source_ranges
+        .iter()
+        .filter_map(|net| Some((A::from_ip(net.network())?, net.prefix_len())))
+        .collect();
     let entry = |kind, backends: &Vec<Backend<A>>, local, two_scopes| ServiceEntry {
         kind,
         backends: backends.clone(),
         local,
         two_scopes,
         affinity_timeout: port.affinity_timeout,
+        // kube-proxy's firewall: on load balancer IPs only.
+        source_ranges: if kind == FrontendKind::LoadBalancer {
+            source_ranges.clone()
+        } else {
+            Vec::new()
+        },
     };
     let mut planned = Vec::new();
     let internal_local = port.internal_policy == TrafficPolicy::Local;

@@ -12,6 +12,7 @@ use crate::{
     maps::{
         LbMaps,
         memory::{MemoryMaps, SharedMemoryMaps},
+        ranges::{self, RangeKey},
         writer::{Departure, WriteError, Writer},
     },
     metrics::FamilyFigures,
@@ -52,15 +53,67 @@ pub struct Proxier<A> {
     /// Which Service a frontend belongs to (the last one to claim it), so a Service that
     /// goes away never removes a frontend another Service has taken over.
     owners: HashMap<Frontend<A>, ServiceName>,
+    /// The source-range entries the maps hold (`loadBalancerSourceRanges`).
+    ranges: BTreeSet<RangeKey<A>>,
+}
+
+/// The source-range entries of planned frontends.
+fn range_keys<'a, A: Copy + Ord + 'a>(
+    planned: impl IntoIterator<Item = &'a Planned<A>>,
+) -> BTreeSet<RangeKey<A>> {
+    planned
+        .into_iter()
+        .flat_map(|(f, e)| ranges::keys_of(f, e))
+        .collect()
 }
 
 impl<A: Address> Proxier<A> {
     pub fn new(maps: LbMaps<A>) -> Result<Self, WriteError> {
+        let mut writer = Writer::restore(maps)?;
+        let ranges = writer
+            .source_ranges()
+            .dump()
+            .map_err(WriteError::from)?
+            .into_iter()
+            .map(|(k, ())| k)
+            .collect();
         Ok(Self {
-            writer: Writer::restore(maps)?,
+            writer,
             owned: HashMap::new(),
             owners: HashMap::new(),
+            ranges,
         })
+    }
+
+    /// Writes (`add`) or deletes source-range entries, keeping [`Self::ranges`] in step.
+    fn write_ranges(
+        &mut self,
+        keys: BTreeSet<RangeKey<A>>,
+        add: bool,
+        errors: &mut Vec<SyncError>,
+    ) {
+        for key in keys {
+            let table = self.writer.source_ranges();
+            let result = if add {
+                table.put(&key, &())
+            } else {
+                table.delete(&key)
+            };
+            match result {
+                Ok(()) if add => {
+                    self.ranges.insert(key);
+                }
+                Ok(()) => {
+                    self.ranges.remove(&key);
+                }
+                Err(error) => errors.push(SyncError {
+                    service: None,
+                    family: A::FAMILY,
+                    frontend: Some(key.to_string()),
+                    error: error.into(),
+                }),
+            }
+        }
     }
 
     /// Programs many Services at once: every desired frontend is written (new ones in
@@ -75,6 +128,7 @@ impl<A: Address> Proxier<A> {
         let mut upserts = Vec::new();
         let mut owner_of = HashMap::new();
         let mut removals = Vec::new();
+        let (mut range_adds, mut range_drops) = (BTreeSet::new(), BTreeSet::new());
         for (service, ports) in changes {
             let mut desired: Vec<_> = ports
                 .iter()
@@ -82,6 +136,9 @@ impl<A: Address> Proxier<A> {
                 .collect();
             desired.extend(plan::unexposed::<A>(ports));
             let old = self.owned.remove(service).unwrap_or_default();
+            let (old_ranges, new_ranges) = (range_keys(&old), range_keys(&desired));
+            range_drops.extend(old_ranges.difference(&new_ranges).copied());
+            range_adds.extend(new_ranges.difference(&self.ranges).copied());
             let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
             removals.extend(
                 old.into_iter()
@@ -102,6 +159,9 @@ impl<A: Address> Proxier<A> {
         upserts.reverse();
         upserts.retain(|(f, _)| seen.insert(*f));
         upserts.reverse();
+        // A frontend's ranges are in place before its entry asks for them, and go after it.
+        range_drops.retain(|k| !range_adds.contains(k));
+        self.write_ranges(range_adds, true, errors);
         for (frontend, error) in self.writer.upsert_many(&upserts) {
             errors.push(SyncError {
                 service: owner_of.get(&frontend).cloned(),
@@ -124,6 +184,7 @@ impl<A: Address> Proxier<A> {
                 });
             }
         }
+        self.write_ranges(range_drops, false, errors);
         self.purge_affinities(errors);
     }
 
@@ -148,6 +209,9 @@ impl<A: Address> Proxier<A> {
     /// Makes the maps hold exactly what the Services own: removes whatever else is there
     /// (left by an earlier agent, or drift).
     pub fn reconcile(&mut self, errors: &mut Vec<SyncError>) {
+        let wanted = range_keys(self.owned.values().flatten());
+        let missing = wanted.difference(&self.ranges).copied().collect();
+        self.write_ranges(missing, true, errors);
         let desired = self.owned.values().flatten().map(|(f, e)| (f, e));
         for (frontend, error) in self.writer.reconcile(desired) {
             errors.push(SyncError {
@@ -157,12 +221,23 @@ impl<A: Address> Proxier<A> {
                 error,
             });
         }
+        let extra = self.ranges.difference(&wanted).copied().collect();
+        self.write_ranges(extra, false, errors);
         self.purge_affinities(errors);
     }
 
     /// Re-reads the kernel maps and writes whatever differs from what the Services own:
     /// the periodic repair of drift.
     pub fn repair(&mut self, errors: &mut Vec<SyncError>) {
+        match self.writer.source_ranges().dump() {
+            Ok(held) => self.ranges = held.into_iter().map(|(k, ())| k).collect(),
+            Err(error) => errors.push(SyncError {
+                service: None,
+                family: A::FAMILY,
+                frontend: None,
+                error: error.into(),
+            }),
+        }
         if let Err(error) = self.writer.refresh() {
             errors.push(SyncError {
                 service: None,
@@ -300,9 +375,8 @@ impl MetaProxier {
             name: self.node.name.clone(),
             zone: node.zone.clone(),
             addresses: node.addresses.clone(),
-            // kube-proxy's default NodePort addresses are all of the node's own; ours are the
-            // Node's InternalIP and ExternalIP addresses.
-            nodeport_addresses: node.addresses.clone(),
+            // From the devices, not the Node ([`Self::set_nodeport_addresses`]).
+            nodeport_addresses: self.node.nodeport_addresses.clone(),
         };
         let served = self.decide_served(node);
         let mut errors = Vec::new();
@@ -320,6 +394,16 @@ impl MetaProxier {
         self.node = context;
         self.served = served;
         (changed, errors)
+    }
+
+    /// Takes the addresses NodePorts are served on (`--nodeport-addresses` over the devices).
+    /// Returns whether they changed: every NodePort must be planned again.
+    pub fn set_nodeport_addresses(&mut self, addresses: Vec<std::net::IpAddr>) -> bool {
+        if addresses == self.node.nodeport_addresses {
+            return false;
+        }
+        self.node.nodeport_addresses = addresses;
+        true
     }
 
     pub fn apply_all(&mut self, changes: &[Change]) -> Vec<SyncError> {

@@ -157,6 +157,16 @@ impl Syncer {
         }
     }
 
+    /// Takes the addresses NodePorts are served on; when they change, every Service is
+    /// planned again at the next sync.
+    pub fn set_nodeport_addresses(&mut self, addresses: Vec<std::net::IpAddr>) {
+        let shown = format!("{addresses:?}");
+        if self.meta.set_nodeport_addresses(addresses) {
+            tracing::info!(addresses = shown, "NodePort addresses");
+            self.tracker.mark_all_dirty();
+        }
+    }
+
     /// Builds and programs every changed Service. Returns how many were rebuilt.
     pub fn sync(&mut self) -> usize {
         let started = Instant::now();

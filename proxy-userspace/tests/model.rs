@@ -840,6 +840,7 @@ fn the_plan_gives_every_external_frontend_a_local_entry_and_an_internal_twin() {
         local,
         two_scopes,
         affinity_timeout: Some(600),
+        source_ranges: Vec::new(),
     };
     let all = || vec![pod("10.244.1.5"), pod("10.244.2.5")];
     let local = || vec![pod("10.244.1.5")];
@@ -853,13 +854,20 @@ fn the_plan_gives_every_external_frontend_a_local_entry_and_an_internal_twin() {
         (FrontendKind::LoadBalancer, "203.0.113.5", 80),
     ] {
         let frontend = Frontend::new(v4(address), port, Protocol::Tcp);
-        expected.push((frontend, entry(kind, local(), true, true)));
+        // The load balancer IP's entries, and only those, carry its source ranges.
+        let ranged = |mut e: ServiceEntry<Ipv4Addr>| {
+            if kind == FrontendKind::LoadBalancer {
+                e.source_ranges = vec![(v4("198.51.100.0"), 24)];
+            }
+            e
+        };
+        expected.push((frontend, ranged(entry(kind, local(), true, true))));
         expected.push((
             Frontend {
                 scope: Scope::Internal,
                 ..frontend
             },
-            entry(kind, all(), false, false),
+            ranged(entry(kind, all(), false, false)),
         ));
     }
     assert_eq!(plan::frontends::<Ipv4Addr>(&ports[0], &node), expected);
@@ -1000,4 +1008,71 @@ fn a_status_only_change_is_a_change_and_an_annotation_only_change_is_not() {
     ingress.ingress.as_mut().unwrap()[0].ip = Some("203.0.113.99".into());
     tracker.upsert_service(moved);
     assert!(tracker.has_changes(), "a new load balancer IP is a change");
+}
+
+/// The source ranges of a load balancer IP reach the family's source-range table with it, one
+/// entry per (frontend, range) and family, before the frontend asks for them; a Service that
+/// drops its ranges takes them away, and entries no Service owns go at the periodic repair.
+#[test]
+fn source_ranges_are_written_and_removed_with_their_frontends() {
+    use proxy_userspace::maps::ranges::RangeKey;
+    let mut snapshot = load_allowing_errors("every-frontend.yaml");
+    let mut service = snapshot.services[0].clone();
+    let (meta, memory4, memory6) = MetaProxier::in_memory("node-a", vec![Family::V4, Family::V6]);
+    // An entry no Service owns (drift, found by the periodic repair's re-read).
+    let stale = RangeKey {
+        frontend: v4("192.0.2.99"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        client: v4("192.0.2.0"),
+        prefix: 24,
+    };
+    memory4.lock().unwrap().source_ranges.insert(stale);
+    let mut syncer = Syncer::new(meta, "node-a", Duration::ZERO);
+    for event in std::mem::take(&mut snapshot).into_events() {
+        syncer.handle(event);
+    }
+    syncer.sync();
+    syncer.repair();
+    let key4 = RangeKey {
+        frontend: v4("203.0.113.5"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        client: v4("198.51.100.0"),
+        prefix: 24,
+    };
+    let key6 = RangeKey {
+        frontend: v6("2001:db8::5"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        client: v6("2001:db8:1::"),
+        prefix: 48,
+    };
+    assert_eq!(
+        memory4
+            .lock()
+            .unwrap()
+            .source_ranges
+            .iter()
+            .collect::<Vec<_>>(),
+        [&key4],
+        "the IPv4 range of the IPv4 load balancer IP; the stale entry gone"
+    );
+    assert_eq!(
+        memory6
+            .lock()
+            .unwrap()
+            .source_ranges
+            .iter()
+            .collect::<Vec<_>>(),
+        [&key6]
+    );
+
+    service.spec.as_mut().unwrap().load_balancer_source_ranges = None;
+    syncer.handle(proxy_userspace::source::SourceEvent::Apply(
+        proxy_userspace::source::Object::service(service),
+    ));
+    syncer.sync();
+    assert!(memory4.lock().unwrap().source_ranges.is_empty());
+    assert!(memory6.lock().unwrap().source_ranges.is_empty());
 }

@@ -416,7 +416,7 @@ fn changing_only_slot_0_attributes_rewrites_slot_0_and_nothing_else() {
     let s = service();
     let base = pods4(&[1, 2, 3]);
     writer.upsert(&s, &base).unwrap();
-    let changes: [(&str, ServiceEntry<Ipv4Addr>); 4] = [
+    let changes: [(&str, ServiceEntry<Ipv4Addr>); 5] = [
         (
             "session affinity on",
             ServiceEntry {
@@ -449,6 +449,14 @@ fn changing_only_slot_0_attributes_rewrites_slot_0_and_nothing_else() {
                 ..base.clone()
             },
         ),
+        (
+            "load balancer source ranges",
+            ServiceEntry {
+                kind: FrontendKind::LoadBalancer,
+                source_ranges: vec![(Ipv4Addr::new(198, 51, 100, 0), 24)],
+                ..base.clone()
+            },
+        ),
     ];
     for (what, changed) in changes {
         let (result, ops) = step(&mut writer, what, |w| w.upsert(&s, &changed));
@@ -461,6 +469,7 @@ fn changing_only_slot_0_attributes_rewrites_slot_0_and_nothing_else() {
                 kind: Some(changed.kind),
                 local: changed.local,
                 two_scopes: changed.two_scopes,
+                source_ranges: !changed.source_ranges.is_empty(),
                 affinity_timeout: changed.affinity_timeout,
             },
             "{what}"

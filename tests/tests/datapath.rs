@@ -909,6 +909,7 @@ fn pod_traffic_to_a_two_scoped_frontend_takes_its_internal_entry() {
         local,
         two_scopes,
         affinity_timeout: None,
+        source_ranges: Vec::new(),
     };
     fx.v4
         .upsert(&internal, &entry(vec![backend(BACKEND4_B)], false, false))
@@ -1400,15 +1401,26 @@ fn routed_node() -> twinstack_lab::netns::Netns {
 /// from the frontend to the client, redirected; every checksum holds.
 fn masqueraded_round_trip(
     fx: &mut Fixture,
+    hosts: (IpAddr, IpAddr, IpAddr, IpAddr),
+    protocol: Protocol,
+) {
+    masqueraded_round_trip_at(fx, programs::FROM_POD, hosts, protocol, 80);
+}
+
+/// [`masqueraded_round_trip`] at the TC ingress program `program`, to frontend port `port`.
+fn masqueraded_round_trip_at(
+    fx: &mut Fixture,
+    program: &'static str,
     (client, vip, backend, node): (IpAddr, IpAddr, IpAddr, IpAddr),
     protocol: Protocol,
+    frontend_port: u16,
 ) {
     let build = |s, d| match protocol {
         Protocol::Tcp => tcp(s, d, true),
         _ => udp(s, d),
     };
-    let request = build((client, 40000), (vip, 80));
-    let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+    let request = build((client, 40000), (vip, frontend_port));
+    let ((verdict, out), moved) = fx.counting(|fx| fx.run(program, &request));
     assert_eq!(
         verdict, REDIRECT,
         "{client} → {vip}: sent on to the backend"
@@ -1424,19 +1436,19 @@ fn masqueraded_round_trip(
     );
     assert_eq!(seen.payload, PAYLOAD);
 
-    let ((verdict, again), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+    let ((verdict, again), moved) = fx.counting(|fx| fx.run(program, &request));
     assert_eq!(verdict, REDIRECT);
     assert_eq!(moved, counts(&[(Counter::SnatEstablished, 1)]));
     assert_eq!(inspect(&again), seen, "the flow keeps its port");
 
     let reply = build((backend, 8080), (node, port));
-    let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &reply));
+    let ((verdict, out), moved) = fx.counting(|fx| fx.run(program, &reply));
     assert_eq!(verdict, REDIRECT, "the reply goes out to the client");
     assert_eq!(moved, counts(&[(Counter::ReverseSnat, 1)]));
     let back = inspect(&out);
     assert_eq!(
         (back.source, back.destination),
-        ((vip, 80), (client, 40000))
+        ((vip, frontend_port), (client, 40000))
     );
     assert_eq!(back.payload, PAYLOAD);
 }
@@ -1720,4 +1732,231 @@ fn fragments_follow_their_first_fragment_ipv4() {
 #[test]
 fn fragments_follow_their_first_fragment_ipv6() {
     fragments_follow_their_first(|fx| &mut fx.v6, v6_hosts());
+}
+
+/// A NodePort entry of `address:port/protocol` for `backends` (port 8080); `local`: the
+/// external entry of an `externalTrafficPolicy: Local` Service (its internal twin is left out).
+fn node_port<A: Address>(
+    address: A,
+    port: u16,
+    protocol: Protocol,
+    backends: &[A],
+    local: bool,
+) -> (Frontend<A>, ServiceEntry<A>) {
+    let (frontend, mut entry) = service(
+        address,
+        port,
+        protocol,
+        &backends.iter().map(|b| (*b, 8080)).collect::<Vec<_>>(),
+    );
+    entry.kind = FrontendKind::NodePort;
+    entry.local = local;
+    (frontend, entry)
+}
+
+/// A NodePort from outside, at a device (`from_device`): with `externalTrafficPolicy:
+/// Cluster` every client is masqueraded (a pod of another node too: its reply must come back
+/// through this node), DNAT and SNAT in one pass and redirected; the backend's reply is
+/// translated back and redirected to the client. Both families, TCP and UDP.
+#[test]
+fn a_node_port_from_outside_is_translated_and_masqueraded_at_the_device() {
+    let netns = routed_node();
+    netns.enter(|| {
+        let mut options = LoadOptions::default();
+        options.config.cluster_v4 = [10, 244, 0, 0];
+        options.config.cluster_v4_prefix = 16;
+        options.config.cluster_v6 = v6("fd00:10:244::").octets();
+        options.config.cluster_v6_prefix = 56;
+        let mut fx = Fixture::with_options(&options);
+        let (client4, _, backend4, _) = v4_hosts();
+        let (client6, _, backend6, _) = v6_hosts();
+        let node4 = Ipv4Addr::new(10, 244, 0, 1);
+        let node6 = v6("fd00:10:244::1");
+        let (outside4, outside6) = (Ipv4Addr::new(192, 0, 2, 7), v6("2001:db8::7"));
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let (f, e) = node_port(node4, 30080, protocol, &[backend4], false);
+            fx.v4.upsert(&f, &e).unwrap();
+            let (f, e) = node_port(node6, 30080, protocol, &[backend6], false);
+            fx.v6.upsert(&f, &e).unwrap();
+            for (client, node, backend) in [
+                (
+                    IpAddr::from(outside4),
+                    IpAddr::from(node4),
+                    IpAddr::from(backend4),
+                ),
+                (outside6.into(), node6.into(), backend6.into()),
+                // Inside the cluster CIDR, beyond the device: masqueraded all the same.
+                (client4.into(), node4.into(), backend4.into()),
+                (client6.into(), node6.into(), backend6.into()),
+            ] {
+                masqueraded_round_trip_at(
+                    &mut fx,
+                    programs::FROM_DEVICE,
+                    (client, node, backend, node),
+                    protocol,
+                    30080,
+                );
+            }
+        }
+    });
+}
+
+/// `externalTrafficPolicy: Local` from outside: the NodePort's external entry (local backends
+/// only) DNATs without SNAT, the client's address kept, and hands the packet on to the node's
+/// routing; the local backend's reply is given its frontend back at the device's egress
+/// (`to_device`). With no local endpoint the packet is dropped. Both families.
+#[test]
+fn a_local_policy_from_outside_keeps_the_client_address() {
+    let mut fx = Fixture::new();
+    let (_, _, backend4, _) = v4_hosts();
+    let (_, _, backend6, _) = v6_hosts();
+    let node4: IpAddr = Ipv4Addr::new(198, 51, 100, 1).into();
+    let node6: IpAddr = v6("2001:db8::1").into();
+    let outside4: IpAddr = Ipv4Addr::new(198, 51, 100, 2).into();
+    let outside6: IpAddr = v6("2001:db8::2").into();
+    let (f, e) = node_port(
+        Ipv4Addr::new(198, 51, 100, 1),
+        30080,
+        Protocol::Tcp,
+        &[backend4],
+        true,
+    );
+    fx.v4.upsert(&f, &e).unwrap();
+    let (f, e) = node_port(v6("2001:db8::1"), 30080, Protocol::Tcp, &[backend6], true);
+    fx.v6.upsert(&f, &e).unwrap();
+    for (client, node, backend) in [
+        (outside4, node4, IpAddr::from(backend4)),
+        (outside6, node6, backend6.into()),
+    ] {
+        let request = tcp((client, 40000), (node, 30080), true);
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_DEVICE, &request));
+        assert_eq!(verdict, NEXT, "{client}: on to the node's routing");
+        assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
+        let seen = inspect(&out);
+        assert_eq!(
+            (seen.source, seen.destination),
+            ((client, 40000), (backend, 8080)),
+            "the client's address is kept"
+        );
+        let reply = tcp((backend, 8080), (client, 40000), true);
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::TO_DEVICE, &reply));
+        assert_eq!(verdict, NEXT);
+        assert_eq!(moved, counts(&[(Counter::ReverseNat, 1)]));
+        let back = inspect(&out);
+        assert_eq!(
+            (back.source, back.destination),
+            ((node, 30080), (client, 40000)),
+            "the reply leaves from the NodePort"
+        );
+        assert_eq!(back.payload, PAYLOAD);
+    }
+    // No local endpoint: dropped.
+    let (f, e) = node_port(
+        Ipv4Addr::new(198, 51, 100, 1),
+        30080,
+        Protocol::Tcp,
+        &[],
+        true,
+    );
+    fx.v4.upsert(&f, &e).unwrap();
+    let request = tcp((outside4, 40001), (node4, 30080), true);
+    let ((verdict, _), moved) = fx.counting(|fx| fx.run(programs::FROM_DEVICE, &request));
+    assert_eq!(
+        (verdict, moved),
+        (DROP, counts(&[(Counter::DropNoLocalEndpoint, 1)]))
+    );
+}
+
+/// `loadBalancerSourceRanges`: a load balancer IP serves clients inside a range and drops the
+/// others (every packet, counted), at a device and at a pod interface alike; a frontend
+/// without ranges serves everyone. Both families.
+#[test]
+fn a_load_balancer_ip_serves_only_its_source_ranges() {
+    use proxy_userspace::maps::ranges::RangeKey;
+    let netns = routed_node();
+    netns.enter(|| {
+        let mut options = LoadOptions::default();
+        options.config.cluster_v4 = [10, 244, 0, 0];
+        options.config.cluster_v4_prefix = 16;
+        options.config.cluster_v6 = v6("fd00:10:244::").octets();
+        options.config.cluster_v6_prefix = 56;
+        let mut fx = Fixture::with_options(&options);
+        let (_, _, backend4, _) = v4_hosts();
+        let (_, _, backend6, _) = v6_hosts();
+        let lb4 = Ipv4Addr::new(10, 96, 200, 1);
+        let lb6 = v6("fd00:10:96::200");
+        let (f4, mut e4) = service(lb4, 80, Protocol::Tcp, &[(backend4, 8080)]);
+        e4.kind = FrontendKind::LoadBalancer;
+        e4.source_ranges = vec![(Ipv4Addr::new(198, 51, 100, 0), 25)];
+        let (f6, mut e6) = service(lb6, 80, Protocol::Tcp, &[(backend6, 8080)]);
+        e6.kind = FrontendKind::LoadBalancer;
+        e6.source_ranges = vec![(v6("2001:db8:1::"), 48)];
+        for (client, prefix) in &e4.source_ranges {
+            let key = RangeKey {
+                frontend: lb4,
+                port: 80,
+                protocol: Protocol::Tcp,
+                client: *client,
+                prefix: *prefix,
+            };
+            fx.v4.source_ranges().put(&key, &()).unwrap();
+        }
+        for (client, prefix) in &e6.source_ranges {
+            let key = RangeKey {
+                frontend: lb6,
+                port: 80,
+                protocol: Protocol::Tcp,
+                client: *client,
+                prefix: *prefix,
+            };
+            fx.v6.source_ranges().put(&key, &()).unwrap();
+        }
+        fx.v4.upsert(&f4, &e4).unwrap();
+        fx.v6.upsert(&f6, &e6).unwrap();
+        let cases: [(IpAddr, IpAddr, bool); 4] = [
+            (Ipv4Addr::new(198, 51, 100, 7).into(), lb4.into(), true),
+            (Ipv4Addr::new(198, 51, 100, 200).into(), lb4.into(), false),
+            (v6("2001:db8:1:2::7").into(), lb6.into(), true),
+            (v6("2001:db8:2::7").into(), lb6.into(), false),
+        ];
+        for (p, program) in [programs::FROM_DEVICE, programs::FROM_POD]
+            .into_iter()
+            .enumerate()
+        {
+            for (i, (client, lb, admitted)) in cases.iter().enumerate() {
+                let port = 40000 + (10 * p + i) as u16;
+                let request = tcp((*client, port), (*lb, 80), true);
+                let ((verdict, out), moved) = fx.counting(|fx| fx.run(program, &request));
+                if *admitted {
+                    // Outside the cluster CIDR: masqueraded, from a pod interface as from a device.
+                    assert_eq!(verdict, REDIRECT, "{program}: {client} is in a range");
+                    assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]));
+                    assert_eq!(
+                        inspect(&out).destination.0,
+                        if lb.is_ipv4() {
+                            IpAddr::from(backend4)
+                        } else {
+                            IpAddr::from(backend6)
+                        }
+                    );
+                } else {
+                    assert_eq!(verdict, DROP, "{program}: {client} is outside every range");
+                    assert_eq!(moved, counts(&[(Counter::DropSourceRange, 1)]));
+                }
+            }
+        }
+        // Without ranges, everyone.
+        e4.source_ranges.clear();
+        fx.v4.upsert(&f4, &e4).unwrap();
+        let request = tcp(
+            (Ipv4Addr::new(198, 51, 100, 200).into(), 41000),
+            (lb4.into(), 80),
+            true,
+        );
+        let ((verdict, _), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+        assert_eq!(
+            (verdict, moved),
+            (REDIRECT, counts(&[(Counter::SnatNew, 1)]))
+        );
+    });
 }

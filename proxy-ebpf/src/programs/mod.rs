@@ -1,11 +1,15 @@
 //! One file per kernel program; each entry point is thin: read its context, hand it to the
 //! family-generic body, count the [`Outcome`] and return its verdict.
+mod egress;
+mod from_device;
 mod from_pod;
+mod ingress;
 mod sock_connect;
 mod sock_getpeername;
 mod sock_recvmsg;
 mod sock_release;
 mod sock_sendmsg;
+mod to_device;
 mod to_pod;
 
 use aya_ebpf::{helpers::bpf_set_retval, programs::SockAddrContext};

@@ -1,62 +1,7 @@
-//! TC egress on a pod interface: packets going to a pod. A backend's reply to a translated
-//! flow gets the service address back, so the client sees the frontend it addressed.
+//! TC egress on a pod interface: packets going to a pod ([`super::egress`]: reverse NAT).
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use proxy_common::{V4, V6, fragment_side};
-
-use crate::{
-    ct,
-    ctx::PacketCtx,
-    family::Family,
-    frag, icmp, lb,
-    nat::{self, Side},
-    outcome::{Outcome, rewrite_error},
-    parse::{self, EtherType, Packet, Parse},
-};
 
 #[classifier]
 pub(crate) fn to_pod(ctx: TcContext) -> i32 {
-    super::finish_tc(match parse::ether_type(&ctx) {
-        Some(EtherType::V4) => family::<V4>(&ctx),
-        Some(EtherType::V6) => family::<V6>(&ctx),
-        None => Outcome::Pass,
-    })
-}
-
-/// One family's paths, each a BPF function of its own, called one after the other.
-#[inline(always)]
-fn family<F: Family + Parse>(ctx: &TcContext) -> Outcome {
-    service::<F>(ctx)
-        .or_else(|| frag::translate::<F, _>(ctx))
-        .unwrap_or_else(|| icmp::to_client(ctx))
-}
-
-/// The service path of one family; `None` if the packet has no ports. Its own BPF function
-/// (never inlined), so its stack, the other family's and the ICMP path's are not added up in
-/// one frame.
-#[inline(never)]
-fn service<F: Family + Parse>(ctx: &TcContext) -> Option<Outcome> {
-    let packet = parse::parsed::<F, _>(ctx)?;
-    Some(super::either(reverse::<F, _>(ctx, &packet)))
-}
-
-/// Restores the service address on a backend's reply to a translated flow.
-#[inline(always)]
-fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<Outcome, Outcome> {
-    let Some(entry) = ct::reverse::<F>(packet.source(), packet.destination(), packet.protocol)
-    else {
-        return Ok(Outcome::Pass);
-    };
-    let Some((address, port)) = lb::frontend_of::<F>(entry.rev_nat_id) else {
-        return Ok(Outcome::Pass);
-    };
-    ct::touch(entry, packet.tcp_flags, ct::now());
-    let tuple = ct::Tuple {
-        client: packet.destination(),
-        frontend: (address, port),
-        protocol: packet.protocol,
-    };
-    ct::answered::<F>(entry, &tuple);
-    nat::rewrite::<F, C>(ctx, packet, Side::Source, address, port).map_err(rewrite_error)?;
-    frag::remember::<F, C>(ctx, packet, fragment_side::SOURCE, &address);
-    Ok(Outcome::ReverseNat)
+    super::finish_tc(super::egress::egress(&ctx))
 }

@@ -7,7 +7,7 @@ use proxy_common::conntrack::Timeouts;
 
 use crate::{
     agent::{self, AgentConfig, ConntrackConfig, Masquerade, SocketLb, SourceConfig},
-    config::{self, ClusterCidrs, InterfacePatterns},
+    config::{self, ClusterCidrs, InterfacePatterns, NodePortAddresses},
 };
 
 fn duration(value: &str) -> Result<Duration, String> {
@@ -40,6 +40,16 @@ pub struct RunArgs {
     /// Pod-facing interfaces, as glob patterns, e.g. veth*,lxc*.
     #[arg(long, value_name = "GLOB[,GLOB]")]
     pod_interfaces: InterfacePatterns,
+    /// The node's external interfaces, as glob patterns, e.g. eth*,bond0: NodePorts, external
+    /// and load balancer IPs are served to clients beyond them (default: the interfaces that
+    /// hold the Node's addresses).
+    #[arg(long, value_name = "GLOB[,GLOB]")]
+    devices: Option<InterfacePatterns>,
+    /// Which node addresses serve NodePorts: CIDRs (the node's addresses inside them), or
+    /// `primary` (the Node's primary address of each family); default: every address of
+    /// --devices.
+    #[arg(long, value_name = "CIDR[,CIDR]|primary")]
+    nodeport_addresses: Option<NodePortAddresses>,
     /// Where maps and links are pinned (on a bpffs).
     #[arg(long, value_name = "DIR", default_value = super::DEFAULT_BPF_ROOT)]
     bpf_root: PathBuf,
@@ -194,6 +204,8 @@ pub(super) fn main(args: RunArgs) -> anyhow::Result<()> {
         node_name,
         cluster_cidrs: args.cluster_cidr,
         pod_interfaces: args.pod_interfaces,
+        devices: args.devices,
+        nodeport_addresses: args.nodeport_addresses.unwrap_or_default(),
         bpf_root: args.bpf_root,
         healthz_bind_address: args.healthz_bind_address,
         metrics_bind_address: args.metrics_bind_address,

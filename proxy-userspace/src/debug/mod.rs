@@ -60,6 +60,9 @@ fn head_names(head: &codec::Head) -> Vec<&'static str> {
     if head.two_scopes {
         names.push("TwoScopes");
     }
+    if head.source_ranges {
+        names.push("SourceRanges");
+    }
     names
 }
 
@@ -369,6 +372,8 @@ pub fn maps(pins: &PinLayout) -> Result<Vec<MapRow>, MapError> {
                 use std::os::fd::AsFd as _;
                 batch::count(fd.as_fd(), info.key_size(), info.value_size()).ok()
             }),
+            // A trie has no batch lookup: its entries are walked.
+            MapKind::LpmTrie => range_count(pins, spec.family),
             MapKind::PerCpuArray => None,
         };
         rows.push(MapRow {
@@ -385,6 +390,24 @@ pub fn maps(pins: &PinLayout) -> Result<Vec<MapRow>, MapError> {
         });
     }
     Ok(rows)
+}
+
+/// How many entries a family's source-range trie holds.
+fn range_count(pins: &PinLayout, family: Option<proxy_common::maps::MapFamily>) -> Option<usize> {
+    use crate::maps::{Table as _, ranges::KernelRanges};
+    use proxy_common::maps::MapFamily;
+    match family? {
+        MapFamily::V4 => KernelRanges::<std::net::Ipv4Addr>::open(pins)
+            .ok()?
+            .dump()
+            .ok()
+            .map(|e| e.len()),
+        MapFamily::V6 => KernelRanges::<std::net::Ipv6Addr>::open(pins)
+            .ok()?
+            .dump()
+            .ok()
+            .map(|e| e.len()),
+    }
 }
 
 pub fn maps_table(rows: &[MapRow]) -> Table {

@@ -171,6 +171,8 @@ pub struct Head {
     pub kind: Option<FrontendKind>,
     pub local: bool,
     pub two_scopes: bool,
+    /// Only clients in the frontend's source ranges are served.
+    pub source_ranges: bool,
     pub affinity_timeout: Option<u32>,
 }
 
@@ -192,6 +194,9 @@ pub fn head<A>(entry: &ServiceEntry<A>, rev_nat_id: u32, count: u16) -> ServiceV
     }
     if entry.two_scopes {
         flags |= service_flags::TWO_SCOPES;
+    }
+    if !entry.source_ranges.is_empty() {
+        flags |= service_flags::SOURCE_RANGES;
     }
     ServiceValue {
         backend_id: 0,
@@ -215,6 +220,7 @@ pub fn decode_head(value: &ServiceValue) -> Head {
         kind,
         local: value.flags & service_flags::LOCAL != 0,
         two_scopes: value.flags & service_flags::TWO_SCOPES != 0,
+        source_ranges: value.flags & service_flags::SOURCE_RANGES != 0,
         affinity_timeout: (value.affinity_timeout != 0).then_some(value.affinity_timeout),
     }
 }
@@ -286,6 +292,7 @@ mod tests {
             local: true,
             two_scopes: true,
             affinity_timeout: Some(30),
+            source_ranges: vec![(Ipv4Addr::new(198, 51, 100, 0), 24)],
         };
         let value = head(&entry, 7, 3);
         assert_eq!((value.rev_nat_id, value.count), (7, 3));
@@ -295,6 +302,7 @@ mod tests {
                 kind: Some(FrontendKind::LoadBalancer),
                 local: true,
                 two_scopes: true,
+                source_ranges: true,
                 affinity_timeout: Some(30),
             }
         );

@@ -188,5 +188,6 @@ pub fn open<A: KernelFamily>(pins: &PinLayout) -> Result<LbMaps<A>, MapError> {
         backends: Box::new(KernelTable::open(pins, A::Binding::BACKENDS)?),
         reverse_nat: Box::new(KernelTable::open(pins, A::Binding::REVERSE_NAT)?),
         affinity: Box::new(KernelTable::open(pins, A::Binding::AFFINITY)?),
+        source_ranges: Box::new(super::ranges::KernelRanges::open(pins)?),
     })
 }

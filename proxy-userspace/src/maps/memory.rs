@@ -10,7 +10,7 @@ use std::{
 
 use proxy_common::{AffinityKey, AffinityValue, ServiceValue};
 
-use super::{FrontendAddress, LbMaps, LbSnapshot, MapError, SlotKey, Table};
+use super::{FrontendAddress, LbMaps, LbSnapshot, MapError, SlotKey, Table, ranges::RangeKey};
 use crate::{
     family::Address,
     plan::{Backend, Frontend},
@@ -37,6 +37,8 @@ pub struct MemoryMaps<A> {
     pub service_capacity: Option<usize>,
     /// Session-affinity bindings (the datapath's in the kernel; tests put them here).
     pub affinity: BTreeMap<AffinityKey, AffinityValue>,
+    /// Source-range entries.
+    pub source_ranges: std::collections::BTreeSet<RangeKey<A>>,
 }
 
 /// A twin shared between the writer that owns its tables and a test that inspects it.
@@ -54,6 +56,7 @@ impl<A> Default for MemoryMaps<A> {
             violations: Vec::new(),
             service_capacity: None,
             affinity: BTreeMap::new(),
+            source_ranges: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl<A: Address> MemoryMaps<A> {
             backends: Box::new(Backends(shared.clone())),
             reverse_nat: Box::new(ReverseNats(shared.clone())),
             affinity: Box::new(Affinity(shared.clone())),
+            source_ranges: Box::new(SourceRanges(shared.clone())),
         }
     }
 
@@ -117,6 +121,27 @@ struct Services<A>(SharedMemoryMaps<A>);
 struct Backends<A>(SharedMemoryMaps<A>);
 struct ReverseNats<A>(SharedMemoryMaps<A>);
 struct Affinity<A>(SharedMemoryMaps<A>);
+struct SourceRanges<A>(SharedMemoryMaps<A>);
+
+impl<A: Address> Table<RangeKey<A>, ()> for SourceRanges<A> {
+    fn dump(&self) -> Result<Vec<(RangeKey<A>, ())>, MapError> {
+        Ok(lock(&self.0)
+            .source_ranges
+            .iter()
+            .map(|k| (*k, ()))
+            .collect())
+    }
+
+    fn put(&mut self, key: &RangeKey<A>, _: &()) -> Result<(), MapError> {
+        lock(&self.0).source_ranges.insert(*key);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &RangeKey<A>) -> Result<(), MapError> {
+        lock(&self.0).source_ranges.remove(key);
+        Ok(())
+    }
+}
 
 impl<A: Address> Table<AffinityKey, AffinityValue> for Affinity<A> {
     fn dump(&self) -> Result<Vec<(AffinityKey, AffinityValue)>, MapError> {

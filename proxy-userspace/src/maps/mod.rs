@@ -9,6 +9,7 @@ pub mod codec;
 pub mod kernel;
 pub mod memory;
 pub mod pins;
+pub mod ranges;
 pub mod snapshot;
 pub mod writer;
 
@@ -78,6 +79,8 @@ pub struct LbMaps<A> {
     pub reverse_nat: BoxedTable<u32, FrontendAddress<A>>,
     /// Written by the datapath; the writer only removes the bindings of departed backends.
     pub affinity: BoxedTable<AffinityKey, AffinityValue>,
+    /// `loadBalancerSourceRanges`, written by the proxier beside the writer.
+    pub source_ranges: BoxedTable<ranges::RangeKey<A>, ()>,
 }
 
 impl<A: Ord + Copy> LbMaps<A> {

@@ -318,6 +318,12 @@ impl<A: Address> Writer<A> {
         self.stats
     }
 
+    /// The source-range table: the proxier keeps it beside the frontends it guards (its
+    /// entries are keyed by frontend, not by anything the writer allocates).
+    pub fn source_ranges(&mut self) -> &mut super::BoxedTable<super::ranges::RangeKey<A>, ()> {
+        &mut self.maps.source_ranges
+    }
+
     pub fn maps(&self) -> &LbMaps<A> {
         &self.maps
     }
