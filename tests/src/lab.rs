@@ -13,7 +13,7 @@ use crate::{
     netns::Netns,
     require_root,
     servers::{self, Answer, Servers},
-    topology::{Topology, TwoNodes},
+    topology::{Outside, Topology, TwoNodes},
 };
 
 /// `count` requests from a thread of this process in `netns`; every one must succeed.
@@ -124,13 +124,48 @@ pub struct TwoNodeLab {
     pub agents: [Agent; 2],
     pub manifests: tempfile::TempDir,
     _servers: Vec<Servers>,
+    /// A client outside the cluster, attached to node 1 ([`TwoNodeLab::with_outside`]).
+    pub outside: Option<Outside>,
     pub topology: TwoNodes,
 }
 
+/// The Nodes of the two-node lab with an outside client: node-a's InternalIPs on the node
+/// link and ExternalIPs on the outside device (so both are devices), node-b's on the link.
+const NODES_WITH_OUTSIDE: &str = "apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses:
+  - {type: InternalIP, address: 10.244.254.1}
+  - {type: InternalIP, address: 'fd00:10:244:fe::1'}
+  - {type: ExternalIP, address: 198.51.100.1}
+  - {type: ExternalIP, address: '2001:db8::1'}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-b}
+status:
+  addresses:
+  - {type: InternalIP, address: 10.244.254.2}
+  - {type: InternalIP, address: 'fd00:10:244:fe::2'}
+";
+
 impl TwoNodeLab {
     pub fn start(cluster_cidr: &str, extra: &[&str]) -> Self {
+        Self::create(cluster_cidr, extra, false)
+    }
+
+    /// The lab with an outside client attached to node 1 ([`Outside`]) and the Nodes'
+    /// addresses in the manifests, so each agent's default devices are its node-link (and
+    /// outside) interfaces.
+    pub fn with_outside(cluster_cidr: &str, extra: &[&str]) -> Self {
+        Self::create(cluster_cidr, extra, true)
+    }
+
+    fn create(cluster_cidr: &str, extra: &[&str], outside: bool) -> Self {
         require_root();
         let topology = TwoNodes::create();
+        let outside = outside.then(|| Outside::attach(&topology.nodes[0]));
         let servers = start_servers(&topology.backends);
         let manifests = example_manifests();
         // backend-b lives on node-b here.
@@ -142,6 +177,10 @@ impl TwoNodeLab {
         );
         assert_ne!(moved, text, "the example slices name backend-b's node");
         std::fs::write(&slices, moved).expect("write slices");
+        if outside.is_some() {
+            std::fs::write(manifests.path().join("nodes.yaml"), NODES_WITH_OUTSIDE)
+                .expect("write nodes");
+        }
         let agents = [("node-a", 0), ("node-b", 1)].map(|(name, i)| {
             let mut flags: Vec<String> = vec!["--node-name".into(), name.into()];
             flags.extend(extra.iter().map(|s| (*s).to_owned()));
@@ -158,6 +197,7 @@ impl TwoNodeLab {
             agents,
             manifests,
             _servers: servers,
+            outside,
             topology,
         }
     }

@@ -169,3 +169,79 @@ impl TwoNodes {
         }
     }
 }
+
+/// The device of node 1 that the outside client is attached to.
+pub const OUTSIDE_DEVICE: &str = "tsx1";
+/// Node 1's addresses on [`OUTSIDE_DEVICE`], and the outside client's.
+pub const OUTSIDE_NODE_V4: &str = "198.51.100.1";
+pub const OUTSIDE_NODE_V6: &str = "2001:db8::1";
+pub const OUTSIDE_CLIENT_V4: &str = "198.51.100.2";
+pub const OUTSIDE_CLIENT_V6: &str = "2001:db8::2";
+
+/// A client outside the cluster: a namespace joined to node 1 by a veth ([`OUTSIDE_DEVICE`]
+/// in node 1, 198.51.100.1/24 and 2001:db8::1/64; the client .2 and ::2). It routes the
+/// Service ranges (10.96.0.0/12, fd00:10:96::/112, where the tests' external and load
+/// balancer IPs live) through node 1 and has no other route; node 1's NodePorts are on-link.
+pub struct Outside {
+    pub netns: Netns,
+}
+
+impl Outside {
+    pub fn attach(node: &Netns) -> Self {
+        let netns = Netns::create(&unique("ts-outside"));
+        node.ip(&[
+            "link",
+            "add",
+            OUTSIDE_DEVICE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ]);
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{OUTSIDE_NODE_V4}/24"),
+            "dev",
+            OUTSIDE_DEVICE,
+        ]);
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{OUTSIDE_NODE_V6}/64"),
+            "dev",
+            OUTSIDE_DEVICE,
+            "nodad",
+        ]);
+        node.ip(&["link", "set", OUTSIDE_DEVICE, "up"]);
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{OUTSIDE_CLIENT_V4}/24"),
+            "dev",
+            "eth0",
+        ]);
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{OUTSIDE_CLIENT_V6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        netns.ip(&["link", "set", "eth0", "up"]);
+        netns.ip(&["route", "add", "10.96.0.0/12", "via", OUTSIDE_NODE_V4]);
+        netns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:10:96::/112",
+            "via",
+            OUTSIDE_NODE_V6,
+        ]);
+        Self { netns }
+    }
+}
