@@ -71,6 +71,10 @@ counters! {
     /// Packet Too Big, time exceeded, parameter problem) was translated with it: its quote
     /// and, when the backend sent it, its source.
     IcmpError => "icmp_error",
+    /// The XDP path handed a packet it had begun to serve on to TC, which serves it whole: a
+    /// flow to masquerade whose next hop's MAC address is not resolved yet, a rewrite or
+    /// conntrack failure there.
+    XdpToTc => "xdp_to_tc",
     /// A rewrite helper failed; the packet passed untouched.
     RewriteError => "rewrite_error",
     /// A conntrack entry could not be created (map full or out of memory); the packet passed

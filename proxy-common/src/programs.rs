@@ -10,6 +10,8 @@ pub enum Hook {
     TcIngress,
     /// TC (TCX) egress: packets the interface sends (to a pod).
     TcEgress,
+    /// XDP on a device (`--xdp native|generic`), before the kernel allocates an skb.
+    Xdp,
     /// A cgroup socket-address hook (`cgroup/<name>`).
     SockAddr(SockAddrHook),
     /// `cgroup/sock_release`: a socket of the cgroup is closed for good.
@@ -58,6 +60,10 @@ pub const FROM_DEVICE: &str = "from_device";
 /// TC egress on a device: a local backend's reply to an outside client whose address it saw
 /// (reverse NAT).
 pub const TO_DEVICE: &str = "to_device";
+/// XDP on a device (with `--xdp native|generic`): the fast path of [`FROM_DEVICE`] for
+/// NodePort, external and load balancer IP traffic and its masqueraded replies; whatever else
+/// it hands on to TC.
+pub const XDP_DEVICE: &str = "xdp_device";
 
 const fn sock(name: &'static str, hook: SockAddrHook) -> ProgramSpec {
     ProgramSpec {
@@ -86,6 +92,11 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: TO_DEVICE,
         hook: Hook::TcEgress,
+        on: AttachPoint::Devices,
+    },
+    ProgramSpec {
+        name: XDP_DEVICE,
+        hook: Hook::Xdp,
         on: AttachPoint::Devices,
     },
     // Socket-level load balancing: translate once per connection (per datagram for

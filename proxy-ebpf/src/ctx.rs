@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_redirect,
         bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_load_bytes,
     },
-    programs::{SockAddrContext, TcContext},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// How a field change affects an L4 checksum.
@@ -234,6 +234,212 @@ impl PacketCtx for TcContext {
 
 /// What `bpf_redirect` returns when it took the packet.
 const TC_ACT_REDIRECT: i64 = 7;
+
+/// `BPF_FIB_LOOKUP_SRC`: the XDP path's lookup, which needs the neighbour resolved (its MAC
+/// addresses are written into the frame; an unresolved one sends the packet on to TC).
+const XDP_FIB_FLAGS: u32 = 1 << 4;
+/// What `bpf_redirect` returns at XDP when it took the frame.
+const XDP_REDIRECT: i64 = 4;
+/// The farthest offset the XDP path reads or writes at: far past any header chain we parse,
+/// and a bound the verifier needs for packet pointers with a variable offset.
+const XDP_MAX_OFFSET: usize = 1024;
+
+/// A one's-complement sum of 16-bit words, folded (RFC 1071).
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The checksum `check` after a field changed from `old` to `new` (RFC 1624: HC' = ~(~HC +
+/// ~m + m')), all in memory order: the arithmetic is byte-order independent.
+#[inline(always)]
+fn csum_replaced(check: u16, old: u32, new: u32, size: FieldSize) -> u16 {
+    let mut sum = u32::from(!check);
+    match size {
+        FieldSize::Two => {
+            sum += u32::from(!(old as u16)) + u32::from(new as u16);
+        }
+        FieldSize::Four => {
+            sum += u32::from(!(old as u16)) + u32::from(!((old >> 16) as u16));
+            sum += u32::from(new as u16) + u32::from((new >> 16) as u16);
+        }
+    }
+    !fold(sum)
+}
+
+/// The checksum `check` with a difference (a `bpf_csum_diff` result) added.
+#[inline(always)]
+fn csum_added(check: u16, diff: u32) -> u16 {
+    let sum = u32::from(!check) + u32::from(fold(diff));
+    !fold(sum)
+}
+
+/// XDP: direct packet access, checksums updated by hand (no skb, so no checksum state: the
+/// device must deliver complete checksums, as a NIC's receive path does). What only an skb
+/// can do (resize, bounce) fails here: the XDP path hands those packets on to TC.
+impl PacketCtx for XdpContext {
+    #[inline(always)]
+    fn load<T>(&self, offset: usize) -> Result<T, i64> {
+        let at = xdp_at::<T>(self, offset)?;
+        // SAFETY: `xdp_at` checked `size_of::<T>()` bytes at `at` are in the frame.
+        Ok(unsafe { core::ptr::read_unaligned(at as *const T) })
+    }
+
+    #[inline(always)]
+    fn load_into<T>(&self, offset: usize, out: &mut T) -> Result<(), i64> {
+        *out = self.load(offset)?;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn store<T>(&self, offset: usize, value: &T) -> Result<(), i64> {
+        let at = xdp_at::<T>(self, offset)?;
+        // SAFETY: as in `load`; XDP frames are writable.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                value as *const T as *const u8,
+                at as *mut u8,
+                core::mem::size_of::<T>(),
+            )
+        };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn l3_csum_replace(
+        &self,
+        check: usize,
+        old: u32,
+        new: u32,
+        size: FieldSize,
+    ) -> Result<(), i64> {
+        let current: u16 = self.load(check)?;
+        self.store(check, &csum_replaced(current, old, new, size))
+    }
+
+    #[inline(always)]
+    fn l4_csum_replace(
+        &self,
+        check: usize,
+        old: u32,
+        new: u32,
+        size: FieldSize,
+        change: L4Change,
+    ) -> Result<(), i64> {
+        let current: u16 = self.load(check)?;
+        if change.zero_means_none && current == 0 {
+            return Ok(());
+        }
+        store_l4(self, check, csum_replaced(current, old, new, size), change)
+    }
+
+    #[inline(always)]
+    fn l4_csum_add(&self, check: usize, diff: u32, change: L4Change) -> Result<(), i64> {
+        let current: u16 = self.load(check)?;
+        if change.zero_means_none && current == 0 {
+            return Ok(());
+        }
+        store_l4(self, check, csum_added(current, diff), change)
+    }
+
+    #[inline(always)]
+    fn csum_add(&self, check: usize, diff: u32) -> Result<(), i64> {
+        let current: u16 = self.load(check)?;
+        self.store(check, &csum_added(current, diff))
+    }
+
+    #[inline(always)]
+    fn resize(&self, _len: u32) -> Result<(), i64> {
+        Err(-1)
+    }
+
+    #[inline(always)]
+    fn bounce(&self) -> Result<(), i64> {
+        Err(-1)
+    }
+
+    #[inline(always)]
+    fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route> {
+        let params = &mut crate::scratch::get()?.fib;
+        *params = FibParams {
+            family,
+            l4_protocol: 0,
+            sport: 0,
+            dport: 0,
+            tot_len: 0,
+            ifindex: self.ingress_ifindex() as u32,
+            flowinfo: 0,
+            source: [0; 16],
+            destination,
+            tbid: 0,
+            macs: [0; 12],
+        };
+        // SAFETY: this program's context, and a parameter block in scratch memory.
+        let rc = unsafe {
+            bpf_fib_lookup(
+                self.ctx.cast(),
+                (params as *mut FibParams).cast(),
+                core::mem::size_of::<FibParams>() as i32,
+                XDP_FIB_FLAGS,
+            )
+        };
+        (rc == 0).then_some(Route {
+            ifindex: params.ifindex,
+            source: params.source,
+        })
+    }
+
+    /// Writes the MAC addresses of the last [`Self::route`] (this program run's, in scratch)
+    /// into the frame and sends it out of `ifindex`.
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> Result<(), i64> {
+        let macs = crate::scratch::get().ok_or(-1i64)?.fib.macs;
+        // `struct bpf_fib_lookup` holds smac then dmac; a frame starts dmac, smac.
+        let mut header = [0u8; 12];
+        header[..6].copy_from_slice(&macs[6..]);
+        header[6..].copy_from_slice(&macs[..6]);
+        self.store(0, &header)?;
+        // SAFETY: no pointers.
+        let rc = unsafe { bpf_redirect(ifindex, 0) };
+        if rc == XDP_REDIRECT { Ok(()) } else { Err(rc) }
+    }
+}
+
+/// The frame address of `size_of::<T>()` bytes at `offset`, if they are all in the frame.
+#[inline(always)]
+fn xdp_at<T>(ctx: &XdpContext, offset: usize) -> Result<usize, i64> {
+    if offset > XDP_MAX_OFFSET {
+        return Err(-1);
+    }
+    // Volatile reads of the context, where the access happens: LLVM would otherwise hoist
+    // them into a caller and pass the frame's bounds in as plain integers, which the verifier
+    // no longer takes for packet pointers.
+    // SAFETY: fields of the context the kernel handed us.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx.ctx).data)) as usize,
+            core::ptr::read_volatile(core::ptr::addr_of!((*ctx.ctx).data_end)) as usize,
+        )
+    };
+    let start = data + offset;
+    if start + core::mem::size_of::<T>() > end {
+        return Err(-1);
+    }
+    Ok(start)
+}
+
+/// Stores an L4 checksum; a computed zero is sent as all ones where zero means "none" (UDP).
+#[inline(always)]
+fn store_l4(ctx: &XdpContext, check: usize, value: u16, change: L4Change) -> Result<(), i64> {
+    let value = if change.zero_means_none && value == 0 {
+        0xffff
+    } else {
+        value
+    };
+    ctx.store(check, &value)
+}
 
 /// A cgroup socket-address hook's context (`struct bpf_sock_addr`): the address the caller
 /// passed (connect, sendmsg) or is about to receive (recvmsg, getpeername), read and written

@@ -38,6 +38,8 @@ pub(crate) enum Outcome {
     RewriteError,
     /// No conntrack entry could be made; the packet goes on untranslated.
     ConntrackError,
+    /// The XDP path hands the packet on to TC, which serves it whole.
+    XdpToTc,
     /// A socket's `connect()` was sent straight to a backend.
     SockConnect,
     /// An unconnected UDP datagram was sent straight to a backend.
@@ -75,6 +77,9 @@ const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 /// `TC_ACT_REDIRECT` (`TCX_REDIRECT`): the redirect `bpf_redirect` set up.
 const TC_ACT_REDIRECT: i32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
 
 impl Outcome {
     #[inline(always)]
@@ -98,6 +103,7 @@ impl Outcome {
             Outcome::Fragment => Counter::Fragment,
             Outcome::RewriteError => Counter::RewriteError,
             Outcome::ConntrackError => Counter::ConntrackError,
+            Outcome::XdpToTc => Counter::XdpToTc,
             Outcome::SockConnect => Counter::SockConnect,
             Outcome::SockSendmsg => Counter::SockSendmsg,
             Outcome::SockRefused => Counter::SockRefused,
@@ -134,6 +140,17 @@ impl Verdict {
             Verdict::Next | Verdict::Refuse => TC_ACT_UNSPEC,
             Verdict::Drop => TC_ACT_SHOT,
             Verdict::Bounce | Verdict::Redirect => TC_ACT_REDIRECT,
+        }
+    }
+
+    /// An XDP verdict: a drop or a redirect as at TC; anything else goes on to the kernel
+    /// (and the device's TC programs).
+    #[inline(always)]
+    pub(crate) fn xdp(self) -> u32 {
+        match self {
+            Verdict::Drop => XDP_DROP,
+            Verdict::Redirect => XDP_REDIRECT,
+            Verdict::Next | Verdict::Refuse | Verdict::Bounce => XDP_PASS,
         }
     }
 

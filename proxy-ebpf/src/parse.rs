@@ -48,6 +48,24 @@ pub(crate) struct Fragment<A> {
     pub protocol: u8,
 }
 
+impl<A: Copy + Default> Packet<A> {
+    /// All zero: what [`parsed`] fills.
+    #[inline(always)]
+    fn empty() -> Self {
+        Self {
+            l3_offset: 0,
+            l4_offset: 0,
+            source: A::default(),
+            destination: A::default(),
+            source_port: 0,
+            destination_port: 0,
+            protocol: 0,
+            tcp_flags: 0,
+            fragment_id_at: 0,
+        }
+    }
+}
+
 impl<A: Copy> Packet<A> {
     #[inline(always)]
     pub(crate) fn source(&self) -> (A, u16) {
@@ -84,11 +102,27 @@ pub(crate) trait Parse: LbFamily {
     fn fragment<C: PacketCtx>(ctx: &C) -> Option<Fragment<Self::Addr>>;
 }
 
-/// `F::parse`, as a BPF function of its own: the headers it loads are not on its caller's
-/// stack.
-#[inline(never)]
+/// `F::parse`, in a BPF function of its own ([`parse_into`]): the headers it loads are not on
+/// its caller's stack.
+#[inline(always)]
 pub(crate) fn parsed<F: Parse, C: PacketCtx>(ctx: &C) -> Option<Packet<F::Addr>> {
-    F::parse(ctx)
+    let mut packet = Packet::empty();
+    parse_into::<F, C>(ctx, &mut packet).then_some(packet)
+}
+
+/// Parses into `out` and says whether it found a packet: a scalar return, never a pointer to
+/// the caller's stack in `r0` (an `sret` function may leave one there, which the verifier
+/// refuses), and a value without padding (an `Option` around it has some, which LLVM may copy
+/// from a register it never set, which the verifier refuses too).
+#[inline(never)]
+fn parse_into<F: Parse, C: PacketCtx>(ctx: &C, out: &mut Packet<F::Addr>) -> bool {
+    match F::parse(ctx) {
+        Some(packet) => {
+            *out = packet;
+            true
+        }
+        None => false,
+    }
 }
 
 impl Parse for V4 {

@@ -15,7 +15,7 @@ use proxy_common::config::DatapathConfig;
 use tokio::sync::mpsc;
 
 use crate::{
-    config::{ClusterCidrs, InterfacePatterns, NodePortAddresses},
+    config::{ClusterCidrs, InterfacePatterns, NodePortAddresses, XdpMode},
     devices,
     health::{self, Health},
     loader::{LoadOptions, Programs},
@@ -58,6 +58,7 @@ pub struct AgentConfig {
     /// `--devices` (`None`: the interfaces holding the Node's addresses).
     pub devices: Option<InterfacePatterns>,
     pub nodeport_addresses: NodePortAddresses,
+    pub xdp: XdpMode,
     pub bpf_root: PathBuf,
     pub healthz_bind_address: SocketAddr,
     pub metrics_bind_address: SocketAddr,
@@ -329,7 +330,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
 
     let report_interfaces = |programs: &mut Programs, devices: &BTreeSet<String>| {
-        let r = programs.sync_interfaces(&config.pod_interfaces, devices);
+        let r = programs.sync_interfaces(&config.pod_interfaces, devices, config.xdp);
         for name in r.attached {
             tracing::info!(interface = name, "attached");
         }

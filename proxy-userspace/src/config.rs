@@ -141,6 +141,18 @@ impl FromStr for NodePortAddresses {
     }
 }
 
+/// `--xdp`: how the XDP fast path is attached to the devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// In the driver (where it supports XDP), falling back to TC only where it does not.
+    #[default]
+    Native,
+    /// In the kernel's generic XDP hook, on any device.
+    Generic,
+    /// No XDP: the devices' TC programs serve everything.
+    Off,
+}
+
 /// `statfs(2)`'s `f_type` of a cgroup v2 filesystem.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 

@@ -15,8 +15,10 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        Xdp,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
     },
 };
 use proxy_common::{
@@ -25,7 +27,10 @@ use proxy_common::{
     programs::{self as program_names, AttachPoint, Hook, PROGRAMS, ProgramSpec},
 };
 
-use crate::{config::InterfacePatterns, maps::pins::PinLayout};
+use crate::{
+    config::{InterfacePatterns, XdpMode},
+    maps::pins::PinLayout,
+};
 
 /// The kernel programs, built by `build.rs`.
 pub static BPF_OBJECT: &[u8] =
@@ -124,7 +129,7 @@ fn tc_attach_type(hook: Hook) -> Option<TcAttachType> {
     match hook {
         Hook::TcIngress => Some(TcAttachType::Ingress),
         Hook::TcEgress => Some(TcAttachType::Egress),
-        Hook::SockAddr(_) | Hook::SockRelease => None,
+        Hook::SockAddr(_) | Hook::SockRelease | Hook::Xdp => None,
     }
 }
 
@@ -143,7 +148,7 @@ fn legacy_link_pin_name(spec: &ProgramSpec, ifindex: u32, ifname: &str) -> Optio
     let direction = match spec.hook {
         Hook::TcIngress => "ingress",
         Hook::TcEgress => "egress",
-        Hook::SockAddr(_) | Hook::SockRelease => return None,
+        Hook::SockAddr(_) | Hook::SockRelease | Hook::Xdp => return None,
     };
     Some(format!("{ifindex}-{direction}-{ifname}"))
 }
@@ -156,6 +161,17 @@ enum LinkPin {
     Interface(&'static str, u32, String),
     /// A program on `--cgroup-root`.
     Cgroup(&'static str),
+}
+
+/// An error's causes, innermost last.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    causes.join(": ")
 }
 
 /// Where the program named `program` is attached (the table says).
@@ -232,6 +248,7 @@ impl Programs {
                     <&mut CgroupSockAddr>::try_from(program).and_then(|p| p.load())
                 }
                 Hook::SockRelease => <&mut CgroupSock>::try_from(program).and_then(|p| p.load()),
+                Hook::Xdp => <&mut Xdp>::try_from(program).and_then(|p| p.load()),
             };
             loaded.map_err(|source| LoadError::Program {
                 name: spec.name,
@@ -264,6 +281,17 @@ impl Programs {
         Self::classifier_of(&mut self.ebpf, name)
     }
 
+    /// The loaded XDP program (for `BPF_PROG_TEST_RUN`).
+    pub fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, LoadError> {
+        let program = self.ebpf.program_mut(name).ok_or(LoadError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        program
+            .try_into()
+            .map_err(|source| LoadError::Program { name, source })
+    }
+
     /// Attaches the pod-interface programs to every present interface matching `pods`, and the
     /// device programs to every present interface named in `devices`, where we are not
     /// attached yet; forgets (unpins) links of interfaces that are gone or no longer wanted.
@@ -272,6 +300,7 @@ impl Programs {
         &mut self,
         pods: &InterfacePatterns,
         devices: &BTreeSet<String>,
+        xdp: XdpMode,
     ) -> InterfaceReport {
         let mut report = InterfaceReport::default();
         let present = match interfaces() {
@@ -301,6 +330,12 @@ impl Programs {
                 let file = entry.file_name().to_string_lossy().into_owned();
                 let parsed = parse_link_pin_name(&file);
                 let keep = match &parsed {
+                    // `--xdp off`: an earlier agent's XDP link goes.
+                    Some(LinkPin::Interface(program, _, _))
+                        if *program == program_names::XDP_DEVICE && xdp == XdpMode::Off =>
+                    {
+                        false
+                    }
                     Some(LinkPin::Interface(program, index, name)) => {
                         wanted.get(&(attach_point(program), *index)) == Some(name)
                     }
@@ -332,6 +367,17 @@ impl Programs {
             }
             let mut ok = true;
             for spec in PROGRAMS.iter().filter(|p| p.on == on) {
+                if spec.hook == Hook::Xdp {
+                    // Beside the TC programs: where it cannot attach, TC serves alone.
+                    match self.attach_xdp(spec, index, &name, xdp) {
+                        Ok(Some(mode)) => report.attached.push(format!("{name} (XDP {mode})")),
+                        Ok(None) => {}
+                        Err(e) => report.errors.push(format!(
+                            "{name}: XDP ({xdp:?}) not attached, TC serves this device alone: {e}"
+                        )),
+                    }
+                    continue;
+                }
                 if let Err(e) = self.attach_tc(spec, index, &name) {
                     report
                         .errors
@@ -381,6 +427,50 @@ impl Programs {
             .pin(&pin)
             .map_err(|e| format!("pinning link at {}: {e}", pin.display()))?;
         Ok(())
+    }
+
+    /// Attaches the XDP program to a device in `mode` (taking over an earlier agent's link,
+    /// whatever its mode) and pins the link; `None` for `--xdp off`.
+    fn attach_xdp(
+        &mut self,
+        spec: &ProgramSpec,
+        ifindex: u32,
+        ifname: &str,
+        mode: XdpMode,
+    ) -> Result<Option<&'static str>, String> {
+        let (flags, shown) = match mode {
+            XdpMode::Off => return Ok(None),
+            XdpMode::Native => (aya::programs::XdpMode::Driver, "native"),
+            XdpMode::Generic => (aya::programs::XdpMode::Skb, "generic"),
+        };
+        let pin = self
+            .pins
+            .links_dir()
+            .join(link_pin_name(spec.name, ifindex, ifname));
+        let earlier = PinnedLink::from_pin(&pin).ok();
+        let program = self
+            .ebpf
+            .program_mut(spec.name)
+            .ok_or("not in the object")?;
+        let program = <&mut Xdp>::try_from(program).map_err(|e| e.to_string())?;
+        let link_id = match earlier {
+            Some(old) => {
+                let fd_link = old
+                    .unpin()
+                    .map_err(|e| format!("unpinning old link: {e}"))?;
+                let link = XdpLink::try_from(fd_link).map_err(|e| e.to_string())?;
+                program.attach_to_link(link).map_err(|e| e.to_string())?
+            }
+            None => program
+                .attach(ifname, flags)
+                .map_err(|e| format!("{e} ({})", error_chain(&e)))?,
+        };
+        let link = program.take_link(link_id).map_err(|e| e.to_string())?;
+        let fd_link = FdLink::try_from(link).map_err(|e| e.to_string())?;
+        fd_link
+            .pin(&pin)
+            .map_err(|e| format!("pinning link at {}: {e}", pin.display()))?;
+        Ok(Some(shown))
     }
 
     pub fn attached(&self) -> impl Iterator<Item = &str> {
@@ -439,7 +529,7 @@ impl Programs {
                         }
                     })?
                 }
-                Hook::TcIngress | Hook::TcEgress => continue,
+                Hook::TcIngress | Hook::TcEgress | Hook::Xdp => continue,
             };
             let pin = self.pins.links_dir().join(cgroup_pin_name(spec.name));
             if let Ok(old) = PinnedLink::from_pin(&pin) {

@@ -89,6 +89,26 @@ impl Fixture {
         (result.return_value, out)
     }
 
+    /// Runs the XDP program on `packet` as if it came in on `ifindex`.
+    fn run_xdp(&mut self, packet: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; packet.len() + 256];
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let md: [u32; 6] = [0, packet.len() as u32, 0, ifindex, 0, 0];
+        let md: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let prog = self.programs.xdp(programs::XDP_DEVICE).expect("program");
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN (XDP)");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
     fn ingress(&mut self, packet: &[u8]) -> Vec<u8> {
         let (verdict, out) = self.run(programs::FROM_POD, packet);
         assert_eq!(verdict, NEXT, "from_pod must hand every packet on");
@@ -1957,6 +1977,149 @@ fn a_load_balancer_ip_serves_only_its_source_ranges() {
         assert_eq!(
             (verdict, moved),
             (REDIRECT, counts(&[(Counter::SnatNew, 1)]))
+        );
+    });
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+/// XDP (`xdp_device`) serves a NodePort from outside as TC's `from_device` does, in one pass
+/// at the driver: the new flow is DNATed, masqueraded, given its next hop's MAC addresses and
+/// redirected; its next packet follows the same flow; the backend's reply is translated back
+/// and redirected to the client. The flow is TC's as well (one conntrack): `from_device`
+/// continues it as established. A next hop the kernel has not resolved sends the packet on to
+/// TC untouched, and a packet of no frontend passes. Both families, TCP and UDP.
+#[test]
+fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
+    let netns = routed_node();
+    // The backends' and the clients' MAC addresses, as if resolved (only those listed).
+    for (address, mac) in [
+        ("10.244.2.2", "02:00:00:00:00:22"),
+        ("fd00:10:244:2::2", "02:00:00:00:00:22"),
+        ("192.0.2.7", "02:00:00:00:00:77"),
+        ("2001:db8::7", "02:00:00:00:00:77"),
+    ] {
+        netns.ip(&[
+            "neigh",
+            "add",
+            address,
+            "lladdr",
+            mac,
+            "dev",
+            "ts0",
+            "nud",
+            "permanent",
+        ]);
+    }
+    let link: serde_json::Value =
+        serde_json::from_str(&netns.ip(&["-j", "link", "show", "ts0"])).expect("ip -j");
+    let mac_of_ts0: Vec<u8> = link[0]["address"]
+        .as_str()
+        .expect("ts0's MAC")
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    netns.enter(move || {
+        let mut options = LoadOptions::default();
+        options.config.cluster_v4 = [10, 244, 0, 0];
+        options.config.cluster_v4_prefix = 16;
+        options.config.cluster_v6 = v6("fd00:10:244::").octets();
+        options.config.cluster_v6_prefix = 56;
+        let mut fx = Fixture::with_options(&options);
+        // SAFETY: a NUL-terminated name.
+        let ts0 = unsafe { libc::if_nametoindex(c"ts0".as_ptr()) };
+        assert_ne!(ts0, 0, "ts0 exists");
+
+        let (_, _, backend4, backend4_b) = v4_hosts();
+        let (_, _, backend6, backend6_b) = v6_hosts();
+        let node4 = Ipv4Addr::new(10, 244, 0, 1);
+        let node6 = v6("fd00:10:244::1");
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let build = |s, d| match protocol {
+                Protocol::Tcp => tcp(s, d, true),
+                _ => udp(s, d),
+            };
+            let (f, e) = node_port(node4, 30080, protocol, &[backend4], false);
+            fx.v4.upsert(&f, &e).unwrap();
+            let (f, e) = node_port(node6, 30080, protocol, &[backend6], false);
+            fx.v6.upsert(&f, &e).unwrap();
+            for (client, node, backend) in [
+                (
+                    IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)),
+                    IpAddr::from(node4),
+                    IpAddr::from(backend4),
+                ),
+                (v6("2001:db8::7").into(), node6.into(), backend6.into()),
+            ] {
+                let request = build((client, 40000), (node, 30080));
+                let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&request, ts0));
+                assert_eq!(verdict, XDP_REDIRECT, "{client}: redirected at XDP");
+                assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]));
+                assert_eq!(out[..6], [2, 0, 0, 0, 0, 0x22], "the backend's MAC");
+                assert_eq!(out[6..12], mac_of_ts0[..], "from the route's device");
+                let seen = inspect(&out);
+                assert_eq!(seen.destination, (backend, 8080));
+                assert_eq!(seen.source.0, node, "masqueraded to the node");
+                let port = seen.source.1;
+                assert!((61000..=65535).contains(&port), "{port}");
+                assert_eq!(seen.payload, PAYLOAD);
+
+                // The same flow at XDP again, and at TC: one flow.
+                let ((verdict, again), moved) = fx.counting(|fx| fx.run_xdp(&request, ts0));
+                assert_eq!(verdict, XDP_REDIRECT);
+                assert_eq!(moved, counts(&[(Counter::SnatEstablished, 1)]));
+                assert_eq!(inspect(&again), seen);
+                let ((verdict, at_tc), moved) =
+                    fx.counting(|fx| fx.run(programs::FROM_DEVICE, &request));
+                assert_eq!(verdict, REDIRECT);
+                assert_eq!(moved, counts(&[(Counter::SnatEstablished, 1)]));
+                assert_eq!(inspect(&at_tc), seen, "TC continues XDP's flow");
+
+                let reply = build((backend, 8080), (node, port));
+                let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&reply, ts0));
+                assert_eq!(verdict, XDP_REDIRECT, "the reply goes out to the client");
+                assert_eq!(moved, counts(&[(Counter::ReverseSnat, 1)]));
+                assert_eq!(out[..6], [2, 0, 0, 0, 0, 0x77], "the client's MAC");
+                let back = inspect(&out);
+                assert_eq!(
+                    (back.source, back.destination),
+                    ((node, 30080), (client, 40000))
+                );
+                assert_eq!(back.payload, PAYLOAD);
+            }
+        }
+        // An unresolved next hop (backend B has no neighbour entry): on to TC, untouched.
+        let (f, e) = node_port(node4, 30081, Protocol::Tcp, &[backend4_b], false);
+        fx.v4.upsert(&f, &e).unwrap();
+        let (f, e) = node_port(node6, 30081, Protocol::Tcp, &[backend6_b], false);
+        fx.v6.upsert(&f, &e).unwrap();
+        for (client, node) in [
+            (
+                IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)),
+                IpAddr::from(node4),
+            ),
+            (v6("2001:db8::7").into(), node6.into()),
+        ] {
+            let request = tcp((client, 40100), (node, 30081), true);
+            let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&request, ts0));
+            assert_eq!(verdict, XDP_PASS);
+            assert_eq!(moved, counts(&[(Counter::XdpToTc, 1)]));
+            assert_eq!(out, request, "untouched");
+            let ((verdict, _), moved) = fx.counting(|fx| fx.run(programs::FROM_DEVICE, &request));
+            assert_eq!(verdict, REDIRECT, "TC serves it");
+            assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]));
+        }
+        // Not service traffic: passed.
+        let other = tcp(
+            (Ipv4Addr::new(192, 0, 2, 7).into(), 40200),
+            (node4.into(), 22),
+            true,
+        );
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&other, ts0));
+        assert_eq!(
+            (verdict, out, moved),
+            (XDP_PASS, other, counts(&[(Counter::Pass, 1)]))
         );
     });
 }

@@ -255,10 +255,7 @@ fn source_ranges_and_a_wrong_family_external_ip() {
     let lab = TwoNodeLab::with_outside(DUAL_STACK, &[]);
     let ranged = |name: &str, n: u8, ranges: &[&str]| {
         ServiceBuilder::new(name)
-            .cluster_ips(&[
-                ip(&format!("10.96.0.{n}")),
-                ip(&format!("fd00:10:96::{n}")),
-            ])
+            .cluster_ips(&[ip(&format!("10.96.0.{n}")), ip(&format!("fd00:10:96::{n}"))])
             .type_("LoadBalancer")
             .port("http", "TCP", 80, 8080)
             .port("echo", "UDP", 5353, 5353)

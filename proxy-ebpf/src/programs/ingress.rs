@@ -28,7 +28,7 @@ pub(super) fn ingress<const DEVICE: bool>(ctx: &TcContext) -> Outcome {
 }
 
 /// What the service path made of a packet.
-enum Served {
+pub(super) enum Served {
     Done(Outcome),
     /// No ports: an ICMP error, maybe.
     Unparsed,
@@ -117,7 +117,7 @@ fn forward<F: Reply, C: PacketCtx, const DEVICE: bool>(
 }
 
 /// What a packet is addressed to.
-enum Found<A> {
+pub(super) enum Found<A> {
     Service(lb::Service<A>),
     /// A frontend whose `loadBalancerSourceRanges` leave the client out.
     Denied,
@@ -129,7 +129,7 @@ enum Found<A> {
 /// unexposed-port frontend (rejected). Pods are inside the cluster; a client beyond a device
 /// is when its address is in `--cluster-cidr` (a pod of another node).
 #[inline(never)]
-fn lookup<F: Reply, const DEVICE: bool>(packet: &Packet<F::Addr>) -> Found<F::Addr> {
+pub(super) fn lookup<F: Reply, const DEVICE: bool>(packet: &Packet<F::Addr>) -> Found<F::Addr> {
     let from_cluster = !DEVICE || snat::in_cluster_cidr::<F>(packet.source);
     let service = lb::lookup::<F>(
         packet.destination,
@@ -164,7 +164,7 @@ const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
 /// What the packet's conntrack entry says.
-enum Known {
+pub(super) enum Known {
     /// A live flow: translated to its backend.
     Translated(Outcome),
     /// A live masqueraded flow (touched, not translated yet).
@@ -176,7 +176,7 @@ enum Known {
 }
 
 #[inline(never)]
-fn known<F: Reply, C: PacketCtx>(
+pub(super) fn known<F: Reply, C: PacketCtx>(
     ctx: &C,
     packet: &Packet<F::Addr>,
     service: &lb::Service<F::Addr>,
@@ -216,7 +216,7 @@ fn known<F: Reply, C: PacketCtx>(
 }
 
 #[inline(never)]
-fn select<F: Reply>(
+pub(super) fn select<F: Reply>(
     packet: &Packet<F::Addr>,
     service: &lb::Service<F::Addr>,
     now: u64,
@@ -230,7 +230,7 @@ fn select<F: Reply>(
 /// A new flow to `chosen`, not masqueraded: recorded and DNATed ([`Outcome::DnatNew`]). Five
 /// arguments at most: a BPF function takes no more.
 #[inline(never)]
-fn new_flow<F: Reply, C: PacketCtx>(
+pub(super) fn new_flow<F: Reply, C: PacketCtx>(
     ctx: &C,
     packet: &Packet<F::Addr>,
     rev_nat_id: u32,

@@ -11,6 +11,7 @@ mod sock_release;
 mod sock_sendmsg;
 mod to_device;
 mod to_pod;
+mod xdp_device;
 
 use aya_ebpf::{helpers::bpf_set_retval, programs::SockAddrContext};
 use proxy_common::{V4, V6, config::flags, protocol};

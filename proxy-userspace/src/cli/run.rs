@@ -7,7 +7,7 @@ use proxy_common::conntrack::Timeouts;
 
 use crate::{
     agent::{self, AgentConfig, ConntrackConfig, Masquerade, SocketLb, SourceConfig},
-    config::{self, ClusterCidrs, InterfacePatterns, NodePortAddresses},
+    config::{self, ClusterCidrs, InterfacePatterns, NodePortAddresses, XdpMode},
 };
 
 fn duration(value: &str) -> Result<Duration, String> {
@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// --devices.
     #[arg(long, value_name = "CIDR[,CIDR]|primary")]
     nodeport_addresses: Option<NodePortAddresses>,
+    /// The XDP fast path on the devices: in the driver (falling back to TC only, with a log
+    /// line, where the driver has no XDP), the kernel's generic hook, or off.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = XdpMode::Native)]
+    xdp: XdpMode,
     /// Where maps and links are pinned (on a bpffs).
     #[arg(long, value_name = "DIR", default_value = super::DEFAULT_BPF_ROOT)]
     bpf_root: PathBuf,
@@ -206,6 +210,7 @@ pub(super) fn main(args: RunArgs) -> anyhow::Result<()> {
         pod_interfaces: args.pod_interfaces,
         devices: args.devices,
         nodeport_addresses: args.nodeport_addresses.unwrap_or_default(),
+        xdp: args.xdp,
         bpf_root: args.bpf_root,
         healthz_bind_address: args.healthz_bind_address,
         metrics_bind_address: args.metrics_bind_address,
