@@ -71,6 +71,9 @@ counters! {
     /// Packet Too Big, time exceeded, parameter problem) was translated with it: its quote
     /// and, when the backend sent it, its source.
     IcmpError => "icmp_error",
+    /// A packet the XDP path served itself (translated and redirected, translated and passed,
+    /// or dropped), counted besides its outcome: how much of the devices' traffic XDP takes.
+    Xdp => "xdp",
     /// The XDP path handed a packet it had begun to serve on to TC, which serves it whole: a
     /// flow to masquerade whose next hop's MAC address is not resolved yet, a rewrite or
     /// conntrack failure there.

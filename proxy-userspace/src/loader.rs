@@ -163,6 +163,47 @@ enum LinkPin {
     Cgroup(&'static str),
 }
 
+/// The driver of interface `name` (`ETHTOOL_GDRVINFO`), in the agent's network namespace.
+fn driver(name: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 164],
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 164],
+    };
+    // SAFETY: a zeroed ifreq, its name copied in bounds (at most IFNAMSIZ - 1 bytes), its
+    // data pointing at `info`, which outlives the ioctl; the socket is closed below.
+    unsafe {
+        let mut request: libc::ifreq = std::mem::zeroed();
+        let bytes = name.as_bytes();
+        if bytes.len() >= request.ifr_name.len() {
+            return None;
+        }
+        for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+            *slot = *byte as libc::c_char;
+        }
+        request.ifr_ifru.ifru_data = (&raw mut info).cast();
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(socket, SIOCETHTOOL, &mut request);
+        libc::close(socket);
+        if rc != 0 {
+            return None;
+        }
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 /// An error's causes, innermost last.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut causes = Vec::new();
@@ -443,6 +484,15 @@ impl Programs {
             XdpMode::Native => (aya::programs::XdpMode::Driver, "native"),
             XdpMode::Generic => (aya::programs::XdpMode::Skb, "generic"),
         };
+        if mode == XdpMode::Native && driver(ifname).as_deref() == Some("veth") {
+            // A veth takes native XDP, but a frame it redirects to another veth is dropped
+            // unless that one's peer runs XDP too (a pod's never does).
+            return Err(
+                "native XDP on a veth cannot redirect to pods (their veths run no XDP); use \
+                 --xdp generic for XDP on veth devices"
+                    .into(),
+            );
+        }
         let pin = self
             .pins
             .links_dir()

@@ -57,7 +57,10 @@ fn slices(lab: &TwoNodeLab, service: &str, nodes: &[&str]) -> Vec<String> {
 /// Writes `objects` as one manifest file and waits (bounded) until node 1 programs a frontend
 /// line containing each of `frontends`.
 fn publish(lab: &TwoNodeLab, file: &str, objects: Vec<String>, frontends: &[&str]) {
-    std::fs::write(lab.manifests.path().join(file), objects.join("---\n")).expect("manifest");
+    // Whole at once (a rename): the agent never reads the Service without its slices.
+    let partial = lab.manifests.path().join(format!(".{file}.partial"));
+    std::fs::write(&partial, objects.join("---\n")).expect("manifest");
+    std::fs::rename(&partial, lab.manifests.path().join(file)).expect("manifest");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let list = lab.agents[0].twinstack(&["bpf", "service", "list"]);
@@ -86,6 +89,25 @@ fn refused_from_outside(lab: &TwoNodeLab, target: SocketAddr) {
         .netns
         .enter(move || servers::tcp_request(target, Duration::from_millis(700)));
     assert!(result.is_err(), "{target} must not answer: {result:?}");
+}
+
+/// What `--xdp` did on node 1: generic XDP served packets itself; off, none; native, on the
+/// lab's veths, fell back to TC with a log line that says why.
+fn check_xdp(lab: &TwoNodeLab, xdp: &str) {
+    let served = lab.counter(0, "xdp");
+    match xdp {
+        "generic" => assert!(served > 0, "XDP served no packet"),
+        "off" => assert_eq!(served, 0, "--xdp off: no XDP"),
+        "native" => {
+            assert_eq!(served, 0, "native XDP on veth falls back to TC");
+            let log = lab.agents[0].log();
+            assert!(
+                log.contains("tsx1") && log.contains("native XDP on a veth"),
+                "the fallback is logged, with the device and why:\n{log}"
+            );
+        }
+        other => panic!("no --xdp {other}"),
+    }
 }
 
 fn backends_of(answers: &[Answer]) -> Vec<String> {
@@ -119,9 +141,8 @@ fn http_get_from_outside(lab: &TwoNodeLab, target: SocketAddr) -> (u16, String) 
 /// NodePort with `externalTrafficPolicy: Cluster`, from outside, TCP and UDP, both families:
 /// both backends answer (backend-b on the other node), from the NodePort, and they see the
 /// node (masqueraded), so the remote backend's replies come back through node 1.
-#[test]
-fn a_node_port_reaches_local_and_remote_backends_from_outside() {
-    let lab = TwoNodeLab::with_outside(DUAL_STACK, &[]);
+fn a_node_port_reaches_local_and_remote_backends_from_outside(xdp: &str) {
+    let lab = TwoNodeLab::with_outside(DUAL_STACK, &["--xdp", xdp]);
     let service = ServiceBuilder::new("edge")
         .cluster_ips(&[ip("10.96.0.80"), ip("fd00:10:96::80")])
         .type_("NodePort")
@@ -165,6 +186,7 @@ fn a_node_port_reaches_local_and_remote_backends_from_outside() {
         lab.counter(0, "reverse_snat") > 0,
         "replies translated back on node 1"
     );
+    check_xdp(&lab, xdp);
 }
 
 /// `externalTrafficPolicy: Local`: the NodePort, the load balancer IP and the external IP of
@@ -172,9 +194,8 @@ fn a_node_port_reaches_local_and_remote_backends_from_outside() {
 /// the client's address; the health check NodePort says 200 with one local endpoint. A Local
 /// Service whose only backend is on node 2 is dropped at node 1, and its health check says
 /// 503. Both families.
-#[test]
-fn a_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint() {
-    let lab = TwoNodeLab::with_outside(DUAL_STACK, &[]);
+fn a_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint(xdp: &str) {
+    let lab = TwoNodeLab::with_outside(DUAL_STACK, &["--xdp", xdp]);
     let local = ServiceBuilder::new("local")
         .cluster_ips(&[ip("10.96.0.81"), ip("fd00:10:96::81")])
         .type_("LoadBalancer")
@@ -245,14 +266,14 @@ fn a_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint() 
         let (status, body) = http_get_from_outside(&lab, SocketAddr::new(node_address(v6), 32101));
         assert_eq!(status, 503, "{body}");
     }
+    check_xdp(&lab, xdp);
 }
 
 /// `loadBalancerSourceRanges`: a load balancer IP whose ranges hold the outside client serves
 /// it; one whose ranges leave it out drops it (counted). A wrong-family external IP of a
 /// single-stack Service is skipped with a warning, and the rest of that Service is served.
-#[test]
-fn source_ranges_and_a_wrong_family_external_ip() {
-    let lab = TwoNodeLab::with_outside(DUAL_STACK, &[]);
+fn source_ranges_and_a_wrong_family_external_ip(xdp: &str) {
+    let lab = TwoNodeLab::with_outside(DUAL_STACK, &["--xdp", xdp]);
     let ranged = |name: &str, n: u8, ranges: &[&str]| {
         ServiceBuilder::new(name)
             .cluster_ips(&[ip(&format!("10.96.0.{n}")), ip(&format!("fd00:10:96::{n}"))])
@@ -316,4 +337,40 @@ fn source_ranges_and_a_wrong_family_external_ip() {
         log.contains("fd00:10:96::205") && log.contains("skipped"),
         "the wrong-family external IP is named in a warning:\n{log}"
     );
+    check_xdp(&lab, xdp);
+}
+
+#[test]
+fn a_node_port_reaches_local_and_remote_backends_from_outside_xdp_off() {
+    a_node_port_reaches_local_and_remote_backends_from_outside("off");
+}
+
+#[test]
+fn a_node_port_reaches_local_and_remote_backends_from_outside_xdp_generic() {
+    a_node_port_reaches_local_and_remote_backends_from_outside("generic");
+}
+
+#[test]
+fn a_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint_xdp_off() {
+    a_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint("off");
+}
+
+#[test]
+fn a_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint_xdp_generic() {
+    a_local_policy_keeps_the_client_address_and_drops_without_a_local_endpoint("generic");
+}
+
+#[test]
+fn source_ranges_and_a_wrong_family_external_ip_xdp_off() {
+    source_ranges_and_a_wrong_family_external_ip("off");
+}
+
+#[test]
+fn source_ranges_and_a_wrong_family_external_ip_xdp_generic() {
+    source_ranges_and_a_wrong_family_external_ip("generic");
+}
+
+#[test]
+fn a_node_port_reaches_local_and_remote_backends_from_outside_xdp_native() {
+    a_node_port_reaches_local_and_remote_backends_from_outside("native");
 }

@@ -8,7 +8,7 @@
 //! hop's MAC address the kernel has not resolved yet (TC's `bpf_redirect_neigh` resolves it;
 //! the next packets take XDP).
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use proxy_common::service_flags;
+use proxy_common::{counter::Counter, service_flags};
 
 use super::ingress::{self, Found, Known, Served};
 use crate::{
@@ -32,6 +32,9 @@ pub(crate) fn xdp_device(ctx: XdpContext) -> u32 {
         other => other,
     };
     metrics::count(outcome.counter());
+    if outcome != Outcome::Pass && outcome != Outcome::XdpToTc {
+        metrics::count(Counter::Xdp);
+    }
     outcome.verdict().xdp()
 }
 
