@@ -27,6 +27,9 @@ use crate::{
     sync::Syncer,
 };
 
+/// At most this many queued source events are taken in just before a sync.
+const MAX_EVENTS_BEFORE_SYNC: usize = 10_000;
+
 /// How often pod interfaces are looked for.
 const INTERFACE_POLL: Duration = Duration::from_millis(250);
 
@@ -256,6 +259,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config: datapath_config(&config)?,
         ..LoadOptions::default()
     };
+    if let Some(mounted) = crate::loader::mount_bpffs_if_needed(&config.bpf_root)
+        .with_context(|| format!("--bpf-root {}", config.bpf_root.display()))?
+    {
+        tracing::info!(
+            at = %mounted.display(),
+            "no BPF filesystem under --bpf-root: mounted one (its pins live as long as this mount namespace)"
+        );
+    }
     let mut programs = Programs::load(&pins, &options).context("loading the datapath")?;
     let meta = open_meta_proxier(&pins, &config).context("opening the pinned maps")?;
     let mut syncer = Syncer::new(meta, &config.node_name, config.min_sync_period);
@@ -405,6 +416,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
             },
             _ = tokio::time::sleep_until(sync_at), if due.is_some() => {
+                // What the source has already sent goes into this sync: a manifest directory
+                // read (or a relist) comes as one event per kind, and a Service must not be
+                // programmed between its list and its slices' (bounded, so a flood of events
+                // cannot hold the sync back).
+                for _ in 0..MAX_EVENTS_BEFORE_SYNC {
+                    match events.try_recv() {
+                        Ok(event) => syncer.handle(event),
+                        Err(_) => break,
+                    }
+                }
                 let started = Instant::now();
                 let rebuilt = syncer.sync();
                 close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);

@@ -94,6 +94,45 @@ pub fn check_bpffs(path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Mounts a bpffs at the parent of `bpf_root` when `bpf_root` is not on one and that parent
+/// is an empty directory (as Cilium and Calico do: `ip netns exec` remounts /sys, hiding the
+/// host's bpffs); otherwise the error says to mount one. Returns where it mounted, if it did. A bpffs mounted so lives as long as its mount namespace: the host's
+/// is the one that keeps the datapath across restarts.
+pub fn mount_bpffs_if_needed(bpf_root: &Path) -> Result<Option<PathBuf>, LoadError> {
+    if check_bpffs(bpf_root).is_ok() {
+        return Ok(None);
+    }
+    let parent = bpf_root.parent().unwrap_or(Path::new("/"));
+    // Only over an empty directory (as /sys/fs/bpf is in the fresh sysfs of `ip netns
+    // exec`): never over one that holds anything.
+    let empty = match std::fs::read_dir(parent) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => return Err(io_error(parent)(e)),
+    };
+    if !empty {
+        return check_bpffs(bpf_root).map(|()| None);
+    }
+    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    let target = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+        .map_err(|_| LoadError::NotBpffs(parent.to_owned()))?;
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io_error(parent)(io::Error::last_os_error()));
+    }
+    check_bpffs(bpf_root)?;
+    Ok(Some(parent.to_owned()))
+}
+
 /// Interfaces of the current network namespace: (index, name).
 pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
     // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.

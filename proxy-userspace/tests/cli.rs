@@ -108,6 +108,14 @@ fn bad_conntrack_and_masquerade_flags_name_the_flag_and_an_example() {
         ("--masquerade-ports", "65000-61000", "expected MIN-MAX"),
         ("--masquerade-ports", "0-100", "expected MIN-MAX"),
         ("--masquerade-ports", "61000-70000", "expected MIN-MAX"),
+        ("--xdp", "fast", "native"),
+        ("--nodeport-addresses", "10.0.0.0/33", "is not a CIDR"),
+        (
+            "--nodeport-addresses",
+            "primary,10.0.0.0/8",
+            "is not a CIDR",
+        ),
+        ("--devices", "eth[", "is not a glob pattern"),
     ] {
         let (ok, stderr) = run_with(&[flag, bad]);
         assert!(!ok, "{flag} {bad} accepted");
@@ -129,4 +137,38 @@ fn bpf_list_on_a_missing_root_fails_clearly() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("lb4_services"), "{stderr}");
+}
+
+/// An agent error prints as its cause chain, `error: …`, never as a backtrace, even with
+/// `RUST_BACKTRACE` set (here: the pin root is on no BPF filesystem, and its parent is not an
+/// empty directory to mount one on).
+#[test]
+fn an_agent_error_is_a_cause_chain_not_a_backtrace() {
+    let output = Command::new(env!("CARGO_BIN_EXE_twinstack"))
+        .args([
+            "run",
+            "--manifests",
+            ".",
+            "--cluster-cidr",
+            "10.0.0.0/8",
+            "--pod-interfaces",
+            "tscli-none*",
+            "--socket-lb",
+            "false",
+            "--bpf-root",
+            "/proc/twinstack-cli-test",
+        ])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("running twinstack");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("error: ") && stderr.contains("BPF filesystem"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.to_lowercase().contains("backtrace") && !stderr.contains("Caused by"),
+        "{stderr}"
+    );
 }

@@ -2055,7 +2055,7 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
                 let request = build((client, 40000), (node, 30080));
                 let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&request, ts0));
                 assert_eq!(verdict, XDP_REDIRECT, "{client}: redirected at XDP");
-                assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]));
+                assert_eq!(moved, counts(&[(Counter::SnatNew, 1), (Counter::Xdp, 1)]));
                 assert_eq!(out[..6], [2, 0, 0, 0, 0, 0x22], "the backend's MAC");
                 assert_eq!(out[6..12], mac_of_ts0[..], "from the route's device");
                 let seen = inspect(&out);
@@ -2068,7 +2068,10 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
                 // The same flow at XDP again, and at TC: one flow.
                 let ((verdict, again), moved) = fx.counting(|fx| fx.run_xdp(&request, ts0));
                 assert_eq!(verdict, XDP_REDIRECT);
-                assert_eq!(moved, counts(&[(Counter::SnatEstablished, 1)]));
+                assert_eq!(
+                    moved,
+                    counts(&[(Counter::SnatEstablished, 1), (Counter::Xdp, 1)])
+                );
                 assert_eq!(inspect(&again), seen);
                 let ((verdict, at_tc), moved) =
                     fx.counting(|fx| fx.run(programs::FROM_DEVICE, &request));
@@ -2079,7 +2082,10 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
                 let reply = build((backend, 8080), (node, port));
                 let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&reply, ts0));
                 assert_eq!(verdict, XDP_REDIRECT, "the reply goes out to the client");
-                assert_eq!(moved, counts(&[(Counter::ReverseSnat, 1)]));
+                assert_eq!(
+                    moved,
+                    counts(&[(Counter::ReverseSnat, 1), (Counter::Xdp, 1)])
+                );
                 assert_eq!(out[..6], [2, 0, 0, 0, 0, 0x77], "the client's MAC");
                 let back = inspect(&out);
                 assert_eq!(

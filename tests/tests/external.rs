@@ -55,7 +55,7 @@ fn slices(lab: &TwoNodeLab, service: &str, nodes: &[&str]) -> Vec<String> {
 }
 
 /// Writes `objects` as one manifest file and waits (bounded) until node 1 programs a frontend
-/// line containing each of `frontends`.
+/// line containing each of `frontends`, with backends.
 fn publish(lab: &TwoNodeLab, file: &str, objects: Vec<String>, frontends: &[&str]) {
     // Whole at once (a rename): the agent never reads the Service without its slices.
     let partial = lab.manifests.path().join(format!(".{file}.partial"));
@@ -64,7 +64,12 @@ fn publish(lab: &TwoNodeLab, file: &str, objects: Vec<String>, frontends: &[&str
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let list = lab.agents[0].twinstack(&["bpf", "service", "list"]);
-        if frontends.iter().all(|f| list.contains(f)) {
+        // Each frontend programmed, with its backends.
+        let ready = |frontend: &&str| {
+            list.lines()
+                .any(|l| l.contains(frontend) && !l.contains("(none)"))
+        };
+        if frontends.iter().all(ready) {
             return;
         }
         assert!(
@@ -79,7 +84,27 @@ fn publish(lab: &TwoNodeLab, file: &str, objects: Vec<String>, frontends: &[&str
 /// `count` requests from the outside client; every one must succeed.
 fn from_outside(lab: &TwoNodeLab, target: SocketAddr, udp: bool, count: usize) -> Vec<Answer> {
     let outside = lab.outside.as_ref().expect("the lab has an outside client");
-    twinstack_lab::lab::requests_from(&outside.netns, target, udp, count)
+    outside
+        .netns
+        .enter(move || {
+            (0..count)
+                .map(|i| {
+                    if udp {
+                        servers::udp_request(target, TIMEOUT)
+                    } else {
+                        servers::tcp_request(target, TIMEOUT)
+                    }
+                    .map_err(|e| format!("request {i} to {target} (udp: {udp}): {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_else(|error| {
+            panic!(
+                "{error}\nnode 1's frontends:\n{}\nits log:\n{}",
+                lab.agents[0].twinstack(&["bpf", "service", "list"]),
+                lab.agents[0].log()
+            )
+        })
 }
 
 /// One TCP request from the outside client that must fail (dropped: a timeout).

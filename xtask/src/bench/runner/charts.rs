@@ -104,7 +104,8 @@ pub(crate) fn per_packet(results: &datapath::Results, path: &Path) -> anyhow::Re
     root.present().map_err(plot_error)
 }
 
-/// One test's rate per mode (grouped bars) per number of Services, one panel per family.
+/// One test's rate per mode (grouped bars) per number of Services, one panel per family: the
+/// pod entry (cluster IP).
 pub(crate) fn rates(results: &e2e::Results, test: Test, path: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
@@ -112,7 +113,7 @@ pub(crate) fn rates(results: &e2e::Results, test: Test, path: &Path) -> anyhow::
     let y_max = results
         .cells
         .iter()
-        .filter(|c| c.test == test)
+        .filter(|c| c.test == test && c.entry == e2e::Entry::Pod)
         .map(|c| c.rate.max)
         .fold(0.0, f64::max)
         * 1.2;

@@ -8,10 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use twinstack_lab::manifests;
+use twinstack_lab::{manifests, objects::ServiceBuilder};
 
 pub(crate) const SERVICE_PORT: u16 = 80;
 pub(crate) const BACKEND_PORT: u16 = 8080;
+/// The target Service's NodePort (it is a NodePort Service; the others are ClusterIP ones).
+pub(crate) const NODE_PORT: u16 = 30080;
 pub(crate) const FILLER_ENDPOINTS: usize = 10;
 pub(crate) const CLUSTER_CIDR_V4: &str = "10.244.0.0/16";
 pub(crate) const CLUSTER_CIDR_V6: &str = "fd00:10:244::/56";
@@ -109,12 +111,19 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         let guard = ManifestDir(dir);
         let mut yaml = String::new();
+        let target = self.target().name.clone();
         for s in &self.services {
             let ports = [("http", "TCP", SERVICE_PORT, s.target_port)];
+            let mut service = ServiceBuilder::new(&s.name)
+                .cluster_ips(&[s.v4.into(), s.v6.into()])
+                .port("http", "TCP", SERVICE_PORT, s.target_port);
+            if s.name == target {
+                service = service.type_("NodePort").node_port("http", NODE_PORT);
+            }
             let _ = writeln!(
                 yaml,
                 "---\n{}---\n{}---\n{}",
-                manifests::service(&s.name, &[s.v4.into(), s.v6.into()], &ports),
+                service.yaml(),
                 manifests::endpoint_slice(
                     &s.name,
                     &format!("{}-v4", s.name),

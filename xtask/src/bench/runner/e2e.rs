@@ -1,8 +1,11 @@
 //! Section 2: end to end in network namespaces. One topology (node, client pod, two backend
-//! pods), one mode active at a time: `direct` (no Service), the real agent on a generated
-//! manifest directory in its two modes (`twinstack-socket`: socket-level load balancing, the
-//! load generator inside the agent's cgroup; `twinstack-tc`: `--socket-lb false`, per-packet
-//! NAT at TC), and kube-proxy's `iptables` and `nftables` layouts.
+//! pods, and a client outside the cluster on the node's device), one mode active at a time,
+//! from two entries: the client pod to the target's cluster IP, and the outside client to its
+//! NodePort. Modes: `direct` (no Service), the real agent on a generated manifest directory
+//! (from the pod: `twinstack-socket`, socket-level load balancing, the load generator inside
+//! the agent's cgroup, and `twinstack-tc`, `--socket-lb false`, per-packet NAT at TC; from
+//! outside: `twinstack-xdp`, `--xdp generic`, and `twinstack-tc`, `--xdp off`), and
+//! kube-proxy's `iptables` and `nftables` layouts.
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
@@ -12,12 +15,16 @@ use anyhow::{Context as _, bail, ensure};
 use twinstack_lab::{
     agent::{Agent, AgentOptions, AgentSource},
     cgroup::Cgroup,
-    topology::Topology,
+    netns::Netns,
+    topology::{OUTSIDE_DEVICE, OUTSIDE_NODE_V4, OUTSIDE_NODE_V6, Outside, Topology},
 };
 
 use crate::{
     Plan,
-    cluster::{BACKEND_PORT, CLUSTER_CIDR_V4, CLUSTER_CIDR_V6, Cluster, ManifestDir, SERVICE_PORT},
+    cluster::{
+        BACKEND_PORT, CLUSTER_CIDR_V4, CLUSTER_CIDR_V6, Cluster, ManifestDir, NODE_PORT,
+        SERVICE_PORT,
+    },
     kubeproxy::{self, Layout, LoadTimes, Rules},
     load::{self, Outcome, Server, Test},
     stats::Summary,
@@ -28,10 +35,47 @@ pub(crate) enum Mode {
     Direct,
     /// Socket-level load balancing: connect() goes straight to a backend.
     SocketLb,
-    /// `--socket-lb false`: the TC programs translate every packet.
+    /// `--socket-lb false` (and `--xdp off`): the TC programs translate every packet.
     Twinstack,
+    /// From outside: `--xdp generic`, the XDP program on the device translates.
+    Xdp,
     Iptables,
     Nftables,
+}
+
+/// Where the load comes from, and what it addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// The client pod, to the target's cluster IP.
+    Pod,
+    /// The outside client (on the node's device), to the target's NodePort on the node's
+    /// address of the device.
+    Outside,
+}
+
+impl Entry {
+    pub(crate) const ALL: [Entry; 2] = [Entry::Pod, Entry::Outside];
+
+    /// The modes measured from this entry, in report order.
+    pub(crate) fn modes(self) -> &'static [Mode] {
+        match self {
+            Entry::Pod => &Mode::ALL,
+            Entry::Outside => &[
+                Mode::Direct,
+                Mode::Xdp,
+                Mode::Twinstack,
+                Mode::Iptables,
+                Mode::Nftables,
+            ],
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Entry::Pod => "pod to cluster IP",
+            Entry::Outside => "outside to NodePort",
+        }
+    }
 }
 
 impl Mode {
@@ -46,10 +90,21 @@ impl Mode {
     /// Twinstack's modes, the one the targets are set for first.
     pub(crate) const TWINSTACK: [Mode; 2] = [Mode::SocketLb, Mode::Twinstack];
 
-    /// The client's ephemeral port range while this mode is measured.
+    /// The client's ephemeral port range while this mode is measured (below the agent's
+    /// masquerade ports, 61000 and up).
     fn ports(self) -> (u16, u16) {
-        let i = Mode::ALL.iter().position(|m| *m == self).unwrap_or(0) as u16;
-        (1024 + i * 12_000, 1024 + i * 12_000 + 11_999)
+        let i = [
+            Mode::Direct,
+            Mode::SocketLb,
+            Mode::Twinstack,
+            Mode::Iptables,
+            Mode::Nftables,
+            Mode::Xdp,
+        ]
+        .iter()
+        .position(|m| *m == self)
+        .unwrap_or(0) as u16;
+        (1024 + i * 9_000, 1024 + i * 9_000 + 8_999)
     }
 
     pub(crate) fn name(self) -> &'static str {
@@ -57,6 +112,7 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::SocketLb => "twinstack-socket",
             Mode::Twinstack => "twinstack-tc",
+            Mode::Xdp => "twinstack-xdp",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
         }
@@ -66,6 +122,7 @@ impl Mode {
 pub(crate) const TESTS: [Test; 2] = [Test::NewConnections, Test::RequestResponse];
 
 pub(crate) struct Cell {
+    pub entry: Entry,
     pub mode: Mode,
     pub size: usize,
     pub v6: bool,
@@ -91,19 +148,39 @@ pub(crate) struct Results {
     pub agent_ready: Vec<(usize, f64)>,
     /// The client's SYN retransmissions and retransmitted segments while each mode was
     /// active: a lost or mistranslated packet shows here before it shows in a rate.
-    pub retransmitted: Vec<(Mode, usize, u64, u64)>,
+    pub retransmitted: Vec<(Entry, Mode, usize, u64, u64)>,
     /// How long programming each kube-proxy layout took (section 3 reuses these).
     pub loads: Vec<LoadSample>,
     /// The share of the CPUs that other processes (not the bench, not packet processing)
     /// used while each mode was measured: the figures of a mode with a high share are noise.
-    pub other_load: Vec<(Mode, usize, f64)>,
+    pub other_load: Vec<(Entry, Mode, usize, f64)>,
 }
 
 impl Results {
+    /// A cell of the pod entry (cluster IP).
     pub(crate) fn cell(&self, mode: Mode, size: usize, v6: bool, test: Test) -> Option<&Cell> {
-        self.cells
-            .iter()
-            .find(|c| c.mode == mode && c.size == size && c.v6 == v6 && c.test == test)
+        self.cell_of(Entry::Pod, mode, size, v6, test)
+    }
+
+    pub(crate) fn cell_of(
+        &self,
+        entry: Entry,
+        mode: Mode,
+        size: usize,
+        v6: bool,
+        test: Test,
+    ) -> Option<&Cell> {
+        self.cells.iter().find(|c| {
+            c.entry == entry && c.mode == mode && c.size == size && c.v6 == v6 && c.test == test
+        })
+    }
+}
+
+/// The client of `entry`: its namespace.
+fn client_of<'a>(entry: Entry, topology: &'a Topology, outside: &'a Outside) -> &'a Netns {
+    match entry {
+        Entry::Pod => &topology.client.netns,
+        Entry::Outside => &outside.netns,
     }
 }
 
@@ -125,6 +202,20 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
         .collect();
     let target_v4: Vec<Ipv4Addr> = topology.backends.iter().map(|p| p.v4).collect();
     let target_v6: Vec<Ipv6Addr> = topology.backends.iter().map(|p| p.v6).collect();
+    // The outside client reaches the NodePort on the node's device, and (direct) the pods
+    // through the node.
+    let outside = Outside::attach(&topology.node);
+    outside
+        .netns
+        .ip(&["route", "add", CLUSTER_CIDR_V4, "via", OUTSIDE_NODE_V4]);
+    outside.netns.ip(&[
+        "-6",
+        "route",
+        "add",
+        CLUSTER_CIDR_V6,
+        "via",
+        OUTSIDE_NODE_V6,
+    ]);
 
     let mut cells = Vec::new();
     let mut agent_ready = Vec::new();
@@ -133,27 +224,34 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
     let mut other_load = Vec::new();
     for &size in &plan.e2e_sizes {
         let cluster = Cluster::new(size, &target_v4, &target_v6);
-        for mode in Mode::ALL {
+        for (entry, &mode) in Entry::ALL
+            .into_iter()
+            .flat_map(|entry| entry.modes().iter().map(move |mode| (entry, mode)))
+        {
             if let Ok(only) = std::env::var("TWINSTACK_BENCH_MODES")
                 && !only.split(',').any(|m| m == mode.name())
             {
                 continue;
             }
-            eprintln!("  end to end: {} with {size} Services", mode.name());
+            eprintln!(
+                "  end to end, {}: {} with {size} Services",
+                entry.name(),
+                mode.name()
+            );
+            let client = client_of(entry, &topology, &outside);
             // Each mode has its own client ports. The server closes first, so the client keeps
             // no TIME_WAIT and reuses a port at once; the backend accepts a new SYN on its
             // TIME_WAIT only if the SYN's sequence number and timestamp are newer, and those
             // are derived from the address the client connected to (the cluster IP or the pod
             // IP). Shared ports would make one mode's SYNs look old to another's TIME_WAIT.
             let (low, high) = mode.ports();
-            topology
-                .client
-                .netns
-                .sysctl("net.ipv4.ip_local_port_range", &format!("{low} {high}"));
+            client.sysctl("net.ipv4.ip_local_port_range", &format!("{low} {high}"));
             let started = Instant::now();
-            let before = retransmissions(&topology);
-            let (mut active, load) = activate(mode, &topology, &cluster)?;
-            if let Some(load) = load {
+            let before = retransmissions(client);
+            let (mut active, load) = activate(entry, mode, &topology, &cluster)?;
+            if let Some(load) = load
+                && entry == Entry::Pod
+            {
                 loads.push(load);
             }
             if mode == Mode::SocketLb {
@@ -176,25 +274,30 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                 .then(|| active.agent.as_ref().map(|a| InCgroup::join(&a.cgroup)))
                 .flatten();
             let targets = |v6: bool| -> Vec<SocketAddr> {
-                match mode {
-                    Mode::Direct => topology
+                match (mode, entry) {
+                    (Mode::Direct, _) => topology
                         .backends
                         .iter()
                         .map(|p| SocketAddr::new(p.address(v6), BACKEND_PORT))
                         .collect(),
-                    _ => vec![SocketAddr::new(
+                    (_, Entry::Pod) => vec![SocketAddr::new(
                         cluster.target().cluster_ip(v6),
                         SERVICE_PORT,
                     )],
+                    (_, Entry::Outside) => {
+                        let node = if v6 { OUTSIDE_NODE_V6 } else { OUTSIDE_NODE_V4 };
+                        vec![SocketAddr::new(node.parse().expect("address"), NODE_PORT)]
+                    }
                 }
             };
             for v6 in [false, true] {
-                wait_reachable(&topology, &targets(v6))
-                    .with_context(|| format!("{} ({size} Services)", mode.name()))?;
+                wait_reachable(client, &targets(v6)).with_context(|| {
+                    format!("{}, {} ({size} Services)", entry.name(), mode.name())
+                })?;
             }
             // Warm up (neighbour entries, caches, the first conntrack entries).
             client_run(
-                &topology,
+                client,
                 Test::NewConnections,
                 targets(false),
                 plan.warmup,
@@ -205,10 +308,11 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
             for _ in 0..plan.e2e_reps {
                 for v6 in [false, true] {
                     for test in TESTS {
-                        let outcome = client_run(&topology, test, targets(v6), plan.duration, plan);
+                        let outcome = client_run(client, test, targets(v6), plan.duration, plan);
                         if outcome.completed == 0 {
                             bail!(
-                                "{} {test:?} over {}: nothing completed ({} errors)",
+                                "{}, {} {test:?} over {}: nothing completed ({} errors)",
+                                entry.name(),
                                 mode.name(),
                                 if v6 { "IPv6" } else { "IPv4" },
                                 outcome.errors
@@ -225,6 +329,7 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                 let of =
                     |f: fn(&Outcome) -> f64| Summary::of(&list.iter().map(f).collect::<Vec<_>>());
                 let cell = Cell {
+                    entry,
                     mode,
                     size,
                     v6,
@@ -246,9 +351,9 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                 cells.push(cell);
             }
             let others = cpu_before.others_share();
-            let after = retransmissions(&topology);
-            retransmitted.push((mode, size, after.0 - before.0, after.1 - before.1));
-            other_load.push((mode, size, others));
+            let after = retransmissions(client);
+            retransmitted.push((entry, mode, size, after.0 - before.0, after.1 - before.1));
+            other_load.push((entry, mode, size, others));
             eprintln!(
                 "    other processes used {:.1}% of the CPUs",
                 others * 100.0
@@ -273,6 +378,7 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
 }
 
 fn activate<'a>(
+    entry: Entry,
     mode: Mode,
     topology: &'a Topology,
     cluster: &Cluster,
@@ -280,14 +386,18 @@ fn activate<'a>(
     let mut sample = None;
     let active = match mode {
         Mode::Direct => Active::default(),
-        Mode::SocketLb | Mode::Twinstack => {
+        Mode::SocketLb | Mode::Twinstack | Mode::Xdp => {
             let manifests = cluster.write_manifests()?;
             let cidrs = format!("{CLUSTER_CIDR_V4},{CLUSTER_CIDR_V6}");
-            let extra = if mode == Mode::Twinstack {
-                vec!["--socket-lb".into(), "false".into()]
-            } else {
-                Vec::new()
+            let flags: &[&str] = match (entry, mode) {
+                (Entry::Pod, Mode::SocketLb) => &["--xdp", "off"],
+                (Entry::Pod, _) => &["--socket-lb", "false", "--xdp", "off"],
+                // From outside, socket-level load balancing serves nobody: off.
+                (Entry::Outside, Mode::Xdp) => &["--socket-lb", "false", "--xdp", "generic"],
+                (Entry::Outside, _) => &["--socket-lb", "false", "--xdp", "off"],
             };
+            let mut extra: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+            extra.extend(["--devices".into(), OUTSIDE_DEVICE.into()]);
             let agent = Agent::start(
                 &topology.node,
                 AgentOptions {
@@ -340,26 +450,23 @@ impl Drop for InCgroup<'_> {
 }
 
 fn client_run(
-    topology: &Topology,
+    client: &Netns,
     test: Test,
     targets: Vec<SocketAddr>,
     duration: Duration,
     plan: &Plan,
 ) -> Outcome {
     let threads = plan.client_threads;
-    topology
-        .client
-        .netns
-        .enter(move || load::run(test, &targets, threads, duration, 5_000_000))
+    client.enter(move || load::run(test, &targets, threads, duration, 5_000_000))
 }
 
 /// One transaction to each target must succeed within a few seconds (the agent may still be
 /// attaching to the interfaces, neighbours may be resolving).
-fn wait_reachable(topology: &Topology, targets: &[SocketAddr]) -> anyhow::Result<()> {
+fn wait_reachable(client: &Netns, targets: &[SocketAddr]) -> anyhow::Result<()> {
     for &target in targets {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let outcome = topology.client.netns.enter(move || {
+            let outcome = client.enter(move || {
                 load::run(
                     Test::NewConnections,
                     &[target],
@@ -381,8 +488,8 @@ fn wait_reachable(topology: &Topology, targets: &[SocketAddr]) -> anyhow::Result
 }
 
 /// The client namespace's (SYN retransmissions, retransmitted segments) so far.
-fn retransmissions(topology: &Topology) -> (u64, u64) {
-    topology.client.netns.enter(|| {
+fn retransmissions(client: &Netns) -> (u64, u64) {
+    client.enter(|| {
         // thread-self: this thread's namespace, not the process's.
         let read = |file: &str| std::fs::read_to_string(format!("/proc/thread-self/net/{file}"));
         let counter = |text: &str, group: &str, name: &str| -> u64 {

@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 use twinstack_lab::netns::Netns;
 
 use crate::cluster::{
-    CLUSTER_CIDR_V4, CLUSTER_CIDR_V6, Cluster, SERVICE_CIDR_V4, SERVICE_CIDR_V6, SERVICE_PORT,
-    Service,
+    CLUSTER_CIDR_V4, CLUSTER_CIDR_V6, Cluster, NODE_PORT, SERVICE_CIDR_V4, SERVICE_CIDR_V6,
+    SERVICE_PORT, Service,
 };
 
 const NAMESPACE: &str = "default";
@@ -126,6 +126,18 @@ COMMIT\n",
             per_service,
             "-A {svc_chain} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {vip}/{host_bits} --dport {SERVICE_PORT} ! -s {cluster_cidr} -j KUBE-MARK-MASQ"
         );
+        if service.name == cluster.target().name {
+            // The target is a NodePort Service (externalTrafficPolicy: Cluster): its
+            // KUBE-EXT chain masquerades, then balances as the cluster IP does.
+            let ext_chain = format!("KUBE-EXT-{}", hash(&format!("{name}tcp"), 16));
+            let _ = writeln!(chains, ":{ext_chain} - [0:0]");
+            let _ = writeln!(
+                per_service,
+                "-A KUBE-NODEPORTS -m comment --comment {name} -m tcp -p tcp --dport {NODE_PORT} -j {ext_chain}\n\
+-A {ext_chain} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ\n\
+-A {ext_chain} -j {svc_chain}"
+            );
+        }
         let endpoints = service.endpoints(v6);
         let n = endpoints.len();
         for (i, endpoint) in endpoints.iter().enumerate() {
@@ -367,6 +379,16 @@ pub(crate) fn nftables_script(cluster: &Cluster, v6: bool) -> String {
             vmap.len(),
             vmap.join(" , ")
         );
+        if service.name == cluster.target().name {
+            let ext_chain = format!("external-{}-{base}", hash(&base, 8));
+            let _ = writeln!(s, "add chain {table} {ext_chain}");
+            let _ = writeln!(s, "add rule {table} {ext_chain} jump mark-for-masquerade");
+            let _ = writeln!(s, "add rule {table} {ext_chain} goto {svc_chain}");
+            let _ = writeln!(
+                s,
+                "add element {table} service-nodeports {{ tcp . {NODE_PORT} : goto {ext_chain} }}"
+            );
+        }
         let _ = writeln!(s, "add element {table} cluster-ips {{ {vip} }}");
         let _ = writeln!(
             s,
@@ -496,5 +518,8 @@ mod tests {
         let script = nftables_script(&cluster, false);
         assert!(script.contains("numgen random mod 10 vmap"));
         assert!(script.contains("10.96.0.10 . tcp . 80 : goto service-"));
+        // The target's NodePort, masqueraded, then balanced.
+        assert!(rules.contains("--dport 30080 -j KUBE-EXT-"));
+        assert!(script.contains("service-nodeports { tcp . 30080 : goto external-"));
     }
 }

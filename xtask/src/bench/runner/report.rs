@@ -5,7 +5,7 @@ use crate::{
     Plan,
     control_plane::{self, LoadTimes, TwinstackFigures},
     datapath::{self, Case},
-    e2e::{self, Mode, TESTS},
+    e2e::{self, Entry, Mode, TESTS},
     load::Test,
     stats::{self, number},
 };
@@ -295,68 +295,98 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
         reps = plan.e2e_reps,
         warmup = plan.warmup,
     );
-    for test in TESTS {
-        for v6 in [false, true] {
-            let _ = writeln!(s, "### {}, {}\n", test.label(), family(v6));
-            s.push_str("| mode |");
-            for size in &results.sizes {
-                let _ = write!(s, " {} | ratio to direct |", stats::services(*size));
-            }
-            s.push_str("\n|---|");
-            for _ in &results.sizes {
-                s.push_str("---:|---:|");
-            }
-            s.push('\n');
-            for mode in Mode::ALL {
-                let _ = write!(s, "| {} |", mode.name());
-                for &size in &results.sizes {
-                    let cell = results.cell(mode, size, v6, test);
-                    let direct = results.cell(Mode::Direct, size, v6, test);
-                    match (cell, direct) {
-                        (Some(c), Some(d)) => {
-                            let _ = write!(
-                                s,
-                                " {} | {:.2}× |",
-                                c.rate.show(0),
-                                stats::ratio(&c.rate, &d.rate)
-                            );
+    let _ = writeln!(
+        s,
+        "**From outside** (the second entry): a client namespace outside the cluster \
+         (198.51.100.2, 2001:db8::2) on the node's device `tsx1` connects to the target's \
+         NodePort (30080) on the node's address there (198.51.100.1, [2001:db8::1]); every mode \
+         masquerades it (`externalTrafficPolicy: Cluster`), so replies come back through the \
+         node. **direct**: the client connects to the backend pods through the node (routed, \
+         no NAT). **twinstack-xdp**: `--xdp generic` on the device (the XDP program translates \
+         the client's packets and redirects them; the backends' replies are translated at the \
+         pod interfaces' TC); **twinstack-tc**: `--xdp off`. The kube-proxy layouts add the \
+         target's KUBE-NODEPORTS / service-nodeports entry (reached in iptables mode only after \
+         the whole KUBE-SERVICES chain).\n"
+    );
+    for entry in Entry::ALL {
+        for test in TESTS {
+            for v6 in [false, true] {
+                let _ = writeln!(
+                    s,
+                    "### {}: {}, {}\n",
+                    entry.name(),
+                    test.label(),
+                    family(v6)
+                );
+                s.push_str("| mode |");
+                for size in &results.sizes {
+                    let _ = write!(s, " {} | ratio to direct |", stats::services(*size));
+                }
+                s.push_str("\n|---|");
+                for _ in &results.sizes {
+                    s.push_str("---:|---:|");
+                }
+                s.push('\n');
+                for &mode in entry.modes() {
+                    let _ = write!(s, "| {} |", mode.name());
+                    for &size in &results.sizes {
+                        let cell = results.cell_of(entry, mode, size, v6, test);
+                        let direct = results.cell_of(entry, Mode::Direct, size, v6, test);
+                        match (cell, direct) {
+                            (Some(c), Some(d)) => {
+                                let _ = write!(
+                                    s,
+                                    " {} | {:.2}× |",
+                                    c.rate.show(0),
+                                    stats::ratio(&c.rate, &d.rate)
+                                );
+                            }
+                            _ => s.push_str(" – | – |"),
                         }
-                        _ => s.push_str(" – | – |"),
                     }
+                    s.push('\n');
                 }
                 s.push('\n');
             }
-            s.push('\n');
         }
     }
     let _ = writeln!(s, "### Latency, µs: p50 / p99 (medians over the rounds)\n");
-    s.push_str("| test | family | mode |");
+    s.push_str("| entry | test | family | mode |");
     for size in &results.sizes {
         let _ = write!(s, " {} |", stats::services(*size));
     }
-    s.push_str("\n|---|---|---|");
+    s.push_str("\n|---|---|---|---|");
     for _ in &results.sizes {
         s.push_str("---:|");
     }
     s.push('\n');
-    for test in TESTS {
-        for v6 in [false, true] {
-            for mode in Mode::ALL {
-                let _ = write!(s, "| {} | {} | {} |", test.label(), family(v6), mode.name());
-                for &size in &results.sizes {
-                    match results.cell(mode, size, v6, test) {
-                        Some(c) => {
-                            let _ = write!(
-                                s,
-                                " {} / {} |",
-                                number(c.p50_us.median, 1),
-                                number(c.p99_us.median, 1)
-                            );
+    for entry in Entry::ALL {
+        for test in TESTS {
+            for v6 in [false, true] {
+                for &mode in entry.modes() {
+                    let _ = write!(
+                        s,
+                        "| {} | {} | {} | {} |",
+                        entry.name(),
+                        test.label(),
+                        family(v6),
+                        mode.name()
+                    );
+                    for &size in &results.sizes {
+                        match results.cell_of(entry, mode, size, v6, test) {
+                            Some(c) => {
+                                let _ = write!(
+                                    s,
+                                    " {} / {} |",
+                                    number(c.p50_us.median, 1),
+                                    number(c.p99_us.median, 1)
+                                );
+                            }
+                            None => s.push_str(" – |"),
                         }
-                        None => s.push_str(" – |"),
                     }
+                    s.push('\n');
                 }
-                s.push('\n');
             }
         }
     }
@@ -371,18 +401,19 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
          included; a proxy that loses or mistranslates packets shows here first), and the \
          share of the CPUs that other processes used while it was measured (anything above a \
          few percent makes that mode's figures noise: re-run on a quiet machine):\n\n\
-         | mode | Services | SYN retransmissions | retransmitted segments | other processes' CPU |\n\
-         |---|---:|---:|---:|---:|\n",
+         | entry | mode | Services | SYN retransmissions | retransmitted segments | other processes' CPU |\n\
+         |---|---|---:|---:|---:|---:|\n",
     );
-    for (mode, size, syn, segments) in &results.retransmitted {
+    for (entry, mode, size, syn, segments) in &results.retransmitted {
         let other = results
             .other_load
             .iter()
-            .find(|(m, n, _)| m == mode && n == size)
-            .map_or(f64::NAN, |(_, _, share)| share * 100.0);
+            .find(|(e, m, n, _)| e == entry && m == mode && n == size)
+            .map_or(f64::NAN, |(_, _, _, share)| share * 100.0);
         let _ = writeln!(
             s,
-            "| {} | {} | {syn} | {segments} | {other:.1}% |",
+            "| {} | {} | {} | {syn} | {segments} | {other:.1}% |",
+            entry.name(),
             mode.name(),
             number(*size as f64, 0)
         );
