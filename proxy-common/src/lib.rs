@@ -133,6 +133,12 @@ pub mod ct_flags {
     pub const SEEN_REPLY: u8 = 1 << 3;
     /// The flow is masqueraded: its source is SNATed to a node address (`nat_address`).
     pub const SNAT: u8 = 1 << 4;
+    /// In a masqueraded flow's reverse entry: its client sent a FIN. With the backend's own
+    /// FIN (`SEEN_FIN` there), or a reset on either side, the flow is over and a new flow may
+    /// take its port before the entry expires, as a TCP TIME_WAIT tuple may be reused.
+    pub const PEER_FIN: u8 = 1 << 5;
+    /// In a masqueraded flow's reverse entry: its client sent a reset.
+    pub const PEER_RST: u8 = 1 << 6;
 }
 
 /// Key of the services maps. Slot 0 is the service entry; slots `1..=count` name backends.

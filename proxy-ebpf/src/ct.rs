@@ -4,7 +4,7 @@
 //! built from addresses and ports only, so any hook can use them.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use proxy_common::{
-    ConntrackKey, ConntrackValue, RawAddress, conntrack::State, ct_flags, direction,
+    ConntrackKey, ConntrackValue, RawAddress, conntrack::State, ct_flags, direction, protocol,
 };
 
 use crate::{config, family::Family, lb::Chosen, scratch};
@@ -185,9 +185,18 @@ pub(crate) fn create_masqueraded<F: Family>(
     entry.nat_port = tuple.client.1;
     let backend = (chosen.backend.address, chosen.backend.port);
     *key = ConntrackKey::raw(backend, node, tuple.protocol, direction::REVERSE);
-    F::conntrack()
-        .insert(&*key, &*entry, BPF_NOEXIST)
-        .map_err(i64::from)?;
+    if F::conntrack().insert(&*key, &*entry, BPF_NOEXIST).is_err() {
+        // The port is taken; by a flow that is over, it may be taken over.
+        // SAFETY: a map value read.
+        let over = unsafe { F::conntrack().get(&*key) }
+            .is_some_and(|held| tuple.protocol == protocol::TCP && closed(held.flags));
+        if !over {
+            return Err(-17); // EEXIST: the caller tries another port.
+        }
+        F::conntrack()
+            .insert(&*key, &*entry, 0)
+            .map_err(i64::from)?;
+    }
     entry.nat_address = node.0.to_wide();
     entry.nat_port = node.1;
     *key = ConntrackKey::raw(
@@ -197,6 +206,43 @@ pub(crate) fn create_masqueraded<F: Family>(
         direction::FORWARD,
     );
     F::conntrack().insert(&*key, &*entry, 0).map_err(i64::from)
+}
+
+/// Whether a masqueraded flow's reverse entry (`flags`) belongs to a flow that is over: both
+/// sides sent a FIN (the backend's in `SEEN_FIN`, the client's in `PEER_FIN`), or either reset.
+#[inline(always)]
+fn closed(flags: u8) -> bool {
+    let backend_fin = flags & ct_flags::SEEN_FIN != 0;
+    let client_fin = flags & ct_flags::PEER_FIN != 0;
+    flags & (ct_flags::SEEN_RST | ct_flags::PEER_RST) != 0 || (backend_fin && client_fin)
+}
+
+/// Records in a masqueraded flow's reverse entry (keyed to the backend and the node address
+/// and port) that its client sent a FIN or a reset: see [`closed`].
+#[inline(always)]
+pub(crate) fn client_closing<F: Family>(
+    backend: (F::Addr, u16),
+    node: (F::Addr, u16),
+    protocol: u8,
+    tcp_flags: u8,
+) {
+    let mut peer = 0;
+    if tcp_flags & TCP_FIN != 0 {
+        peer |= ct_flags::PEER_FIN;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        peer |= ct_flags::PEER_RST;
+    }
+    if peer == 0 || protocol != protocol::TCP {
+        return;
+    }
+    let key = ConntrackKey::raw(backend, node, protocol, direction::REVERSE);
+    // SAFETY: a map value pointer; a racing update only adds flag bits.
+    if let Some(entry) = F::conntrack().get_ptr_mut(key).map(|p| unsafe { &mut *p })
+        && entry.flags & peer != peer
+    {
+        entry.flags |= peer;
+    }
 }
 
 /// `BPF_NOEXIST`: insert only if the key is free.

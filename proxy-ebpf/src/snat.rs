@@ -145,6 +145,7 @@ pub(crate) fn established<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
     };
     let backend = ct::backend_of::<F>(entry);
     let node = ct::nat_of::<F>(entry);
+    ct::client_closing::<F>(backend, node, packet.protocol, packet.tcp_flags);
     let Some((ifindex, _)) = route::<F, C>(ctx, backend.0) else {
         return Outcome::SnatError;
     };

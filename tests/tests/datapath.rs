@@ -2129,3 +2129,83 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
         );
     });
 }
+
+/// A masquerade port is taken over by a new flow as soon as the flow holding it is over (both
+/// sides sent a FIN, or either a reset), as a TCP TIME_WAIT tuple may be reused, not only once
+/// its conntrack entries expire; a flow still open keeps its port. With a range of one port:
+/// the second flow finds none while the first is open, then gets it. Both families.
+#[test]
+fn a_masquerade_port_is_reused_once_its_flow_is_over() {
+    let netns = routed_node();
+    netns.enter(|| {
+        let mut options = LoadOptions::default();
+        options.config.cluster_v4 = [10, 244, 0, 0];
+        options.config.cluster_v4_prefix = 16;
+        options.config.cluster_v6 = v6("fd00:10:244::").octets();
+        options.config.cluster_v6_prefix = 56;
+        options.config.snat_port_min = 61000;
+        options.config.snat_port_max = 61000;
+        let mut fx = Fixture::with_options(&options);
+        let (_, vip4, backend4, _) = v4_hosts();
+        let (_, vip6, backend6, _) = v6_hosts();
+        let (f, e) = service(vip4, 80, Protocol::Tcp, &[(backend4, 8080)]);
+        fx.v4.upsert(&f, &e).unwrap();
+        let (f, e) = service(vip6, 80, Protocol::Tcp, &[(backend6, 8080)]);
+        fx.v6.upsert(&f, &e).unwrap();
+        let hosts: [(IpAddr, IpAddr, IpAddr, IpAddr); 2] = [
+            (
+                Ipv4Addr::new(192, 0, 2, 7).into(),
+                vip4.into(),
+                backend4.into(),
+                Ipv4Addr::new(10, 244, 0, 1).into(),
+            ),
+            (
+                v6("2001:db8::7").into(),
+                vip6.into(),
+                backend6.into(),
+                v6("fd00:10:244::1").into(),
+            ),
+        ];
+        for (client, vip, backend, node) in hosts {
+            for close in [["fin", "fin"], ["rst", ""], ["", "rst"]] {
+                let first = tcp_with((client, 41000), (vip, 80), &["syn"]);
+                let (_, moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &first));
+                assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]), "{client}");
+                let second = tcp_with((client, 41001), (vip, 80), &["syn"]);
+                let ((verdict, _), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &second));
+                assert_eq!(
+                    (verdict, moved),
+                    (DROP, counts(&[(Counter::SnatError, 1)])),
+                    "{client}: the only port is the open flow's"
+                );
+                // The client's close (FIN or RST), then the backend's.
+                let (client_close, backend_close) = (close[0], close[1]);
+                if !client_close.is_empty() {
+                    let packet = tcp_with((client, 41000), (vip, 80), &[client_close, "ack"]);
+                    let (_, moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &packet));
+                    assert_eq!(moved, counts(&[(Counter::SnatEstablished, 1)]));
+                }
+                if close == ["fin", "fin"] {
+                    // Half closed: still open, the port still its.
+                    let (_, moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &second));
+                    assert_eq!(moved, counts(&[(Counter::SnatError, 1)]), "half closed");
+                }
+                if !backend_close.is_empty() {
+                    let packet = tcp_with((backend, 8080), (node, 61000), &[backend_close, "ack"]);
+                    let (_, moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &packet));
+                    assert_eq!(moved, counts(&[(Counter::ReverseSnat, 1)]));
+                }
+                let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &second));
+                assert_eq!(
+                    (verdict, moved),
+                    (REDIRECT, counts(&[(Counter::SnatNew, 1)])),
+                    "{client}, closed by {close:?}: the port is free again"
+                );
+                assert_eq!(inspect(&out).source, (node, 61000));
+                // The second flow gives its port back the same way, for the next round.
+                let packet = tcp_with((client, 41001), (vip, 80), &["rst", "ack"]);
+                fx.run(programs::FROM_POD, &packet);
+            }
+        }
+    });
+}

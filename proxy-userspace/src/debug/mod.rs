@@ -193,6 +193,8 @@ where
             (ct_flags::SEEN_FIN, "FIN"),
             (ct_flags::SEEN_RST, "RST"),
             (ct_flags::SEEN_REPLY, "REPLY"),
+            (ct_flags::PEER_FIN, "PEER_FIN"),
+            (ct_flags::PEER_RST, "PEER_RST"),
             (ct_flags::SNAT, "SNAT"),
         ] {
             if value.flags & bit != 0 {
