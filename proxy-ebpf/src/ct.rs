@@ -188,8 +188,11 @@ pub(crate) fn create_masqueraded<F: Family>(
     if F::conntrack().insert(&*key, &*entry, BPF_NOEXIST).is_err() {
         // The port is taken; by a flow that is over, it may be taken over.
         // SAFETY: a map value read.
-        let over = unsafe { F::conntrack().get(&*key) }
-            .is_some_and(|held| tuple.protocol == protocol::TCP && closed(held.flags));
+        let over = unsafe { F::conntrack().get(&*key) }.is_some_and(|held| {
+            tuple.protocol == protocol::TCP
+                && closed(held.flags)
+                && now.saturating_sub(held.last_seen) >= REUSE_AFTER_NS
+        });
         if !over {
             return Err(-17); // EEXIST: the caller tries another port.
         }
@@ -207,6 +210,11 @@ pub(crate) fn create_masqueraded<F: Family>(
     );
     F::conntrack().insert(&*key, &*entry, 0).map_err(i64::from)
 }
+
+/// How long a masquerade port of a flow that is over stays unused before a new flow takes it:
+/// the backend may still hold the old connection in TIME_WAIT, and accepts a new SYN on that
+/// tuple only with a newer TCP timestamp (millisecond ticks: the same millisecond is refused).
+const REUSE_AFTER_NS: u64 = 1_000_000_000;
 
 /// Whether a masqueraded flow's reverse entry (`flags`) belongs to a flow that is over: both
 /// sides sent a FIN (the backend's in `SEEN_FIN`, the client's in `PEER_FIN`), or either reset.

@@ -25,7 +25,8 @@ use crate::{
     parse::{Packet, Parse},
 };
 
-/// Ports tried for a new flow before giving up (random picks; the verifier needs a bound).
+/// Ports tried for a new flow before giving up (random picks; the verifier needs a bound: 32,
+/// Cilium's `SNAT_COLLISION_RETRIES`, exceeds its complexity limit in the XDP program).
 const ATTEMPTS: u32 = 8;
 
 /// Whether a new flow from `client` to `backend` is masqueraded.

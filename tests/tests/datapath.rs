@@ -2130,9 +2130,9 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
     });
 }
 
-/// A masquerade port is taken over by a new flow as soon as the flow holding it is over (both
-/// sides sent a FIN, or either a reset), as a TCP TIME_WAIT tuple may be reused, not only once
-/// its conntrack entries expire; a flow still open keeps its port. With a range of one port:
+/// A masquerade port is taken over by a new flow a second after the flow holding it is over
+/// (both sides sent a FIN, or either a reset), as a TCP TIME_WAIT tuple may be reused, not only
+/// once its conntrack entries expire; a flow still open, or over just now, keeps its port. With a range of one port:
 /// the second flow finds none while the first is open, then gets it. Both families.
 #[test]
 fn a_masquerade_port_is_reused_once_its_flow_is_over() {
@@ -2146,6 +2146,15 @@ fn a_masquerade_port_is_reused_once_its_flow_is_over() {
         options.config.snat_port_min = 61000;
         options.config.snat_port_max = 61000;
         let mut fx = Fixture::with_options(&options);
+        // Two seconds pass for every flow (entries aged: the clock cannot be moved).
+        let age = |fx: &mut Fixture, client: IpAddr| {
+            let by = std::time::Duration::from_secs(2);
+            if client.is_ipv4() {
+                age_conntrack::<Ipv4Addr>(fx, by, None);
+            } else {
+                age_conntrack::<Ipv6Addr>(fx, by, None);
+            }
+        };
         let (_, vip4, backend4, _) = v4_hosts();
         let (_, vip6, backend6, _) = v6_hosts();
         let (f, e) = service(vip4, 80, Protocol::Tcp, &[(backend4, 8080)]);
@@ -2195,16 +2204,21 @@ fn a_masquerade_port_is_reused_once_its_flow_is_over() {
                     let (_, moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &packet));
                     assert_eq!(moved, counts(&[(Counter::ReverseSnat, 1)]));
                 }
+                // Over, but just now: the backend's TIME_WAIT may not take a new SYN yet.
+                let (_, moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &second));
+                assert_eq!(moved, counts(&[(Counter::SnatError, 1)]), "just closed");
+                age(&mut fx, client);
                 let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &second));
                 assert_eq!(
                     (verdict, moved),
                     (REDIRECT, counts(&[(Counter::SnatNew, 1)])),
-                    "{client}, closed by {close:?}: the port is free again"
+                    "{client}, closed by {close:?} a while ago: the port is free again"
                 );
                 assert_eq!(inspect(&out).source, (node, 61000));
                 // The second flow gives its port back the same way, for the next round.
                 let packet = tcp_with((client, 41001), (vip, 80), &["rst", "ack"]);
                 fx.run(programs::FROM_POD, &packet);
+                age(&mut fx, client);
             }
         }
     });

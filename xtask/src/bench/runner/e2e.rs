@@ -202,6 +202,13 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
         .collect();
     let target_v4: Vec<Ipv4Addr> = topology.backends.iter().map(|p| p.v4).collect();
     let target_v6: Vec<Ipv6Addr> = topology.backends.iter().map(|p| p.v6).collect();
+    // The backends keep no TIME_WAIT: from outside every mode masquerades to the node's
+    // addresses, and a mode's masquerade ports would otherwise meet the previous mode's
+    // TIME_WAIT connections (a SYN on one is refused when its timestamp is not newer, and
+    // retried a second later), which measures the order of the modes, not the modes.
+    for pod in &topology.backends {
+        pod.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+    }
     // The outside client reaches the NodePort on the node's device, and (direct) the pods
     // through the node.
     let outside = Outside::attach(&topology.node);
