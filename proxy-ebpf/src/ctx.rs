@@ -89,6 +89,27 @@ pub(crate) struct FibParams {
 
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
+impl FibParams {
+    /// The parameters of a forwarding lookup to `destination` for a packet that came in on
+    /// `ifindex`.
+    #[inline(always)]
+    fn lookup(family: u8, ifindex: u32, destination: [u8; 16]) -> Self {
+        Self {
+            family,
+            l4_protocol: 0,
+            sport: 0,
+            dport: 0,
+            tot_len: 0,
+            ifindex,
+            flowinfo: 0,
+            source: [0; 16],
+            destination,
+            tbid: 0,
+            macs: [0; 12],
+        }
+    }
+}
+
 /// `BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC`: the forwarding lookup of a packet that
 /// came in on the skb's device (which must forward, as a node's pod interfaces do), without
 /// needing a resolved neighbour (`bpf_redirect_neigh` resolves it), with the source address.
@@ -191,20 +212,7 @@ impl PacketCtx for TcContext {
     fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route> {
         let params = &mut crate::scratch::get()?.fib;
         // SAFETY: the skb of this program's context.
-        let ifindex = unsafe { (*self.skb.skb).ifindex };
-        *params = FibParams {
-            family,
-            l4_protocol: 0,
-            sport: 0,
-            dport: 0,
-            tot_len: 0,
-            ifindex,
-            flowinfo: 0,
-            source: [0; 16],
-            destination,
-            tbid: 0,
-            macs: [0; 12],
-        };
+        *params = FibParams::lookup(family, unsafe { (*self.skb.skb).ifindex }, destination);
         // SAFETY: the skb of this program's context, and a parameter block on our stack.
         let rc = unsafe {
             bpf_fib_lookup(
@@ -363,19 +371,7 @@ impl PacketCtx for XdpContext {
     #[inline(always)]
     fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route> {
         let params = &mut crate::scratch::get()?.fib;
-        *params = FibParams {
-            family,
-            l4_protocol: 0,
-            sport: 0,
-            dport: 0,
-            tot_len: 0,
-            ifindex: self.ingress_ifindex() as u32,
-            flowinfo: 0,
-            source: [0; 16],
-            destination,
-            tbid: 0,
-            macs: [0; 12],
-        };
+        *params = FibParams::lookup(family, self.ingress_ifindex() as u32, destination);
         // SAFETY: this program's context, and a parameter block in scratch memory.
         let rc = unsafe {
             bpf_fib_lookup(

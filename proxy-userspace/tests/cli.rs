@@ -31,22 +31,25 @@ fn run_with_cidr(cidr: &str) -> (bool, String) {
 /// agent fails at once and touches nothing: no interface matches, socket LB is off, and its
 /// pin root cannot be made.
 fn run_with(extra: &[&str]) -> (bool, String) {
-    let mut args = vec![
-        "run",
-        "--manifests",
-        ".",
-        "--cluster-cidr",
-        "10.0.0.0/8",
-        "--pod-interfaces",
-        "tscli-none*",
-        "--socket-lb",
-        "false",
-        "--bpf-root",
-        "/proc/twinstack-cli-test",
-    ];
+    let mut args = SAFE_RUN.to_vec();
     args.extend_from_slice(extra);
     twinstack(&args)
 }
+
+/// `twinstack run` flags that can never start a real agent (see [`run_with`]).
+const SAFE_RUN: [&str; 11] = [
+    "run",
+    "--manifests",
+    ".",
+    "--cluster-cidr",
+    "10.0.0.0/8",
+    "--pod-interfaces",
+    "tscli-none*",
+    "--socket-lb",
+    "false",
+    "--bpf-root",
+    "/proc/twinstack-cli-test",
+];
 
 #[test]
 fn bad_cluster_cidrs_are_refused_with_the_flag_and_an_example() {
@@ -145,19 +148,7 @@ fn bpf_list_on_a_missing_root_fails_clearly() {
 #[test]
 fn an_agent_error_is_a_cause_chain_not_a_backtrace() {
     let output = Command::new(env!("CARGO_BIN_EXE_twinstack"))
-        .args([
-            "run",
-            "--manifests",
-            ".",
-            "--cluster-cidr",
-            "10.0.0.0/8",
-            "--pod-interfaces",
-            "tscli-none*",
-            "--socket-lb",
-            "false",
-            "--bpf-root",
-            "/proc/twinstack-cli-test",
-        ])
+        .args(SAFE_RUN)
         .env("RUST_BACKTRACE", "1")
         .output()
         .expect("running twinstack");

@@ -1395,6 +1395,16 @@ fn icmp_errors_are_translated_ipv6() {
     );
 }
 
+/// Load options with the lab's `--cluster-cidr` of both families.
+fn dual_stack_cluster() -> LoadOptions {
+    let mut options = LoadOptions::default();
+    options.config.cluster_v4 = [10, 244, 0, 0];
+    options.config.cluster_v4_prefix = 16;
+    options.config.cluster_v6 = v6("fd00:10:244::").octets();
+    options.config.cluster_v6_prefix = 56;
+    options
+}
+
 /// A namespace whose routes the datapath's FIB lookups see: a veth (its peer beside it)
 /// holding the node's addresses 10.244.0.1/16 and fd00:10:244::1/56, so every pod address
 /// (and the outside clients 192.0.2.0/24, 2001:db8::/32) routes through it with that source. The tests of masquerade run their programs in it.
@@ -1481,11 +1491,7 @@ fn masqueraded_round_trip_at(
 fn hairpins_and_clients_outside_the_cluster_cidr_are_masqueraded() {
     let netns = routed_node();
     netns.enter(|| {
-        let mut options = LoadOptions::default();
-        options.config.cluster_v4 = [10, 244, 0, 0];
-        options.config.cluster_v4_prefix = 16;
-        options.config.cluster_v6 = v6("fd00:10:244::").octets();
-        options.config.cluster_v6_prefix = 56;
+        let options = dual_stack_cluster();
         let mut fx = Fixture::with_options(&options);
         let (client4, vip4, backend4, _) = v4_hosts();
         let (client6, vip6, backend6, _) = v6_hosts();
@@ -1782,11 +1788,7 @@ fn node_port<A: Address>(
 fn a_node_port_from_outside_is_translated_and_masqueraded_at_the_device() {
     let netns = routed_node();
     netns.enter(|| {
-        let mut options = LoadOptions::default();
-        options.config.cluster_v4 = [10, 244, 0, 0];
-        options.config.cluster_v4_prefix = 16;
-        options.config.cluster_v6 = v6("fd00:10:244::").octets();
-        options.config.cluster_v6_prefix = 56;
+        let options = dual_stack_cluster();
         let mut fx = Fixture::with_options(&options);
         let (client4, _, backend4, _) = v4_hosts();
         let (client6, _, backend6, _) = v6_hosts();
@@ -1895,11 +1897,7 @@ fn a_load_balancer_ip_serves_only_its_source_ranges() {
     use proxy_userspace::maps::ranges::RangeKey;
     let netns = routed_node();
     netns.enter(|| {
-        let mut options = LoadOptions::default();
-        options.config.cluster_v4 = [10, 244, 0, 0];
-        options.config.cluster_v4_prefix = 16;
-        options.config.cluster_v6 = v6("fd00:10:244::").octets();
-        options.config.cluster_v6_prefix = 56;
+        let options = dual_stack_cluster();
         let mut fx = Fixture::with_options(&options);
         let (_, _, backend4, _) = v4_hosts();
         let (_, _, backend6, _) = v6_hosts();
@@ -2021,11 +2019,7 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
         .map(|b| u8::from_str_radix(b, 16).expect("hex"))
         .collect();
     netns.enter(move || {
-        let mut options = LoadOptions::default();
-        options.config.cluster_v4 = [10, 244, 0, 0];
-        options.config.cluster_v4_prefix = 16;
-        options.config.cluster_v6 = v6("fd00:10:244::").octets();
-        options.config.cluster_v6_prefix = 56;
+        let options = dual_stack_cluster();
         let mut fx = Fixture::with_options(&options);
         // SAFETY: a NUL-terminated name.
         let ts0 = unsafe { libc::if_nametoindex(c"ts0".as_ptr()) };
@@ -2138,11 +2132,7 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
 fn a_masquerade_port_is_reused_once_its_flow_is_over() {
     let netns = routed_node();
     netns.enter(|| {
-        let mut options = LoadOptions::default();
-        options.config.cluster_v4 = [10, 244, 0, 0];
-        options.config.cluster_v4_prefix = 16;
-        options.config.cluster_v6 = v6("fd00:10:244::").octets();
-        options.config.cluster_v6_prefix = 56;
+        let mut options = dual_stack_cluster();
         options.config.snat_port_min = 61000;
         options.config.snat_port_max = 61000;
         let mut fx = Fixture::with_options(&options);
