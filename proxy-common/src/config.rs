@@ -39,9 +39,15 @@ pub struct DatapathConfig {
     pub _pad: [u8; 4],
 }
 
-/// The default `--masquerade-ports`: above Linux's default ephemeral range (32768–60999), so a
-/// masqueraded flow never takes a port the node's own connections use.
-pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
+/// The default `--masquerade-ports`: below Linux's default ephemeral range (32768–60999), so a
+/// masqueraded flow never takes a port the node's own connections use, and below Kubernetes'
+/// default NodePort range (30000–32767), so a backend's reply to a masqueraded flow is never
+/// taken for a packet to a NodePort. 28,976 ports per node address and backend: at a second's
+/// hold after a flow closes, room for ~29,000 new masqueraded connections per second to one
+/// backend (61000–65535, the range above the ephemeral one, held 4,536 and ran out at a few
+/// thousand). Ports of listening sockets in it are no conflict: a masqueraded flow's tuple
+/// includes the backend's address and port, and the replies it takes match that tuple only.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 29999);
 
 impl DatapathConfig {
     /// All zeros: what the object holds until the loader sets it.

@@ -11,7 +11,7 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use proxy_common::{counter::Counter, map_names, programs};
+use proxy_common::{config::DEFAULT_SNAT_PORTS, counter::Counter, map_names, programs};
 use proxy_userspace::{
     family::Address,
     loader::{self, LoadOptions, Programs},
@@ -1461,7 +1461,7 @@ fn masqueraded_round_trip_at(
     assert_eq!(seen.source.0, node, "{client}: SNATed to the node");
     let port = seen.source.1;
     assert!(
-        (61000..=65535).contains(&port),
+        (DEFAULT_SNAT_PORTS.0..=DEFAULT_SNAT_PORTS.1).contains(&port),
         "a port of the range: {port}"
     );
     assert_eq!(seen.payload, PAYLOAD);
@@ -2056,7 +2056,10 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
                 assert_eq!(seen.destination, (backend, 8080));
                 assert_eq!(seen.source.0, node, "masqueraded to the node");
                 let port = seen.source.1;
-                assert!((61000..=65535).contains(&port), "{port}");
+                assert!(
+                    (DEFAULT_SNAT_PORTS.0..=DEFAULT_SNAT_PORTS.1).contains(&port),
+                    "{port}"
+                );
                 assert_eq!(seen.payload, PAYLOAD);
 
                 // The same flow at XDP again, and at TC: one flow.

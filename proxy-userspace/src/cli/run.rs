@@ -106,13 +106,14 @@ pub struct RunArgs {
     #[arg(long)]
     masquerade_all: bool,
     /// Source ports of masqueraded flows. Keep them out of the node's ephemeral range
-    /// (net.ipv4.ip_local_port_range, 32768-60999 by default).
-    #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = port_range)]
+    /// (net.ipv4.ip_local_port_range, 32768-60999 by default) and of the cluster's NodePort
+    /// range (--service-node-port-range, 30000-32767 by default).
+    #[arg(long, value_name = "MIN-MAX", default_value = "1024-29999", value_parser = port_range)]
     masquerade_ports: (u16, u16),
 }
 
 fn port_range(value: &str) -> Result<(u16, u16), String> {
-    let expected = "expected MIN-MAX with 1 <= MIN <= MAX <= 65535, e.g. 61000-65535";
+    let expected = "expected MIN-MAX with 1 <= MIN <= MAX <= 65535, e.g. 1024-29999";
     let (min, max) = value.split_once('-').ok_or(expected)?;
     let (min, max): (u16, u16) = match (min.trim().parse(), max.trim().parse()) {
         (Ok(min), Ok(max)) => (min, max),

@@ -90,8 +90,8 @@ impl Mode {
     /// Twinstack's modes, the one the targets are set for first.
     pub(crate) const TWINSTACK: [Mode; 2] = [Mode::SocketLb, Mode::Twinstack];
 
-    /// The client's ephemeral port range while this mode is measured (below the agent's
-    /// masquerade ports, 61000 and up).
+    /// The client's ephemeral port range while this mode is measured (the agent masquerades to
+    /// the node's address, so its masquerade ports meet no client's).
     fn ports(self) -> (u16, u16) {
         let i = [
             Mode::Direct,
