@@ -1,7 +1,10 @@
 //! `twinstack run`: the agent. It loads the programs, opens the pinned maps behind the
 //! dispatcher, and runs the loop: source events go into the [`Syncer`], which says when its
-//! batched changes are due; a periodic full pass (`sync_period`) re-reads the kernel maps and
-//! repairs any drift; interfaces are watched for new pods.
+//! batched changes are due (a partial sync: the changed Services); a periodic full pass
+//! (`sync_period`) programs whatever is pending, re-reads the kernel maps and repairs any
+//! drift; interfaces are watched for new pods. Each sync is timed and reported to the health
+//! server and the metrics as kube-proxy's are (the first sync and the periodic passes are the
+//! full ones).
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
@@ -20,7 +23,7 @@ use crate::{
     health::{self, Health},
     loader::{LoadOptions, Programs},
     maps::{kernel, pins::PinLayout},
-    metrics::{AgentFigures, ConntrackFigures},
+    metrics::{AgentFigures, ConntrackFigures, SyncHistograms},
     node::NodeInfo,
     proxier::MetaProxier,
     source::{self, SourceEvent},
@@ -226,6 +229,63 @@ fn close_departed_udp(pins: &PinLayout, socket_lb: Option<&SocketLb>, syncer: &m
     }
 }
 
+/// Seconds since the epoch, for the timestamp gauges.
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// When the maps were last synced successfully and a change last queued (the metrics').
+#[derive(Clone, Copy, Debug, Default)]
+struct Stamps {
+    last_synced: Option<f64>,
+    last_queued: Option<f64>,
+}
+
+/// Runs `change` on the syncer; when it queued something to program, the health server's
+/// clock starts (if it is not running already) and the last-queued time moves.
+fn queue(
+    syncer: &mut Syncer,
+    health: &Health,
+    stamps: &mut Stamps,
+    change: impl FnOnce(&mut Syncer),
+) {
+    let (counts, pending) = (syncer.change_counts(), syncer.has_changes());
+    change(syncer);
+    health.set_node_eligible(syncer.node_eligible());
+    let counted = syncer.change_counts();
+    let changed = counted.service_changes != counts.service_changes
+        || counted.endpoint_changes != counts.endpoint_changes;
+    if syncer.ready() && (changed || (!pending && syncer.has_changes())) {
+        health.queued();
+        stamps.last_queued = Some(epoch_seconds());
+    }
+}
+
+/// After a sync (`full`: a full pass) that took `elapsed`: its duration and the
+/// changes it programmed go to the metrics; a sync that wrote everything makes the agent
+/// healthy (one that failed keeps the health clock running: it is retried at the next pass).
+fn synced(
+    syncer: &mut Syncer,
+    health: &Health,
+    histograms: &SyncHistograms,
+    stamps: &mut Stamps,
+    elapsed: Duration,
+    succeeded: bool,
+    full: bool,
+) {
+    histograms.observe_sync(elapsed, full);
+    histograms.observe_programmed(&syncer.take_programmed_trigger_times());
+    if succeeded {
+        health.updated();
+        stamps.last_synced = Some(epoch_seconds());
+    } else {
+        health.queued();
+    }
+}
+
 /// Starts the configured source; its events arrive on the returned channel.
 async fn start_source(config: &AgentConfig) -> anyhow::Result<mpsc::Receiver<SourceEvent>> {
     let (sender, receiver) = mpsc::channel(1024);
@@ -245,6 +305,23 @@ async fn start_source(config: &AgentConfig) -> anyhow::Result<mpsc::Receiver<Sou
         }
     }
     Ok(receiver)
+}
+
+/// What the source has already sent goes into the coming sync: a manifest directory read (or a
+/// relist) comes as one event per kind, and a Service must not be programmed between its list
+/// and its slices' (bounded, so a flood of events cannot hold the sync back).
+fn take_queued(
+    events: &mut mpsc::Receiver<SourceEvent>,
+    syncer: &mut Syncer,
+    health: &Health,
+    stamps: &mut Stamps,
+) {
+    for _ in 0..MAX_EVENTS_BEFORE_SYNC {
+        match events.try_recv() {
+            Ok(event) => queue(syncer, health, stamps, |s| s.handle(event)),
+            Err(_) => break,
+        }
+    }
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -271,7 +348,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let meta = open_meta_proxier(&pins, &config).context("opening the pinned maps")?;
     let mut syncer = Syncer::new(meta, &config.node_name, config.min_sync_period);
 
-    let health = Health::default();
+    // kube-proxy's health timeout: twice the sync period.
+    let health = Health::new(2 * config.sync_period);
     let server = health::bind(config.healthz_bind_address, health.clone())
         .await
         .with_context(|| {
@@ -287,7 +365,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     });
 
     let figures = std::sync::Arc::new(std::sync::Mutex::new(syncer.figures()));
-    let registry = crate::metrics::registry(&pins, figures.clone())
+    let histograms = SyncHistograms::default();
+    let registry = crate::metrics::registry(&pins, figures.clone(), &histograms)
         .context("opening the datapath counters")?;
     let metrics = crate::metrics::bind(config.metrics_bind_address, registry)
         .await
@@ -303,10 +382,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     });
     let mut conntrack_figures = ConntrackFigures::default();
-    let publish = |syncer: &Syncer, conntrack: ConntrackFigures| {
+    // As kube-proxy's: "queued" from the start.
+    let mut stamps = Stamps {
+        last_queued: Some(epoch_seconds()),
+        ..Stamps::default()
+    };
+    let publish = |syncer: &Syncer, conntrack: ConntrackFigures, stamps: Stamps| {
         if let Ok(mut f) = figures.lock() {
             *f = AgentFigures {
                 conntrack,
+                last_synced: stamps.last_synced,
+                last_queued: stamps.last_queued,
                 ..syncer.figures()
             };
         }
@@ -320,7 +406,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     while !syncer.ready() {
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => syncer.handle(event),
+                Some(event) => {
+                    syncer.handle(event);
+                    health.set_node_eligible(syncer.node_eligible());
+                }
                 None => anyhow::bail!("the source stopped before its first full list"),
             },
             _ = terminate.recv() => return Ok(()),
@@ -331,13 +420,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     while let Ok(event) = events.try_recv() {
         syncer.handle(event);
     }
+    health.set_node_eligible(syncer.node_eligible());
     let listed = started.elapsed();
+    let first_sync = Instant::now();
     let mut devices = node_devices(&config, syncer.node());
     syncer.set_nodeport_addresses(devices.1.clone());
     let rebuilt = syncer.sync();
+    let mut first_succeeded = syncer.last_sync_succeeded();
     // Whatever an earlier agent left that no Service owns now goes (and sockets the hooks had
     // connected to backends that left while no agent ran are closed).
     syncer.reconcile();
+    first_succeeded &= syncer.last_sync_succeeded();
+    let first_elapsed = first_sync.elapsed();
     close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
 
     let report_interfaces = |programs: &mut Programs, devices: &BTreeSet<String>| {
@@ -376,10 +470,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         }
     }
-    health.synced();
+    // Ready (/healthz) once the first sync is programmed and attached, even one that failed
+    // to write a map: that is the health clock's business, like any failed sync.
+    health.first_sync_done();
+    synced(
+        &mut syncer,
+        &health,
+        &histograms,
+        &mut stamps,
+        first_elapsed,
+        first_succeeded,
+        true,
+    );
     let mut health_checks = crate::healthcheck::HealthCheckServers::default();
     health_checks.reconcile(syncer.health_checks());
-    publish(&syncer, conntrack_figures);
+    publish(&syncer, conntrack_figures, stamps);
     // The first lists and sync are the agent's biggest transient allocations; hand the freed
     // memory back instead of keeping it as allocator slack for the agent's lifetime.
     // SAFETY: malloc_trim only releases free heap memory.
@@ -405,7 +510,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let sync_at = tokio::time::Instant::from_std(due.unwrap_or_else(Instant::now));
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => syncer.handle(event),
+                Some(event) => {
+                    queue(&mut syncer, &health, &mut stamps, |s| s.handle(event));
+                    publish(&syncer, conntrack_figures, stamps);
+                }
                 None => {
                     tracing::error!("the source stopped; serving the last known state");
                     tokio::select! {
@@ -416,22 +524,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
             },
             _ = tokio::time::sleep_until(sync_at), if due.is_some() => {
-                // What the source has already sent goes into this sync: a manifest directory
-                // read (or a relist) comes as one event per kind, and a Service must not be
-                // programmed between its list and its slices' (bounded, so a flood of events
-                // cannot hold the sync back).
-                for _ in 0..MAX_EVENTS_BEFORE_SYNC {
-                    match events.try_recv() {
-                        Ok(event) => syncer.handle(event),
-                        Err(_) => break,
-                    }
-                }
+                take_queued(&mut events, &mut syncer, &health, &mut stamps);
                 let started = Instant::now();
                 let rebuilt = syncer.sync();
+                let (elapsed, succeeded) = (started.elapsed(), syncer.last_sync_succeeded());
                 close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
-                health.synced();
+                synced(&mut syncer, &health, &histograms, &mut stamps, elapsed, succeeded, false);
                 health_checks.reconcile(syncer.health_checks());
-                publish(&syncer, conntrack_figures);
+                publish(&syncer, conntrack_figures, stamps);
                 tracing::debug!(
                     services = rebuilt,
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -440,12 +540,24 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
             _ = full_pass.tick() => {
                 let started = Instant::now();
+                // A full pass programs what is pending too (as kube-proxy's periodic sync):
+                // the health server is told the maps are current only when they are.
+                let mut succeeded = true;
+                if syncer.ready() {
+                    take_queued(&mut events, &mut syncer, &health, &mut stamps);
+                    if syncer.has_changes() {
+                        syncer.sync();
+                        succeeded = syncer.last_sync_succeeded();
+                    }
+                }
                 syncer.repair();
+                succeeded &= syncer.last_sync_succeeded();
+                let elapsed = started.elapsed();
                 close_departed_udp(&pins, config.socket_lb.as_ref(), &mut syncer);
-                health.synced();
+                synced(&mut syncer, &health, &histograms, &mut stamps, elapsed, succeeded, true);
                 // Ports that could not be bound are tried again.
                 health_checks.reconcile(syncer.health_checks());
-                publish(&syncer, conntrack_figures);
+                publish(&syncer, conntrack_figures, stamps);
                 tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "maps re-read and repaired");
             }
             _ = collect_conntrack.tick(), if collecting.is_none() => {
@@ -461,7 +573,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         conntrack_figures.collections += 1;
                         conntrack_figures.deleted += collected.deleted as u64;
                         conntrack_figures.entries = collected.scanned - collected.deleted;
-                        publish(&syncer, conntrack_figures);
+                        publish(&syncer, conntrack_figures, stamps);
                         tracing::debug!(scanned = collected.scanned, deleted = collected.deleted, "conntrack collected");
                     }
                     Ok(Err(error)) => tracing::warn!(%error, "collecting expired conntrack entries"),
@@ -473,7 +585,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 if now.0 != devices.0 {
                     tracing::info!(devices = ?now.0, "devices");
                 }
-                syncer.set_nodeport_addresses(now.1.clone());
+                queue(&mut syncer, &health, &mut stamps, |s| {
+                    s.set_nodeport_addresses(now.1.clone())
+                });
                 devices = now;
                 report_interfaces(&mut programs, &devices.0);
             }

@@ -20,3 +20,4 @@ pub mod source;
 pub mod sync;
 pub mod terminate;
 pub mod tracker;
+pub mod validate;

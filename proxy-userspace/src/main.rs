@@ -4,7 +4,7 @@ use std::process::ExitCode;
 /// `RUST_BACKTRACE` says.
 fn main() -> ExitCode {
     match proxy_userspace::cli::main() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

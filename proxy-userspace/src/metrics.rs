@@ -1,7 +1,10 @@
 //! `GET /metrics` (Prometheus text format) on `--metrics-bind-address`: what the agent did
-//! (syncs, invalid objects skipped, map writes per family) and what the datapath did (packets
-//! per outcome, summed over CPUs from the per-CPU `counters` map at scrape time). A leaf: it
-//! is fed plain figures and knows nothing of the syncer or the writer.
+//! (syncs, invalid objects skipped, map writes per family), what the datapath did (packets
+//! per outcome, summed over CPUs from the per-CPU `counters` map at scrape time), and
+//! kube-proxy's own series under its names, types and buckets (`kubeproxy_*`, from
+//! kubernetes' `pkg/proxy/metrics`), so dashboards and alerts made for kube-proxy keep
+//! working. A leaf: it is fed plain figures and observations and knows nothing of the syncer
+//! or the writer.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -12,7 +15,11 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    metrics::{
+        counter::ConstCounter,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets, linear_buckets},
+    },
     registry::Registry,
 };
 use proxy_common::{counter::Counter, map_names};
@@ -40,6 +47,90 @@ pub struct AgentFigures {
     pub repairs: u64,
     pub families: Vec<FamilyFigures>,
     pub conntrack: ConntrackFigures,
+    pub changes: crate::tracker::ChangeCounts,
+    /// When the maps were last synced successfully, and when a change was last queued
+    /// (seconds since the epoch).
+    pub last_synced: Option<f64>,
+    pub last_queued: Option<f64>,
+}
+
+/// kube-proxy's histograms, observed by the agent after each sync.
+#[derive(Clone, Debug)]
+pub struct SyncHistograms {
+    /// Every sync (`kubeproxy_sync_proxy_rules_duration_seconds`).
+    pub all: Histogram,
+    /// Full passes: the first sync, and each `--sync-period` pass.
+    pub full: Histogram,
+    /// Min-sync batches of changed Services.
+    pub partial: Histogram,
+    /// From a slice's `last-change-trigger-time` to its change written to the maps.
+    pub network_programming: Histogram,
+}
+
+impl Default for SyncHistograms {
+    fn default() -> Self {
+        // kube-proxy's buckets: 1 ms doubling 15 times for syncs; for network programming a
+        // 0 bucket, then 0.25 s and 0.5 s, each second to 59 s, every 5 s to 115 s, every 30 s
+        // to 5 min.
+        let sync = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let programming = std::iter::once(0.0)
+            .chain(linear_buckets(0.25, 0.25, 2))
+            .chain(linear_buckets(1.0, 1.0, 59))
+            .chain(linear_buckets(60.0, 5.0, 12))
+            .chain(linear_buckets(120.0, 30.0, 7));
+        Self {
+            all: sync(),
+            full: sync(),
+            partial: sync(),
+            network_programming: Histogram::new(programming),
+        }
+    }
+}
+
+impl SyncHistograms {
+    /// A sync that took `elapsed`; `full` for a full pass.
+    pub fn observe_sync(&self, elapsed: std::time::Duration, full: bool) {
+        let seconds = elapsed.as_secs_f64();
+        self.all.observe(seconds);
+        if full {
+            self.full.observe(seconds)
+        } else {
+            self.partial.observe(seconds)
+        }
+    }
+
+    /// Changes triggered at `trigger_times` are in the maps now.
+    pub fn observe_programmed(&self, trigger_times: &[std::time::SystemTime]) {
+        let now = std::time::SystemTime::now();
+        for time in trigger_times {
+            // A trigger time ahead of this node's clock (skew) counts as no latency.
+            let latency = now.duration_since(*time).unwrap_or_default();
+            self.network_programming.observe(latency.as_secs_f64());
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            self.all.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            self.full.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            self.partial.clone(),
+        );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            self.network_programming.clone(),
+        );
+    }
 }
 
 /// The conntrack collector's figures, refreshed after every collection.
@@ -90,6 +181,16 @@ fn gauge(
         ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+fn float_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 impl Collector for AgentCollector {
@@ -191,6 +292,46 @@ impl Collector for AgentCollector {
             &[(&[], c.conntrack.entries as i64)],
         )?;
 
+        // kube-proxy's counters and gauges (a counter's `_total` is added by the encoder).
+        let k = &figures.changes;
+        counter(
+            &mut encoder,
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            &[(&[], k.endpoint_changes)],
+        )?;
+        gauge(
+            &mut encoder,
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            &[(&[], k.endpoint_changes_pending as i64)],
+        )?;
+        counter(
+            &mut encoder,
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            &[(&[], k.service_changes)],
+        )?;
+        gauge(
+            &mut encoder,
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            &[(&[], k.service_changes_pending as i64)],
+        )?;
+        // Go's zero (0) until it happened, as kube-proxy's unset gauges.
+        float_gauge(
+            &mut encoder,
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            figures.last_synced.unwrap_or(0.0),
+        )?;
+        float_gauge(
+            &mut encoder,
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            figures.last_queued.unwrap_or(0.0),
+        )?;
+
         if let Ok(packets) = self.packets.lock() {
             let values: Vec<(&str, u64)> = Counter::ALL
                 .iter()
@@ -225,10 +366,12 @@ impl Collector for AgentCollector {
 pub fn registry(
     pins: &PinLayout,
     figures: Arc<Mutex<AgentFigures>>,
+    histograms: &SyncHistograms,
 ) -> Result<Registry, aya::maps::MapError> {
     let map = Map::from_map_data(MapData::from_pin(pins.map(map_names::COUNTERS))?)?;
     let packets = Mutex::new(PerCpuArray::try_from(map)?);
     let mut registry = Registry::default();
+    histograms.register(&mut registry);
     registry.register_collector(Box::new(AgentCollector { figures, packets }));
     Ok(registry)
 }

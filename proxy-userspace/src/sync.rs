@@ -4,18 +4,22 @@
 //! together). The agent runs it over the pinned maps, tests over in-memory ones: one sync path.
 use std::{
     collections::BTreeSet,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::{
     family::Family,
+    maps::writer::WriteError,
     metrics::AgentFigures,
     model::{Built, ServiceError, ServiceName, ServicePort},
     node::NodeInfo,
     proxier::{Departures, MetaProxier, SyncError},
     source::{Kind, Object, SourceEvent},
-    tracker::{Tracker, object_name},
+    tracker::{ChangeCounts, Tracker, object_name},
 };
+
+/// kube-proxy's taint of a node the cluster autoscaler is about to delete.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// Services built and written together within one sync.
 const SYNC_CHUNK: usize = 1024;
@@ -41,12 +45,20 @@ pub struct Syncer {
     min_sync_period: Duration,
     last_sync: Option<Instant>,
     pub counters: SyncCounters,
+    /// Whether this node may take traffic: not being deleted, not tainted for deletion by the
+    /// autoscaler (true until the Node says otherwise, as kube-proxy's).
+    node_eligible: bool,
+    node_seen: bool,
+    /// The trigger times of the slice changes the last syncs programmed, until taken.
+    programmed: Vec<SystemTime>,
+    /// Whether the last sync, reconcile or repair failed to write the maps.
+    failed: bool,
 }
 
 impl Syncer {
     pub fn new(meta: MetaProxier, node_name: &str, min_sync_period: Duration) -> Self {
         Self {
-            tracker: Tracker::default(),
+            tracker: Tracker::new(SystemTime::now()),
             meta,
             listed: BTreeSet::new(),
             node_name: node_name.to_owned(),
@@ -54,7 +66,32 @@ impl Syncer {
             min_sync_period,
             last_sync: None,
             counters: SyncCounters::default(),
+            node_eligible: true,
+            node_seen: false,
+            programmed: Vec::new(),
+            failed: false,
         }
+    }
+
+    /// Whether the node may take traffic (`/healthz` says 503 when not).
+    pub fn node_eligible(&self) -> bool {
+        self.node_eligible
+    }
+
+    /// Whether the last sync, reconcile or repair wrote everything it had to (a map that
+    /// refuses a write fails it; a Service too large for one entry is that Service's error).
+    pub fn last_sync_succeeded(&self) -> bool {
+        !self.failed
+    }
+
+    /// Changes seen and pending, for the metrics.
+    pub fn change_counts(&self) -> ChangeCounts {
+        self.tracker.change_counts()
+    }
+
+    /// The trigger times of the slice changes programmed since the last call.
+    pub fn take_programmed_trigger_times(&mut self) -> Vec<SystemTime> {
+        std::mem::take(&mut self.programmed)
     }
 
     /// Nothing is programmed until the first full lists of Services and EndpointSlices.
@@ -142,6 +179,23 @@ impl Syncer {
     }
 
     fn set_node(&mut self, node: Option<&k8s_openapi::api::core::v1::Node>) {
+        // A Node never seen is not a deleted one (a manifest directory may hold none).
+        self.node_seen |= node.is_some();
+        let eligible = match node {
+            None => !self.node_seen,
+            Some(n) => {
+                n.metadata.deletion_timestamp.is_none()
+                    && !n
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT))
+            }
+        };
+        if eligible != self.node_eligible {
+            tracing::info!(eligible, "node eligibility");
+            self.node_eligible = eligible;
+        }
         let info = node.map(NodeInfo::from_node).unwrap_or_default();
         if info == self.node {
             return;
@@ -172,6 +226,8 @@ impl Syncer {
         let started = Instant::now();
         let changed = self.tracker.take_changed();
         let count = changed.len();
+        let trigger_times = self.tracker.take_trigger_times(&changed);
+        let mut failed = false;
         // In chunks: a cold start of thousands of Services never holds all their plans at once.
         for chunk in changed.chunks(SYNC_CHUNK) {
             let mut changes = Vec::with_capacity(chunk.len());
@@ -185,7 +241,11 @@ impl Syncer {
                 };
                 changes.push((name.clone(), ports));
             }
-            report(self.meta.apply_all(&changes));
+            failed |= report(self.meta.apply_all(&changes));
+        }
+        self.failed = failed;
+        if !failed {
+            self.programmed.extend(trigger_times);
         }
         self.counters.services_synced += count as u64;
         self.counters.syncs += 1;
@@ -201,13 +261,13 @@ impl Syncer {
     /// Makes the maps hold exactly what the Services own (after the first sync: whatever an
     /// earlier agent left that no Service owns now goes).
     pub fn reconcile(&mut self) {
-        report(self.meta.reconcile());
+        self.failed |= report(self.meta.reconcile());
     }
 
     /// The periodic full pass: re-read the kernel maps and repair any drift.
     pub fn repair(&mut self) {
         self.counters.repairs += 1;
-        report(self.meta.repair());
+        self.failed = report(self.meta.repair());
     }
 
     /// The backends that left a frontend since the last call (for closing the connected UDP
@@ -224,7 +284,8 @@ impl Syncer {
             invalid: self.counters.invalid,
             repairs: self.counters.repairs,
             families: self.meta.figures(),
-            conntrack: Default::default(),
+            changes: self.tracker.change_counts(),
+            ..AgentFigures::default()
         }
     }
 }
@@ -255,7 +316,11 @@ fn service_ports(
     }
 }
 
-fn report(errors: Vec<SyncError>) {
+/// Logs each error; true when one is a failure to write the maps.
+fn report(errors: Vec<SyncError>) -> bool {
+    let failed = errors
+        .iter()
+        .any(|e| !matches!(e.error, WriteError::TooManyBackends { .. }));
     for e in errors {
         tracing::error!(
             service = e.service.map(|s| s.to_string()).unwrap_or_default(),
@@ -265,4 +330,5 @@ fn report(errors: Vec<SyncError>) {
             "could not program frontend"
         );
     }
+    failed
 }

@@ -3,6 +3,9 @@
 mod bpf;
 mod cleanup;
 mod run;
+mod validate;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -27,9 +30,14 @@ pub enum Command {
     Cleanup(cleanup::CleanupArgs),
     /// Inspect the pinned maps (works without the agent running).
     Bpf(bpf::BpfArgs),
+    /// Check that dual stack works on this node: the Node, --cluster-cidr, each Service's
+    /// cluster IPs and endpoints per family, the maps, and a connection to each cluster IP.
+    /// Exits non-zero on any problem.
+    Validate(Box<validate::ValidateArgs>),
 }
 
-pub fn main() -> anyhow::Result<()> {
+/// Runs the command; `Ok` with the exit status it chose (`validate` fails on a problem found).
+pub fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -39,8 +47,9 @@ pub fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Run(args) => run::main(*args),
-        Command::Cleanup(args) => cleanup::main(args),
-        Command::Bpf(args) => bpf::main(args),
+        Command::Run(args) => run::main(*args).map(|()| ExitCode::SUCCESS),
+        Command::Cleanup(args) => cleanup::main(args).map(|()| ExitCode::SUCCESS),
+        Command::Bpf(args) => bpf::main(args).map(|()| ExitCode::SUCCESS),
+        Command::Validate(args) => validate::main(*args),
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     config::{self, ClusterCidrs, InterfacePatterns, NodePortAddresses, XdpMode},
 };
 
-fn duration(value: &str) -> Result<Duration, String> {
+pub(super) fn duration(value: &str) -> Result<Duration, String> {
     if value == "0" {
         return Ok(Duration::ZERO);
     }
@@ -57,7 +57,8 @@ pub struct RunArgs {
     /// Where maps and links are pinned (on a bpffs).
     #[arg(long, value_name = "DIR", default_value = super::DEFAULT_BPF_ROOT)]
     bpf_root: PathBuf,
-    /// Address of the /healthz server.
+    /// Address of the /healthz and /livez server (0.0.0.0: both families). Unhealthy once a
+    /// change waits more than twice --sync-period to be programmed, as kube-proxy's.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
     healthz_bind_address: SocketAddr,
     /// Address of the /metrics server (Prometheus).
@@ -66,7 +67,8 @@ pub struct RunArgs {
     /// Shortest time between two syncs of changes (0: sync at once).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
     min_sync_period: Duration,
-    /// Period of the full reconcile that repairs drift between the maps and the model.
+    /// Period of the full pass that programs what is pending and repairs drift between the
+    /// maps and the model; twice it is the health timeout.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
     sync_period: Duration,
     /// Socket-level load balancing: connections (and unconnected UDP datagrams) of processes
@@ -162,7 +164,7 @@ fn conntrack(args: &RunArgs) -> anyhow::Result<ConntrackConfig> {
     })
 }
 
-fn hostname() -> anyhow::Result<String> {
+pub(super) fn hostname() -> anyhow::Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .context("--node-name not given, NODE_NAME unset, and the hostname unreadable")?;
     Ok(name.trim().to_owned())

@@ -20,7 +20,9 @@ pub use build::{
     SOURCE_RANGES_ANNOTATION, ServiceError, service_name, service_ports,
     service_ports_from_records, slim_service,
 };
-pub use slice::{Hints, SliceEndpoint, SliceEntry, SlicePort, SliceRecord};
+pub use slice::{
+    Hints, LAST_CHANGE_TRIGGER_TIME, SliceEndpoint, SliceEntry, SlicePort, SliceRecord,
+};
 
 /// `namespace/name` of a Service (or of an EndpointSlice). Shared strings: the same name is
 /// held by the tracker, the plan and the proxier's ownership records, so a clone is cheap.

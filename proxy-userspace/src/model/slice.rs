@@ -1,7 +1,7 @@
 //! EndpointSlices as the model needs them: parsed once on arrival, a fraction of the size of
 //! the API object (no metadata, target references or raw strings), so 10,000 Services' slices
 //! fit in a few megabytes.
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -70,6 +70,29 @@ pub struct SliceEntry {
     /// The Service it belongs to (`kubernetes.io/service-name`).
     pub service: Option<ServiceName>,
     pub record: SliceRecord,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`: when the change this version of the
+    /// slice carries was triggered (for the network programming latency); `None` when absent
+    /// or unreadable.
+    pub trigger_time: Option<SystemTime>,
+}
+
+/// The annotation the EndpointSlice controller sets to the time of the change it wrote.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// An RFC 3339 time (as the controller writes it, with or without fractional seconds).
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(LAST_CHANGE_TRIGGER_TIME)?;
+    match text.parse::<k8s_openapi::jiff::Timestamp>() {
+        Ok(time) => Some(SystemTime::from(time)),
+        Err(error) => {
+            tracing::warn!(slice = ?slice.metadata.name, value = text, %error, "unreadable {LAST_CHANGE_TRIGGER_TIME}");
+            None
+        }
+    }
 }
 
 impl SliceEntry {
@@ -86,6 +109,7 @@ impl SliceEntry {
             name: ServiceName::new(namespace, slice.metadata.name.as_deref()?),
             service,
             record: SliceRecord::from_slice(slice),
+            trigger_time: trigger_time(slice),
         })
     }
 }
