@@ -100,12 +100,16 @@ impl Agent {
     }
 
     fn spawn(&mut self, node: &Netns) {
+        self.spawn_binary(node, &twinstack_binary());
+    }
+
+    fn spawn_binary(&mut self, node: &Netns, binary: &Path) {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let mut command = Command::new(twinstack_binary());
+        let mut command = Command::new(binary);
         command
             .args(&self.arguments)
             .env("RUST_LOG", "info,proxy_userspace=debug")
@@ -120,6 +124,14 @@ impl Agent {
     pub fn restart(&mut self, node: &Netns) {
         self.stop();
         self.spawn(node);
+        self.wait_healthy(Duration::from_secs(20));
+    }
+
+    /// Stops the agent and starts `binary` with the same flags on the same pins: an upgrade
+    /// to another build of the same layout.
+    pub fn restart_with(&mut self, node: &Netns, binary: &Path) {
+        self.stop();
+        self.spawn_binary(node, binary);
         self.wait_healthy(Duration::from_secs(20));
     }
 

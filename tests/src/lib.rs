@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod cgroup;
 pub mod controlplane;
 pub mod lab;
+pub mod load;
 pub mod manifests;
 pub mod netns;
 pub mod objects;

@@ -199,3 +199,37 @@ pub fn udp_request_of(
         .ok_or_else(|| std::io::Error::other("unexpected UDP reply"))?;
     Ok((answer, n))
 }
+
+impl Servers {
+    /// A UDP server on `port` in `pod` that echoes every datagram back with the pod's name
+    /// appended (`<request> <name>`), so a client can match each reply to its request (a
+    /// sequence number) and tell a lost exchange from a late one.
+    pub fn start_udp_echo(pod: &Pod, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_flag, name) = (stop.clone(), pod.name.clone());
+        let thread = pod.netns.spawn(move || {
+            let socket = UdpSocket::bind(("::", port)).expect("bind UDP echo");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let mut buffer = vec![0u8; 2048];
+            while !stop_flag.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = socket.recv_from(&mut buffer) {
+                    let mut answer = buffer[..n].to_vec();
+                    answer.push(b' ');
+                    answer.extend_from_slice(name.as_bytes());
+                    let _ = socket.send_to(&answer, peer);
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("UDP echo server did not start");
+        Self {
+            stop,
+            threads: vec![thread],
+        }
+    }
+}
