@@ -48,6 +48,10 @@ pub mod map_names {
     pub const FRAGMENTS_V6: &str = "lb6_fragments";
     pub const SOURCE_RANGES_V4: &str = "lb4_src_ranges";
     pub const SOURCE_RANGES_V6: &str = "lb6_src_ranges";
+    /// The node addresses masqueraded flows have left from: a backend's reply is looked up in
+    /// conntrack only when it is addressed to one of them.
+    pub const SNAT_SOURCES_V4: &str = "snat4_sources";
+    pub const SNAT_SOURCES_V6: &str = "snat6_sources";
     pub const COUNTERS: &str = "counters";
     /// Per-CPU scratch memory of the kernel programs (their stack is 512 bytes).
     pub const SCRATCH: &str = "scratch";
@@ -71,6 +75,8 @@ pub mod capacity {
     pub const FRAGMENTS: u32 = 8_192;
     /// `loadBalancerSourceRanges` entries, every Service's together.
     pub const SOURCE_RANGES: u32 = 16_384;
+    /// Node addresses masqueraded flows leave from (every local address is recorded at start).
+    pub const SNAT_SOURCES: u32 = 4_096;
 }
 
 /// IANA protocol numbers used in keys.

@@ -148,6 +148,18 @@ pub const MAPS: &[MapSpec] = &[
         LpmTrie,
         capacity::SOURCE_RANGES,
     ),
+    spec::<[u8; 4], u8>(
+        map_names::SNAT_SOURCES_V4,
+        Some(V4),
+        Hash,
+        capacity::SNAT_SOURCES,
+    ),
+    spec::<[u8; 16], u8>(
+        map_names::SNAT_SOURCES_V6,
+        Some(V6),
+        Hash,
+        capacity::SNAT_SOURCES,
+    ),
     spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
     spec::<u32, [u8; crate::SCRATCH_SIZE]>(map_names::SCRATCH, None, PerCpuArray, 1),
 ];

@@ -29,6 +29,7 @@ pub(crate) trait Family: LbFamily {
     fn affinity() -> &'static LruHashMap<AffinityKey, AffinityValue>;
     fn fragments() -> &'static LruHashMap<FragmentKey<Addr<Self>>, FragmentValue<Addr<Self>>>;
     fn source_ranges() -> &'static LpmTrie<SourceRange<Addr<Self>>, u8>;
+    fn snat_sources() -> &'static HashMap<Addr<Self>, u8>;
 
     /// `AF_INET` / `AF_INET6`.
     const AF: u8;
@@ -55,7 +56,8 @@ const IPV4_CHECK_OFFSET: usize = 10;
 
 macro_rules! maps_of {
     ($services:path, $backends:path, $reverse_nat:path, $conntrack:path, $sock_rev:path,
-     $sock_udp:path, $affinity:path, $fragments:path, $source_ranges:path) => {
+     $sock_udp:path, $affinity:path, $fragments:path, $source_ranges:path,
+     $snat_sources:path) => {
         #[inline(always)]
         fn services() -> &'static HashMap<ServiceKey<Addr<Self>>, ServiceValue> {
             &$services
@@ -92,6 +94,10 @@ macro_rules! maps_of {
         fn source_ranges() -> &'static LpmTrie<SourceRange<Addr<Self>>, u8> {
             &$source_ranges
         }
+        #[inline(always)]
+        fn snat_sources() -> &'static HashMap<Addr<Self>, u8> {
+            &$snat_sources
+        }
     };
 }
 
@@ -105,7 +111,8 @@ impl Family for V4 {
         maps::SOCK_UDP_V4,
         maps::AFFINITY_V4,
         maps::FRAGMENTS_V4,
-        maps::SOURCE_RANGES_V4
+        maps::SOURCE_RANGES_V4,
+        maps::SNAT_SOURCES_V4
     );
 
     const AF: u8 = 2;
@@ -148,7 +155,8 @@ impl Family for V6 {
         maps::SOCK_UDP_V6,
         maps::AFFINITY_V6,
         maps::FRAGMENTS_V6,
-        maps::SOURCE_RANGES_V6
+        maps::SOURCE_RANGES_V6,
+        maps::SNAT_SOURCES_V6
     );
 
     const AF: u8 = 10;

@@ -77,6 +77,13 @@ pub(crate) static SOURCE_RANGES_V4: LpmTrie<SourceRangeV4, u8> =
 pub(crate) static SOURCE_RANGES_V6: LpmTrie<SourceRangeV6, u8> =
     LpmTrie::pinned(capacity::SOURCE_RANGES, 0);
 
+#[map(name = "snat4_sources")]
+pub(crate) static SNAT_SOURCES_V4: HashMap<[u8; 4], u8> =
+    HashMap::pinned(capacity::SNAT_SOURCES, 0);
+#[map(name = "snat6_sources")]
+pub(crate) static SNAT_SOURCES_V6: HashMap<[u8; 16], u8> =
+    HashMap::pinned(capacity::SNAT_SOURCES, 0);
+
 #[map(name = "counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 

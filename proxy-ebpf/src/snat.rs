@@ -87,6 +87,9 @@ pub(crate) fn new_flow<F: Family, C: PacketCtx>(
         return Outcome::SnatError;
     }
     let (ifindex, node) = found;
+    if !remember_source::<F>(&node) {
+        return Outcome::SnatError;
+    }
     let Some(port) = allocate::<F>(packet, rev_nat_id, chosen, now, node) else {
         return Outcome::SnatError;
     };
@@ -160,11 +163,29 @@ pub(crate) fn established<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
 }
 
 /// Whether a packet to no frontend may be a backend's reply to a masqueraded flow: to a port
-/// of `--masquerade-ports`. Only those take [`reply`]'s conntrack lookup.
+/// of `--masquerade-ports` on an address masqueraded flows leave from ([`remember_source`]).
+/// Only those take [`reply`]'s conntrack lookup: pod-to-pod traffic to a port of the range
+/// (a target port such as 8080) pays one lookup in a map of a few entries, not a conntrack one.
 #[inline(always)]
-pub(crate) fn may_reply<A>(packet: &Packet<A>) -> bool {
+pub(crate) fn may_reply<F: Family>(packet: &Packet<F::Addr>) -> bool {
     let port = u16::from_be(packet.destination_port);
-    port >= config::field!(snat_port_min) && port <= config::field!(snat_port_max)
+    if port < config::field!(snat_port_min) || port > config::field!(snat_port_max) {
+        return false;
+    }
+    // SAFETY: a map value read.
+    unsafe { F::snat_sources().get(packet.destination) }.is_some()
+}
+
+/// Records `node` as an address masqueraded flows leave from (once: a node has a few, and
+/// they stay), so [`may_reply`] looks for its replies. `false` when the set is full (the flow
+/// is not masqueraded: its replies would not be recognized).
+#[inline(always)]
+fn remember_source<F: Family>(node: &F::Addr) -> bool {
+    // SAFETY: a map value read.
+    if unsafe { F::snat_sources().get(node) }.is_some() {
+        return true;
+    }
+    F::snat_sources().insert(node, 1, 0).is_ok()
 }
 
 /// A backend's reply to a masqueraded flow (matching a reverse entry) gets the frontend as

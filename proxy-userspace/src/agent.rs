@@ -191,6 +191,36 @@ fn datapath_config(config: &AgentConfig) -> anyhow::Result<DatapathConfig> {
     Ok(datapath)
 }
 
+/// Backends' replies to masqueraded flows are looked for only on the node addresses those
+/// flows left from (`snat{4,6}_sources`), which the datapath records as it masquerades. A
+/// datapath of an older layout recorded none: every local address is recorded at start, so the
+/// replies of the flows it masqueraded keep coming back. (Any masquerade source is one of
+/// them: the node's route picks it.) Logged, not fatal: new flows record their own.
+fn remember_local_addresses(pins: &PinLayout) {
+    use proxy_common::map_names::{SNAT_SOURCES_V4, SNAT_SOURCES_V6};
+    let addresses = match devices::local_addresses() {
+        Ok(addresses) => addresses,
+        Err(e) => {
+            tracing::warn!(%e, "cannot list the node's addresses for the masquerade sources");
+            return;
+        }
+    };
+    let result = (|| -> Result<(), anyhow::Error> {
+        let mut v4 = kernel::open_hash::<[u8; 4], u8>(pins, SNAT_SOURCES_V4)?;
+        let mut v6 = kernel::open_hash::<[u8; 16], u8>(pins, SNAT_SOURCES_V6)?;
+        for local in addresses {
+            match local.address {
+                IpAddr::V4(a) => v4.insert(a.octets(), 1, 0)?,
+                IpAddr::V6(a) => v6.insert(a.octets(), 1, 0)?,
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(e = %format!("{e:#}"), "cannot record the node's addresses as masquerade sources");
+    }
+}
+
 /// Masqueraded flows take their source ports from `--masquerade-ports`; a range that overlaps
 /// the node's ephemeral ports could meet a node connection's tuple. Said once, at start.
 fn warn_on_ephemeral_overlap((min, max): (u16, u16)) {
@@ -345,6 +375,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         );
     }
     let mut programs = Programs::load(&pins, &options).context("loading the datapath")?;
+    remember_local_addresses(&pins);
     let meta = open_meta_proxier(&pins, &config).context("opening the pinned maps")?;
     let mut syncer = Syncer::new(meta, &config.node_name, config.min_sync_period);
 

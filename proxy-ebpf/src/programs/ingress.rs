@@ -71,7 +71,7 @@ fn forward<F: Reply, C: PacketCtx, const DEVICE: bool>(
     let service = match lookup::<F, DEVICE>(packet) {
         Found::Service(service) => service,
         Found::Denied => return Served::Done(Outcome::DropSourceRange),
-        Found::Nothing if snat::may_reply(packet) => return Served::MaybeReply,
+        Found::Nothing if snat::may_reply::<F>(packet) => return Served::MaybeReply,
         Found::Nothing => return Served::Done(Outcome::Pass),
     };
     let now = ct::now();

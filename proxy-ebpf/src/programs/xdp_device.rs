@@ -59,7 +59,7 @@ fn service<F: Reply + Parse>(ctx: &XdpContext) -> Served {
     let service = match ingress::lookup::<F, true>(&packet) {
         Found::Service(service) => service,
         Found::Denied => return Served::Done(Outcome::DropSourceRange),
-        Found::Nothing if snat::may_reply(&packet) => return Served::MaybeReply,
+        Found::Nothing if snat::may_reply::<F>(&packet) => return Served::MaybeReply,
         Found::Nothing => return Served::Done(Outcome::Pass),
     };
     let now = ct::now();
