@@ -53,6 +53,11 @@ pub mod map_names {
     pub const SNAT_SOURCES_V4: &str = "snat4_sources";
     pub const SNAT_SOURCES_V6: &str = "snat6_sources";
     pub const COUNTERS: &str = "counters";
+    /// Datapath events for `twinstack bpf monitor` (a ring buffer of [`crate::MonitorEvent`]).
+    pub const MONITOR: &str = "monitor";
+    /// Until when (`bpf_ktime_get_ns`) somebody reads [`MONITOR`]: one `u64`, refreshed by
+    /// the reader; past it, the datapath emits nothing.
+    pub const MONITOR_UNTIL: &str = "monitor_until";
     /// Per-CPU scratch memory of the kernel programs (their stack is 512 bytes).
     pub const SCRATCH: &str = "scratch";
 }
@@ -77,7 +82,63 @@ pub mod capacity {
     pub const SOURCE_RANGES: u32 = 16_384;
     /// Node addresses masqueraded flows leave from (every local address is recorded at start).
     pub const SNAT_SOURCES: u32 = 4_096;
+    /// Bytes of the monitor's ring buffer (a power of two, pages).
+    pub const MONITOR_BYTES: u32 = 1 << 18;
 }
+
+/// What a [`MonitorEvent`] reports.
+pub mod monitor_kind {
+    /// A new flow and the backend it was given (TC or XDP).
+    pub const NEW_FLOW: u8 = 1;
+    /// A packet to a frontend with no usable backend (rejected, or passed when no reject
+    /// could answer it).
+    pub const NO_BACKEND: u8 = 2;
+    /// A packet dropped on purpose ([`MonitorEvent::counter`] says why).
+    pub const DROP: u8 = 3;
+    /// A reply matched a flow whose frontend is gone: passed untranslated.
+    pub const REVERSE_NAT_MISS: u8 = 4;
+}
+
+/// Which hook saw a [`MonitorEvent`].
+pub mod monitor_hook {
+    /// A TC program (a pod interface or a device).
+    pub const TC: u8 = 1;
+    pub const XDP: u8 = 2;
+}
+
+/// One datapath event, as `twinstack bpf monitor` reads it from [`map_names::MONITOR`]. The
+/// packet's addresses as it arrived (client → frontend, or backend → client for a reverse-NAT
+/// miss); ports in network order; IPv4 addresses in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct MonitorEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// [`monitor_kind`].
+    pub kind: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub protocol: u8,
+    /// The [`counter::Counter`] index of the packet's outcome.
+    pub counter: u8,
+    /// [`monitor_hook`].
+    pub hook: u8,
+    pub _pad: [u8; 3],
+    pub source: [u8; 16],
+    pub destination: [u8; 16],
+    /// A new flow's backend (zero otherwise).
+    pub backend: [u8; 16],
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub backend_port: u16,
+    pub _pad2: u16,
+    /// The frontend's reverse-NAT id (0: none).
+    pub rev_nat_id: u32,
+    /// A new flow's backend id (0 otherwise).
+    pub backend_id: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<MonitorEvent>() == 80);
 
 /// IANA protocol numbers used in keys.
 pub mod protocol {

@@ -18,6 +18,9 @@ pub enum MapKind {
     PerCpuArray,
     /// A longest-prefix-match trie (keys carry their prefix length first).
     LpmTrie,
+    Array,
+    /// A ring buffer: no keys or values, `capacity` is its size in bytes.
+    RingBuf,
 }
 
 /// The family a map belongs to.
@@ -56,7 +59,7 @@ const fn spec<K, V>(
 }
 
 use MapFamily::{V4, V6};
-use MapKind::{Hash, LpmTrie, LruHash, PerCpuArray};
+use MapKind::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
 
 pub const MAPS: &[MapSpec] = &[
     spec::<ServiceKeyV4, ServiceValue>(map_names::SERVICES_V4, Some(V4), Hash, capacity::SERVICES),
@@ -161,5 +164,7 @@ pub const MAPS: &[MapSpec] = &[
         capacity::SNAT_SOURCES,
     ),
     spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
+    spec::<(), ()>(map_names::MONITOR, None, RingBuf, capacity::MONITOR_BYTES),
+    spec::<u32, u64>(map_names::MONITOR_UNTIL, None, Array, 1),
     spec::<u32, [u8; crate::SCRATCH_SIZE]>(map_names::SCRATCH, None, PerCpuArray, 1),
 ];

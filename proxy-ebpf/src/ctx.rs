@@ -28,6 +28,8 @@ pub(crate) enum FieldSize {
 }
 
 pub(crate) trait PacketCtx {
+    /// The [`proxy_common::monitor_hook`] of this context's programs.
+    const HOOK: u8;
     fn load<T>(&self, offset: usize) -> Result<T, i64>;
     /// Loads `size_of::<T>()` bytes at `offset` into `out` (scratch memory, say).
     fn load_into<T>(&self, offset: usize, out: &mut T) -> Result<(), i64>;
@@ -128,6 +130,7 @@ fn l4_flags(change: L4Change) -> u64 {
 }
 
 impl PacketCtx for TcContext {
+    const HOOK: u8 = proxy_common::monitor_hook::TC;
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, i64> {
         TcContext::load(self, offset)
@@ -288,6 +291,7 @@ fn csum_added(check: u16, diff: u32) -> u16 {
 /// device must deliver complete checksums, as a NIC's receive path does). What only an skb
 /// can do (resize, bounce) fails here: the XDP path hands those packets on to TC.
 impl PacketCtx for XdpContext {
+    const HOOK: u8 = proxy_common::monitor_hook::XDP;
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, i64> {
         let at = xdp_at::<T>(self, offset)?;

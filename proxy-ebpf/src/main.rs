@@ -16,6 +16,7 @@ mod icmp;
 mod lb;
 mod maps;
 mod metrics;
+mod monitor;
 mod nat;
 mod outcome;
 mod parse;

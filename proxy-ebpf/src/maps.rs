@@ -6,7 +6,7 @@
 //! cost of programming thousands of Services, for a fixed kernel-memory footprint.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
     AffinityKey, AffinityValue, BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6,
@@ -83,6 +83,11 @@ pub(crate) static SNAT_SOURCES_V4: HashMap<[u8; 4], u8> =
 #[map(name = "snat6_sources")]
 pub(crate) static SNAT_SOURCES_V6: HashMap<[u8; 16], u8> =
     HashMap::pinned(capacity::SNAT_SOURCES, 0);
+
+#[map(name = "monitor")]
+pub(crate) static MONITOR: RingBuf = RingBuf::pinned(capacity::MONITOR_BYTES, 0);
+#[map(name = "monitor_until")]
+pub(crate) static MONITOR_UNTIL: Array<u64> = Array::pinned(1, 0);
 
 #[map(name = "counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

@@ -12,7 +12,7 @@
 //! (`bpf_redirect_neigh`). The flow lives in conntrack like any other: its forward entry holds
 //! the node address and port, its reverse entry is keyed to them and holds the client.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use proxy_common::{RawAddress, config::flags, ct_flags};
+use proxy_common::{RawAddress, config::flags, ct_flags, monitor_kind::NEW_FLOW};
 
 use crate::{
     config,
@@ -20,6 +20,7 @@ use crate::{
     ctx::PacketCtx,
     family::Family,
     lb::{self, Chosen},
+    monitor,
     nat::{self, Side},
     outcome::Outcome,
     parse::{Packet, Parse},
@@ -93,6 +94,8 @@ pub(crate) fn new_flow<F: Family, C: PacketCtx>(
     let Some(port) = allocate::<F>(packet, rev_nat_id, chosen, now, node) else {
         return Outcome::SnatError;
     };
+    let what = monitor::what(NEW_FLOW, Outcome::SnatNew, C::HOOK);
+    monitor::emit(packet, what, rev_nat_id, Some(chosen));
     let rewrites = [(Side::Destination, backend), (Side::Source, (node, port))];
     send_new::<F, C>(ctx, packet, &rewrites, ifindex)
 }

@@ -1,6 +1,6 @@
 //! Service and EndpointSlice manifests for a manifest directory, in the two shapes the
 //! integration tests and the benchmark use most; both go through [`crate::objects`].
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use crate::objects::{ServiceBuilder, SliceBuilder};
 
@@ -34,4 +34,12 @@ pub fn endpoint_slice(
             |slice, (port_name, protocol, _, target)| slice.port(port_name, protocol, *target),
         )
         .yaml()
+}
+
+/// Writes `name` in the manifest directory `dir` whole at once (a hidden partial file,
+/// renamed): the agent's watch never reads half a file, nor a Service without its slices.
+pub fn write_atomically(dir: &Path, name: &str, text: &str) {
+    let partial = dir.join(format!(".{name}.partial"));
+    std::fs::write(&partial, text).expect("writing a manifest");
+    std::fs::rename(&partial, dir.join(name)).expect("renaming a manifest");
 }

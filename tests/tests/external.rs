@@ -11,6 +11,7 @@ use std::{
 
 use twinstack_lab::{
     lab::{DUAL_STACK, TwoNodeLab},
+    manifests,
     objects::{EndpointBuilder, ServiceBuilder, SliceBuilder},
     servers::{self, Answer},
     topology::{OUTSIDE_CLIENT_V4, OUTSIDE_CLIENT_V6, OUTSIDE_NODE_V4, OUTSIDE_NODE_V6},
@@ -61,10 +62,7 @@ fn slices(lab: &TwoNodeLab, service: &str, nodes: &[&str]) -> Vec<String> {
 /// Writes `objects` as one manifest file and waits (bounded) until node 1 programs a frontend
 /// line containing each of `frontends`, with backends.
 fn publish(lab: &TwoNodeLab, file: &str, objects: Vec<String>, frontends: &[&str]) {
-    // Whole at once (a rename): the agent never reads the Service without its slices.
-    let partial = lab.manifests.path().join(format!(".{file}.partial"));
-    std::fs::write(&partial, objects.join("---\n")).expect("manifest");
-    std::fs::rename(&partial, lab.manifests.path().join(file)).expect("manifest");
+    manifests::write_atomically(lab.manifests.path(), file, &objects.join("---\n"));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let list = lab.agents[0].twinstack(&["bpf", "service", "list"]);

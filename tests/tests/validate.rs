@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use twinstack_lab::{
     lab::{DUAL_STACK, ExampleLab},
-    twinstack_binary,
+    manifests, twinstack_binary,
 };
 
 /// node-a, with a pod CIDR and an InternalIP of each family (`v6_pod_cidr: false`: IPv4 only).
@@ -216,7 +216,7 @@ fn validate_names_the_missing_family_frontend_pod_cidr_and_endpoints() {
         .split_once("endpoints:")
         .map(|(head, _)| format!("{head}endpoints: []\n"))
         .expect("an endpoints list");
-    write_atomically(
+    manifests::write_atomically(
         lab.manifests.path(),
         "endpointslices.yaml",
         &format!("{v4}\n---{v6_empty}"),
@@ -241,12 +241,4 @@ fn validate_names_the_missing_family_frontend_pod_cidr_and_endpoints() {
         "{problems:#?}"
     );
     assert!(!has(&problems, "connect", "10.96.0.10"), "{problems:#?}");
-}
-
-/// Writes `name` in `dir` whole at once (a hidden partial file renamed), as the agent's watch
-/// must never read half a file.
-fn write_atomically(dir: &Path, name: &str, text: &str) {
-    let partial = dir.join(format!(".{name}.partial"));
-    std::fs::write(&partial, text).expect("write");
-    std::fs::rename(&partial, dir.join(name)).expect("rename");
 }

@@ -2,13 +2,13 @@
 //! node's devices ([`super::to_device`]): a backend's reply to a translated flow gets the
 //! service address back, so the client sees the frontend it addressed.
 use aya_ebpf::programs::TcContext;
-use proxy_common::{V4, V6, fragment_side};
+use proxy_common::{V4, V6, fragment_side, monitor_kind::REVERSE_NAT_MISS};
 
 use crate::{
     ct,
     ctx::PacketCtx,
     family::Family,
-    frag, icmp, lb,
+    frag, icmp, lb, monitor,
     nat::{self, Side},
     outcome::{Outcome, rewrite_error},
     parse::{self, EtherType, Packet, Parse},
@@ -49,6 +49,8 @@ fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
         return Ok(Outcome::Pass);
     };
     let Some((address, port)) = lb::frontend_of::<F>(entry.rev_nat_id) else {
+        let what = monitor::what(REVERSE_NAT_MISS, Outcome::Pass, C::HOOK);
+        monitor::emit(packet, what, entry.rev_nat_id, None);
         return Ok(Outcome::Pass);
     };
     ct::touch(entry, packet.tcp_flags, ct::now());

@@ -4,12 +4,16 @@
 //! can be translated back. The two hooks differ in who the client is: a pod, or anybody
 //! outside the node (`DEVICE`).
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
-use proxy_common::{RawAddress, ct_flags, protocol, service_flags};
+use proxy_common::{
+    RawAddress, ct_flags,
+    monitor_kind::{DROP, NEW_FLOW, NO_BACKEND},
+    protocol, service_flags,
+};
 
 use crate::{
     ct::{self, Tuple},
     ctx::PacketCtx,
-    frag, icmp, lb,
+    frag, icmp, lb, monitor,
     nat::{self, Side},
     outcome::{Outcome, rewrite_error},
     parse::{self, EtherType, Packet, Parse},
@@ -68,9 +72,19 @@ fn forward<F: Reply, C: PacketCtx, const DEVICE: bool>(
 ) -> Served {
     // The service entry is looked up first: a deleted service stops translation at once, even
     // for flows that still have conntrack entries.
+    let hook = C::HOOK;
     let service = match lookup::<F, DEVICE>(packet) {
         Found::Service(service) => service,
-        Found::Denied => return Served::Done(Outcome::DropSourceRange),
+        Found::Denied => {
+            return Served::Done(report(
+                packet,
+                DROP,
+                Outcome::DropSourceRange,
+                hook,
+                0,
+                None,
+            ));
+        }
         Found::Nothing if snat::may_reply::<F>(packet) => return Served::MaybeReply,
         Found::Nothing => return Served::Done(Outcome::Pass),
     };
@@ -86,13 +100,15 @@ fn forward<F: Reply, C: PacketCtx, const DEVICE: bool>(
         Known::Repick => Outcome::Repick,
         Known::New => Outcome::DnatNew,
     };
+    let rev_nat_id = service.entry.rev_nat_id;
     if service.entry.count == 0 && service.entry.flags & service_flags::LOCAL != 0 {
-        return Served::Done(Outcome::DropNoLocalEndpoint);
+        let outcome = Outcome::DropNoLocalEndpoint;
+        return Served::Done(report(packet, DROP, outcome, hook, rev_nat_id, None));
     }
     let Some(chosen) = select::<F>(packet, &service, now) else {
-        return Served::Done(reject::reject::<F, C>(ctx, packet));
+        let outcome = reject::reject::<F, C>(ctx, packet);
+        return Served::Done(report(packet, NO_BACKEND, outcome, hook, rev_nat_id, None));
     };
-    let rev_nat_id = service.entry.rev_nat_id;
     // From outside the node, a flow is masqueraded unless its policy is `Local` (the client's
     // address kept, the backend this node's): its replies must come back through this node.
     let masquerade = if DEVICE {
@@ -114,6 +130,25 @@ fn forward<F: Reply, C: PacketCtx, const DEVICE: bool>(
             other => other,
         },
     )
+}
+
+/// Emits a monitor event about `packet` ([`monitor::emit`]) and returns `outcome`.
+#[inline(always)]
+pub(super) fn report<A: proxy_common::RawAddress>(
+    packet: &Packet<A>,
+    kind: u8,
+    outcome: Outcome,
+    hook: u8,
+    rev_nat_id: u32,
+    chosen: Option<&lb::Chosen<A>>,
+) -> Outcome {
+    monitor::emit(
+        packet,
+        monitor::what(kind, outcome, hook),
+        rev_nat_id,
+        chosen,
+    );
+    outcome
 }
 
 /// What a packet is addressed to.
@@ -245,6 +280,8 @@ pub(super) fn new_flow<F: Reply, C: PacketCtx>(
     if ct::create::<F>(&tuple, rev_nat_id, chosen, packet.tcp_flags, now).is_err() {
         return Outcome::ConntrackError;
     }
+    let what = monitor::what(NEW_FLOW, Outcome::DnatNew, C::HOOK);
+    monitor::emit(packet, what, rev_nat_id, Some(chosen));
     let backend = chosen.backend;
     match nat::rewrite::<F, C>(
         ctx,

@@ -8,7 +8,7 @@
 //! hop's MAC address the kernel has not resolved yet (TC's `bpf_redirect_neigh` resolves it;
 //! the next packets take XDP).
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use proxy_common::{counter::Counter, service_flags};
+use proxy_common::{counter::Counter, monitor_hook::XDP, monitor_kind::DROP, service_flags};
 
 use super::ingress::{self, Found, Known, Served};
 use crate::{
@@ -58,7 +58,10 @@ fn service<F: Reply + Parse>(ctx: &XdpContext) -> Served {
     }
     let service = match ingress::lookup::<F, true>(&packet) {
         Found::Service(service) => service,
-        Found::Denied => return Served::Done(Outcome::DropSourceRange),
+        Found::Denied => {
+            let outcome = Outcome::DropSourceRange;
+            return Served::Done(ingress::report(&packet, DROP, outcome, XDP, 0, None));
+        }
         Found::Nothing if snat::may_reply::<F>(&packet) => return Served::MaybeReply,
         Found::Nothing => return Served::Done(Outcome::Pass),
     };
@@ -69,10 +72,12 @@ fn service<F: Reply + Parse>(ctx: &XdpContext) -> Served {
         Known::Repick | Known::New => {}
     }
     let local = service.entry.flags & service_flags::LOCAL != 0;
+    let rev_nat_id = service.entry.rev_nat_id;
     if service.entry.count == 0 {
         // A `Local` policy's drop is the same here; a reject is TC's (it answers).
         return Served::Done(if local {
-            Outcome::DropNoLocalEndpoint
+            let outcome = Outcome::DropNoLocalEndpoint;
+            ingress::report(&packet, DROP, outcome, XDP, rev_nat_id, None)
         } else {
             Outcome::Pass
         });
@@ -80,7 +85,6 @@ fn service<F: Reply + Parse>(ctx: &XdpContext) -> Served {
     let Some(chosen) = ingress::select::<F>(&packet, &service, now) else {
         return Served::Done(Outcome::Pass);
     };
-    let rev_nat_id = service.entry.rev_nat_id;
     Served::Done(if local {
         ingress::new_flow::<F, _>(ctx, &packet, rev_nat_id, &chosen, now)
     } else {

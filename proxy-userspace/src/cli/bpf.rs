@@ -1,9 +1,9 @@
-//! `twinstack bpf service|ct|map|link|sock list`.
-use std::path::PathBuf;
+//! `twinstack bpf service|ct|map|link|sock list` and `twinstack bpf monitor`.
+use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::{debug, maps::pins::PinLayout};
+use crate::{debug, family::Family, maps::pins::PinLayout};
 
 #[derive(Debug, Args)]
 pub struct BpfArgs {
@@ -38,6 +38,50 @@ enum BpfCommand {
         #[command(subcommand)]
         command: ListCommand,
     },
+    /// Datapath events as they happen: new flows and their backend, packets to a frontend
+    /// without backend, drops and their reason, reverse-NAT misses.
+    Monitor(MonitorArgs),
+}
+
+#[derive(Debug, Args)]
+struct MonitorArgs {
+    /// Only events about this frontend: ADDRESS or ADDRESS:PORT ([ADDRESS]:PORT for IPv6).
+    #[arg(long, value_name = "FRONTEND", value_parser = frontend)]
+    service: Option<(IpAddr, Option<u16>)>,
+    /// Only events with this address anywhere: client, frontend or backend.
+    #[arg(long, value_name = "ADDRESS")]
+    address: Option<IpAddr>,
+    /// Only events of this family.
+    #[arg(long, value_enum)]
+    family: Option<FamilyArg>,
+    /// Output format: a line per event, or a JSON object per line.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
+    /// Stop after this long, e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = super::run::duration)]
+    duration: Option<std::time::Duration>,
+    /// Where the agent pinned its maps.
+    #[arg(long, value_name = "DIR", default_value = super::DEFAULT_BPF_ROOT)]
+    bpf_root: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+fn frontend(value: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(address) = value.parse::<IpAddr>() {
+        return Ok((address, None));
+    }
+    value
+        .parse::<std::net::SocketAddr>()
+        .map(|s| (s.ip(), Some(s.port())))
+        .map_err(|_| "expected ADDRESS or ADDRESS:PORT, e.g. 10.96.0.10:80 or [fd00::10]:80".into())
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +142,27 @@ pub(super) fn main(args: BpfArgs) -> anyhow::Result<()> {
                 Output::Table => print!("{}", debug::links_table(&rows)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             }
+        }
+        BpfCommand::Monitor(args) => {
+            let filter = debug::monitor::Filter {
+                frontend: args.service,
+                address: args.address,
+                family: args.family.map(|f| match f {
+                    FamilyArg::Ipv4 => Family::V4,
+                    FamilyArg::Ipv6 => Family::V6,
+                }),
+            };
+            let limits = debug::monitor::Limits {
+                count: args.count,
+                duration: args.duration,
+            };
+            debug::monitor::monitor(
+                &PinLayout::new(&args.bpf_root),
+                &filter,
+                matches!(args.output, Output::Json),
+                limits,
+                &mut std::io::stdout().lock(),
+            )?;
         }
         BpfCommand::Sock {
             command: ListCommand::List(list),

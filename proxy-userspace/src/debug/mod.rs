@@ -1,6 +1,7 @@
 //! `twinstack bpf …`: read the pinned maps like bpftool, without the agent, and render them
 //! with human-readable addresses. Logic here; the CLI only parses flags.
 mod links;
+pub mod monitor;
 mod table;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -376,7 +377,7 @@ pub fn maps(pins: &PinLayout) -> Result<Vec<MapRow>, MapError> {
             }),
             // A trie has no batch lookup: its entries are walked.
             MapKind::LpmTrie => range_count(pins, spec.family),
-            MapKind::PerCpuArray => None,
+            MapKind::PerCpuArray | MapKind::Array | MapKind::RingBuf => None,
         };
         rows.push(MapRow {
             name,
