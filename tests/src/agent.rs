@@ -22,6 +22,9 @@ pub struct Agent {
     node_path: String,
     log: PathBuf,
     arguments: Vec<std::ffi::OsString>,
+    /// Started as `ip netns exec NODE twinstack …` (a mount namespace of its own, /sys
+    /// remounted: no bpffs, no cgroup v2), not by entering the namespace.
+    ip_netns_exec: bool,
 }
 
 /// Where the agent reads Services from.
@@ -45,8 +48,24 @@ impl Agent {
         agent
     }
 
+    /// Starts the agent as `ip netns exec NODE twinstack run …` and waits until it is healthy.
+    pub fn start_via_ip_netns_exec(node: &Netns, options: AgentOptions<'_>) -> Self {
+        let mut agent = Self::prepare(node, options);
+        agent.ip_netns_exec = true;
+        agent.spawn(node);
+        agent.wait_healthy(Duration::from_secs(20));
+        agent
+    }
+
     /// Starts the agent in `node` without waiting for it to become healthy.
     pub fn launch(node: &Netns, options: AgentOptions<'_>) -> Self {
+        let mut agent = Self::prepare(node, options);
+        agent.spawn(node);
+        agent
+    }
+
+    /// The agent's pins, cgroup, log and flags; not started.
+    fn prepare(node: &Netns, options: AgentOptions<'_>) -> Self {
         crate::ensure_bpffs();
         let bpf_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("twinstack-test-")));
         let cgroup = Cgroup::create("twinstack-test-");
@@ -87,16 +106,15 @@ impl Agent {
         arguments.push("--cgroup-root".into());
         arguments.push(cgroup.path().into());
         arguments.extend(options.extra.iter().map(Into::into));
-        let mut agent = Self {
+        Self {
             child: None,
             bpf_root,
             cgroup,
             node_path: node.path(),
             log,
             arguments,
-        };
-        agent.spawn(node);
-        agent
+            ip_netns_exec: false,
+        }
     }
 
     fn spawn(&mut self, node: &Netns) {
@@ -109,14 +127,21 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let mut command = Command::new(binary);
+        let mut command = if self.ip_netns_exec {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", node.name()]).arg(binary);
+            command
+        } else {
+            let mut command = Command::new(binary);
+            node.command(&mut command);
+            command
+        };
         command
             .args(&self.arguments)
             .env("RUST_LOG", "info,proxy_userspace=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log_file);
-        node.command(&mut command);
         self.child = Some(command.spawn().expect("starting twinstack"));
     }
 

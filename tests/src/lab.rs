@@ -69,11 +69,24 @@ pub struct ExampleLab {
 impl ExampleLab {
     /// The lab with `--cluster-cidr cluster_cidr` and `extra` flags for the agent.
     pub fn start(cluster_cidr: &str, extra: &[&str]) -> Self {
+        Self::create(cluster_cidr, extra, Agent::start)
+    }
+
+    /// The lab with the agent started as `ip netns exec NODE twinstack run …`.
+    pub fn start_via_ip_netns_exec(cluster_cidr: &str, extra: &[&str]) -> Self {
+        Self::create(cluster_cidr, extra, Agent::start_via_ip_netns_exec)
+    }
+
+    fn create(
+        cluster_cidr: &str,
+        extra: &[&str],
+        start: fn(&Netns, AgentOptions<'_>) -> Agent,
+    ) -> Self {
         require_root();
         let topology = Topology::new(2);
         let servers = start_servers(&topology.backends);
         let manifests = example_manifests();
-        let agent = Agent::start(
+        let agent = start(
             &topology.node,
             AgentOptions {
                 source: AgentSource::Manifests(manifests.path()),

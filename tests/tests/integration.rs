@@ -846,3 +846,26 @@ fn healthz_on_the_unspecified_address_answers_on_both_families() {
         assert_eq!(answer.map(|(status, _)| status), Some(200), "{address}");
     }
 }
+
+/// `ip netns exec NODE twinstack run …`, as a new user tries it: `ip netns exec` remounts
+/// /sys in a mount namespace of its own, hiding the host's bpffs (and cgroup v2, so socket-level
+/// load balancing is off here). The agent mounts a bpffs of its own under --bpf-root, says so,
+/// and serves both families; its pins live as long as that mount namespace (they are not in the
+/// host's bpffs).
+#[test]
+fn the_agent_runs_under_ip_netns_exec_on_a_bpffs_it_mounts() {
+    let lab = ExampleLab::start_via_ip_netns_exec(DUAL_STACK, &["--socket-lb", "false"]);
+    let log = lab.agent.log();
+    assert!(
+        log.contains("no BPF filesystem under --bpf-root: mounted one"),
+        "the agent says it mounted a bpffs:\n{log}"
+    );
+    assert!(
+        !lab.agent.bpf_root.exists(),
+        "the pins are in the agent's own mount namespace, not the host's bpffs"
+    );
+    for vip in [VIP4, VIP6] {
+        let answers = lab.requests(target(vip, 80), false, 12);
+        assert_eq!(tally(&answers).len(), 2, "{vip}: both backends answer");
+    }
+}
