@@ -18,7 +18,7 @@ use crate::{
     metrics::FamilyFigures,
     model::{ServiceName, ServicePort},
     node::NodeInfo,
-    plan::{self, Frontend, NodeContext, Planned},
+    plan::{self, Frontend, NodeContext, Planned, Scope, ServiceEntry},
 };
 
 /// A failure to program one frontend of one Service.
@@ -48,11 +48,15 @@ pub type Change = (ServiceName, Vec<ServicePort>);
 
 pub struct Proxier<A> {
     writer: Writer<A>,
-    /// The frontends (and entries) each Service owns in this family.
+    /// The frontends (and entries) each Service claims in this family.
     owned: HashMap<ServiceName, Vec<Planned<A>>>,
-    /// Which Service a frontend belongs to (the last one to claim it), so a Service that
-    /// goes away never removes a frontend another Service has taken over.
-    owners: HashMap<Frontend<A>, ServiceName>,
+    /// Every Service claiming each frontend. Two claimants are a conflict in the cluster (an
+    /// external IP naming another Service's cluster IP, say): the first by (namespace, name)
+    /// is served, whatever the order the Services arrived in, so a fresh agent, a repair and
+    /// an incremental sync all agree; when it lets go, the next one is served at once.
+    /// (kube-proxy's iptables mode serves whichever rule its unordered Service map wrote
+    /// first; the health checks follow the same first-by-name rule.)
+    claimants: HashMap<Frontend<A>, BTreeSet<ServiceName>>,
     /// The source-range entries the maps hold (`loadBalancerSourceRanges`).
     ranges: BTreeSet<RangeKey<A>>,
 }
@@ -80,7 +84,7 @@ impl<A: Address> Proxier<A> {
         Ok(Self {
             writer,
             owned: HashMap::new(),
-            owners: HashMap::new(),
+            claimants: HashMap::new(),
             ranges,
         })
     }
@@ -116,51 +120,108 @@ impl<A: Address> Proxier<A> {
         }
     }
 
-    /// Programs many Services at once: every desired frontend is written (new ones in
-    /// batches), then the frontends they no longer have are removed, unless another Service
-    /// has claimed them in the meantime.
+    /// The Service a frontend is served for (its first claimant by name), and its entry.
+    fn winner(&self, frontend: &Frontend<A>) -> Option<(&ServiceName, &ServiceEntry<A>)> {
+        let service = self.claimants.get(frontend)?.first()?;
+        let (_, entry) = self
+            .owned
+            .get(service)?
+            .iter()
+            .find(|(f, _)| f == frontend)?;
+        Some((service, entry))
+    }
+
+    /// Every claimed frontend with its winner's entry.
+    fn winners(&self) -> impl Iterator<Item = Planned<A>> + '_ {
+        self.claimants
+            .keys()
+            .filter_map(|f| self.winner(f).map(|(_, entry)| (*f, entry.clone())))
+    }
+
+    /// The source-range entries the winners of a frontend's socket need (both scopes share
+    /// them).
+    fn socket_ranges(&self, frontend: &Frontend<A>) -> BTreeSet<RangeKey<A>> {
+        [Scope::External, Scope::Internal]
+            .into_iter()
+            .filter_map(|scope| self.winner(&Frontend { scope, ..*frontend }))
+            .flat_map(|(_, entry)| ranges::keys_of(frontend, entry))
+            .collect()
+    }
+
+    /// Programs many Services at once: every frontend they claim or let go of is written
+    /// with its winner's entry (new ones in batches), or removed once no Service claims it.
     pub fn apply_all(
         &mut self,
         changes: &[Change],
         node: &NodeContext,
         errors: &mut Vec<SyncError>,
     ) {
-        let mut upserts = Vec::new();
-        let mut owner_of = HashMap::new();
-        let mut removals = Vec::new();
-        let (mut range_adds, mut range_drops) = (BTreeSet::new(), BTreeSet::new());
+        // The frontends the changes touch, in order, and the range entries their sockets'
+        // winners needed before.
+        let mut touched = Vec::new();
+        let (mut seen, mut sockets) = (HashSet::new(), HashSet::new());
+        let mut old_ranges = BTreeSet::new();
+        // The last Service to let go of each frontend (errors name it).
+        let mut let_go = HashMap::new();
         for (service, ports) in changes {
             let mut desired: Vec<_> = ports
                 .iter()
                 .flat_map(|port| plan::frontends::<A>(port, node))
                 .collect();
             desired.extend(plan::unexposed::<A>(ports));
-            let old = self.owned.remove(service).unwrap_or_default();
-            let (old_ranges, new_ranges) = (range_keys(&old), range_keys(&desired));
-            range_drops.extend(old_ranges.difference(&new_ranges).copied());
-            range_adds.extend(new_ranges.difference(&self.ranges).copied());
-            let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
-            removals.extend(
-                old.into_iter()
-                    .filter(|(f, _)| !keep.contains(f))
-                    .map(|(f, _)| (f, service.clone())),
-            );
-            for (frontend, _) in &desired {
-                self.owners.insert(*frontend, service.clone());
-                owner_of.insert(*frontend, service.clone());
+            let old = self
+                .owned
+                .get(service)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for (frontend, _) in old.iter().chain(&desired) {
+                if seen.insert(*frontend) {
+                    touched.push(*frontend);
+                }
+                if sockets.insert((frontend.address, frontend.port, frontend.protocol)) {
+                    old_ranges.extend(self.socket_ranges(frontend));
+                }
             }
-            upserts.extend(desired.iter().cloned());
+            let keep: HashSet<_> = desired.iter().map(|(f, _)| *f).collect();
+            for (frontend, _) in self.owned.remove(service).unwrap_or_default() {
+                if keep.contains(&frontend) {
+                    continue;
+                }
+                let_go.insert(frontend, service.clone());
+                if let Some(claimants) = self.claimants.get_mut(&frontend) {
+                    claimants.remove(service);
+                    if claimants.is_empty() {
+                        self.claimants.remove(&frontend);
+                    }
+                }
+            }
+            for frontend in &keep {
+                self.claimants
+                    .entry(*frontend)
+                    .or_default()
+                    .insert(service.clone());
+            }
             if !desired.is_empty() {
                 self.owned.insert(service.clone(), desired);
             }
         }
-        // Two Services claiming one frontend (a conflict in the cluster): the last one wins.
-        let mut seen = HashSet::new();
-        upserts.reverse();
-        upserts.retain(|(f, _)| seen.insert(*f));
-        upserts.reverse();
+        let mut upserts = Vec::new();
+        let mut owner_of = HashMap::new();
+        let mut removals = Vec::new();
+        let mut new_ranges = BTreeSet::new();
+        for frontend in touched {
+            new_ranges.extend(self.socket_ranges(&frontend));
+            match self.winner(&frontend) {
+                Some((service, entry)) => {
+                    owner_of.insert(frontend, service.clone());
+                    upserts.push((frontend, entry.clone()));
+                }
+                None => removals.push(frontend),
+            }
+        }
         // A frontend's ranges are in place before its entry asks for them, and go after it.
-        range_drops.retain(|k| !range_adds.contains(k));
+        let range_adds = new_ranges.difference(&self.ranges).copied().collect();
+        let range_drops = old_ranges.difference(&new_ranges).copied().collect();
         self.write_ranges(range_adds, true, errors);
         for (frontend, error) in self.writer.upsert_many(&upserts) {
             errors.push(SyncError {
@@ -170,14 +231,10 @@ impl<A: Address> Proxier<A> {
                 error,
             });
         }
-        for (frontend, service) in removals {
-            if self.owners.get(&frontend) != Some(&service) {
-                continue; // Another Service claims it now.
-            }
-            self.owners.remove(&frontend);
+        for frontend in removals {
             if let Err(error) = self.writer.remove(&frontend) {
                 errors.push(SyncError {
-                    service: Some(service),
+                    service: let_go.remove(&frontend),
                     family: A::FAMILY,
                     frontend: Some(frontend.to_string()),
                     error,
@@ -202,17 +259,20 @@ impl<A: Address> Proxier<A> {
     /// Withdraws every frontend: the family is no longer served.
     pub fn clear(&mut self, errors: &mut Vec<SyncError>) {
         self.owned.clear();
-        self.owners.clear();
+        self.claimants.clear();
         self.reconcile(errors);
     }
 
-    /// Makes the maps hold exactly what the Services own: removes whatever else is there
+    /// Makes the maps hold exactly the winners' entries: removes whatever else is there
     /// (left by an earlier agent, or drift).
     pub fn reconcile(&mut self, errors: &mut Vec<SyncError>) {
-        let wanted = range_keys(self.owned.values().flatten());
+        // In frontend order: deterministic, like the winners.
+        let mut desired: Vec<_> = self.winners().collect();
+        desired.sort_unstable_by_key(|(f, _)| *f);
+        let wanted = range_keys(&desired);
         let missing = wanted.difference(&self.ranges).copied().collect();
         self.write_ranges(missing, true, errors);
-        let desired = self.owned.values().flatten().map(|(f, e)| (f, e));
+        let desired = desired.iter().map(|(f, e)| (f, e));
         for (frontend, error) in self.writer.reconcile(desired) {
             errors.push(SyncError {
                 service: None,
