@@ -8,6 +8,8 @@ pub mod agent;
 pub mod apiserver;
 pub mod cgroup;
 pub mod controlplane;
+#[cfg(feature = "datapath")]
+pub mod fixture;
 pub mod lab;
 pub mod load;
 pub mod manifests;

@@ -6,277 +6,25 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use aya::{
-    maps::{Map, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions},
-};
-use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use proxy_common::{config::DEFAULT_SNAT_PORTS, counter::Counter, map_names, programs};
+use aya::maps::{Map, MapData};
+use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+use proxy_common::{config::DEFAULT_SNAT_PORTS, counter::Counter, programs};
 use proxy_userspace::{
     family::Address,
-    loader::{self, LoadOptions, Programs},
-    maps::{codec::KernelFamily, kernel, pins::PinLayout, writer::Writer},
+    loader::LoadOptions,
+    maps::{codec::KernelFamily, writer::Writer},
     model::Protocol,
     plan::{Backend, BackendState, Frontend, FrontendKind, Scope, ServiceEntry},
 };
-use twinstack_lab::{ensure_bpffs, require_root, unique};
-
-/// `TC_ACT_UNSPEC` / `TCX_NEXT`: hand the packet on.
-const NEXT: u32 = u32::MAX;
-/// `TC_ACT_SHOT`: only for a `Local` policy with no local endpoint.
-const DROP: u32 = 2;
-/// `TC_ACT_REDIRECT`: a reject's answer, sent back.
-const REDIRECT: u32 = 7;
+use twinstack_lab::fixture::{
+    DROP, Fixture, NEXT, PAYLOAD, REDIRECT, Seen, XDP_PASS, XDP_REDIRECT, builder, counts,
+    dual_stack_cluster, inspect, node_port, routed_node, service, tcp, udp, v6,
+};
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const BACKEND4_A: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const BACKEND4_B: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 2);
-
-fn v6(s: &str) -> Ipv6Addr {
-    s.parse().expect("IPv6 literal")
-}
-
-struct Fixture {
-    programs: Programs,
-    pins: PinLayout,
-    counters: PerCpuArray<MapData, u64>,
-    v4: Writer<Ipv4Addr>,
-    v6: Writer<Ipv6Addr>,
-}
-
-/// Packets per outcome, summed over CPUs.
-type Counts = BTreeMap<Counter, u64>;
-
-impl Fixture {
-    fn new() -> Self {
-        Self::with_options(&LoadOptions::default())
-    }
-
-    fn with_options(options: &LoadOptions) -> Self {
-        require_root();
-        ensure_bpffs();
-        let pins = PinLayout::new(format!("/sys/fs/bpf/{}", unique("twinstack-dp-")));
-        // A failed load may leave maps pinned: removed before the test fails, so a broken
-        // build cannot fill the machine's memory with leftover maps.
-        let programs = Programs::load(&pins, options).unwrap_or_else(|error| {
-            let _ = loader::cleanup(&pins);
-            panic!("loading the BPF object: {error:?}")
-        });
-        let counters = MapData::from_pin(pins.map(map_names::COUNTERS)).expect("counters pin");
-        let counters = PerCpuArray::try_from(Map::from_map_data(counters).expect("map"))
-            .expect("per-CPU array");
-        Self {
-            programs,
-            counters,
-            v4: Writer::restore(kernel::open(&pins).expect("v4 maps")).expect("v4 writer"),
-            v6: Writer::restore(kernel::open(&pins).expect("v6 maps")).expect("v6 writer"),
-            pins,
-        }
-    }
-
-    fn run(&mut self, program: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        let prog = self.programs.classifier(program).expect("program");
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    /// Runs the XDP program on `packet` as if it came in on `ifindex`.
-    fn run_xdp(&mut self, packet: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; packet.len() + 256];
-        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let md: [u32; 6] = [0, packet.len() as u32, 0, ifindex, 0, 0];
-        let md: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let prog = self.programs.xdp(programs::XDP_DEVICE).expect("program");
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN (XDP)");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn ingress(&mut self, packet: &[u8]) -> Vec<u8> {
-        let (verdict, out) = self.run(programs::FROM_POD, packet);
-        assert_eq!(verdict, NEXT, "from_pod must hand every packet on");
-        out
-    }
-
-    fn egress(&mut self, packet: &[u8]) -> Vec<u8> {
-        let (verdict, out) = self.run(programs::TO_POD, packet);
-        assert_eq!(verdict, NEXT, "to_pod must hand every packet on");
-        out
-    }
-
-    fn counts(&self) -> Counts {
-        Counter::ALL
-            .iter()
-            .map(|c| {
-                let per_cpu = self.counters.get(&c.index(), 0).expect("counter");
-                (*c, per_cpu.iter().sum())
-            })
-            .collect()
-    }
-
-    /// Runs `f` and returns the counters it moved (only those that changed).
-    fn counting<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> (R, Counts) {
-        let before = self.counts();
-        let result = f(self);
-        let after = self.counts();
-        let moved = after
-            .into_iter()
-            .filter_map(|(c, n)| {
-                let delta = n - before[&c];
-                (delta != 0).then_some((c, delta))
-            })
-            .collect();
-        (result, moved)
-    }
-}
-
-/// The counters in `moved`, as a map to compare against.
-fn counts(moved: &[(Counter, u64)]) -> Counts {
-    moved.iter().copied().collect()
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = loader::cleanup(&self.pins);
-    }
-}
-
-fn service<A: Address>(
-    address: A,
-    port: u16,
-    protocol: Protocol,
-    backends: &[(A, u16)],
-) -> (Frontend<A>, ServiceEntry<A>) {
-    (
-        Frontend::new(address, port, protocol),
-        ServiceEntry::cluster_ip(
-            backends
-                .iter()
-                .map(|(address, port)| Backend {
-                    address: *address,
-                    port: *port,
-                    protocol,
-                    state: BackendState::Active,
-                })
-                .collect(),
-        ),
-    )
-}
-
-const PAYLOAD: &[u8] = b"twinstack datapath test payload";
-
-fn builder(
-    source: IpAddr,
-    destination: IpAddr,
-) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-    match (source, destination) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
-        _ => panic!("mixed families"),
-    }
-}
-
-fn tcp(source: (IpAddr, u16), destination: (IpAddr, u16), syn: bool) -> Vec<u8> {
-    let b = builder(source.0, destination.0).tcp(source.1, destination.1, 1000, 65535);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut out = Vec::new();
-    b.write(&mut out, PAYLOAD).expect("building TCP");
-    out
-}
-
-fn udp(source: (IpAddr, u16), destination: (IpAddr, u16)) -> Vec<u8> {
-    let mut out = Vec::new();
-    builder(source.0, destination.0)
-        .udp(source.1, destination.1)
-        .write(&mut out, PAYLOAD)
-        .expect("building UDP");
-    out
-}
-
-/// What a packet says, after checking every checksum in it.
-#[derive(Debug, PartialEq, Eq)]
-struct Seen {
-    source: (IpAddr, u16),
-    destination: (IpAddr, u16),
-    payload: Vec<u8>,
-}
-
-fn inspect(bytes: &[u8]) -> Seen {
-    let headers = PacketHeaders::from_ethernet_slice(bytes).expect("parsable packet");
-    let payload = headers.payload.slice().to_vec();
-    let (source, destination) = match &headers.net {
-        Some(NetHeaders::Ipv4(ip, _)) => {
-            assert_eq!(
-                ip.header_checksum,
-                ip.calc_header_checksum(),
-                "IPv4 header checksum"
-            );
-            (IpAddr::from(ip.source), IpAddr::from(ip.destination))
-        }
-        Some(NetHeaders::Ipv6(ip, _)) => (IpAddr::from(ip.source), IpAddr::from(ip.destination)),
-        other => panic!("not IP: {other:?}"),
-    };
-    let (sport, dport) = match (&headers.transport, &headers.net) {
-        (Some(TransportHeader::Tcp(t)), Some(NetHeaders::Ipv4(ip, _))) => {
-            assert_eq!(
-                t.checksum,
-                t.calc_checksum_ipv4(ip, &payload).unwrap(),
-                "TCP checksum"
-            );
-            (t.source_port, t.destination_port)
-        }
-        (Some(TransportHeader::Tcp(t)), Some(NetHeaders::Ipv6(ip, _))) => {
-            assert_eq!(
-                t.checksum,
-                t.calc_checksum_ipv6(ip, &payload).unwrap(),
-                "TCP checksum"
-            );
-            (t.source_port, t.destination_port)
-        }
-        (Some(TransportHeader::Udp(u)), Some(NetHeaders::Ipv4(ip, _))) => {
-            if u.checksum != 0 {
-                assert_eq!(
-                    u.checksum,
-                    u.calc_checksum_ipv4(ip, &payload).unwrap(),
-                    "UDP checksum"
-                );
-            }
-            (u.source_port, u.destination_port)
-        }
-        (Some(TransportHeader::Udp(u)), Some(NetHeaders::Ipv6(ip, _))) => {
-            assert_eq!(
-                u.checksum,
-                u.calc_checksum_ipv6(ip, &payload).unwrap(),
-                "UDP checksum"
-            );
-            (u.source_port, u.destination_port)
-        }
-        other => panic!("unexpected transport: {other:?}"),
-    };
-    Seen {
-        source: (source, sport),
-        destination: (destination, dport),
-        payload,
-    }
-}
 
 /// DNAT of a client's packet, then reverse NAT of the backend's reply, for one family and
 /// protocol: addresses, ports, checksums, untouched payload.
@@ -1395,36 +1143,6 @@ fn icmp_errors_are_translated_ipv6() {
     );
 }
 
-/// Load options with the lab's `--cluster-cidr` of both families.
-fn dual_stack_cluster() -> LoadOptions {
-    let mut options = LoadOptions::default();
-    options.config.cluster_v4 = [10, 244, 0, 0];
-    options.config.cluster_v4_prefix = 16;
-    options.config.cluster_v6 = v6("fd00:10:244::").octets();
-    options.config.cluster_v6_prefix = 56;
-    options
-}
-
-/// A namespace whose routes the datapath's FIB lookups see: a veth (its peer beside it)
-/// holding the node's addresses 10.244.0.1/16 and fd00:10:244::1/56, so every pod address
-/// (and the outside clients 192.0.2.0/24, 2001:db8::/32) routes through it with that source. The tests of masquerade run their programs in it.
-fn routed_node() -> twinstack_lab::netns::Netns {
-    require_root();
-    let netns = twinstack_lab::netns::Netns::create(&unique("tsdp-"));
-    netns.ip(&["link", "add", "ts0", "type", "veth", "peer", "name", "ts1"]);
-    netns.ip(&["addr", "add", "10.244.0.1/16", "dev", "ts0"]);
-    netns.ip(&["addr", "add", "fd00:10:244::1/56", "dev", "ts0", "nodad"]);
-    netns.ip(&["link", "set", "ts1", "up"]);
-    netns.ip(&["link", "set", "ts0", "up"]);
-    // Clients outside the cluster, reachable through the same interface.
-    netns.ip(&["route", "add", "192.0.2.0/24", "dev", "ts0"]);
-    netns.ip(&["-6", "route", "add", "2001:db8::/32", "dev", "ts0"]);
-    // The lookup is a forwarding one, as for a packet from a pod: the node forwards.
-    netns.sysctl("net.ipv4.ip_forward", "1");
-    netns.sysctl("net.ipv6.conf.all.forwarding", "1");
-    netns
-}
-
 /// One masqueraded round trip in one family: a new flow from `client` to the frontend is
 /// DNATed to `backend` and SNATed to the node (`node`, a port of the range), redirected; the
 /// next packet takes the same port; the backend's reply, to that address and port, comes back
@@ -1760,26 +1478,6 @@ fn fragments_follow_their_first_fragment_ipv6() {
     fragments_follow_their_first(|fx| &mut fx.v6, v6_hosts());
 }
 
-/// A NodePort entry of `address:port/protocol` for `backends` (port 8080); `local`: the
-/// external entry of an `externalTrafficPolicy: Local` Service (its internal twin is left out).
-fn node_port<A: Address>(
-    address: A,
-    port: u16,
-    protocol: Protocol,
-    backends: &[A],
-    local: bool,
-) -> (Frontend<A>, ServiceEntry<A>) {
-    let (frontend, mut entry) = service(
-        address,
-        port,
-        protocol,
-        &backends.iter().map(|b| (*b, 8080)).collect::<Vec<_>>(),
-    );
-    entry.kind = FrontendKind::NodePort;
-    entry.local = local;
-    (frontend, entry)
-}
-
 /// A NodePort from outside, at a device (`from_device`): with `externalTrafficPolicy:
 /// Cluster` every client is masqueraded (a pod of another node too: its reply must come back
 /// through this node), DNAT and SNAT in one pass and redirected; the backend's reply is
@@ -1978,9 +1676,6 @@ fn a_load_balancer_ip_serves_only_its_source_ranges() {
         );
     });
 }
-
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
 
 /// XDP (`xdp_device`) serves a NodePort from outside as TC's `from_device` does, in one pass
 /// at the driver: the new flow is DNATed, masqueraded, given its next hop's MAC addresses and
