@@ -53,6 +53,9 @@ pub mod map_names {
     pub const SNAT_SOURCES_V4: &str = "snat4_sources";
     pub const SNAT_SOURCES_V6: &str = "snat6_sources";
     pub const COUNTERS: &str = "counters";
+    /// Traffic per frontend and per backend ([`crate::StatsKey`] → [`crate::TrafficStats`],
+    /// per CPU, LRU).
+    pub const STATS: &str = "lb_stats";
     /// Datapath events for `twinstack bpf monitor` (a ring buffer of [`crate::MonitorEvent`]).
     pub const MONITOR: &str = "monitor";
     /// Until when (`bpf_ktime_get_ns`) somebody reads [`MONITOR`]: one `u64`, refreshed by
@@ -82,6 +85,9 @@ pub mod capacity {
     pub const SOURCE_RANGES: u32 = 16_384;
     /// Node addresses masqueraded flows leave from (every local address is recorded at start).
     pub const SNAT_SOURCES: u32 = 4_096;
+    /// Frontends and backends whose traffic is counted (per CPU; the least recently counted
+    /// make room).
+    pub const STATS: u32 = 32_768;
     /// Bytes of the monitor's ring buffer (a power of two, pages).
     pub const MONITOR_BYTES: u32 = 1 << 18;
 }
@@ -664,4 +670,42 @@ mod user {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for config::DatapathConfig {}
+    unsafe impl aya::Pod for StatsKey {}
+    unsafe impl aya::Pod for TrafficStats {}
 }
+
+/// What a [`StatsKey`] counts.
+pub mod stats_kind {
+    /// A frontend: `id` is its reverse-NAT id.
+    pub const FRONTEND: u8 = 1;
+    /// A backend: `id` is its backend id.
+    pub const BACKEND: u8 = 2;
+}
+
+/// Which frontend or backend a [`TrafficStats`] counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct StatsKey {
+    pub id: u32,
+    /// 4 or 6.
+    pub family: u8,
+    /// [`stats_kind`].
+    pub kind: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Traffic through one frontend or backend, on one CPU: connections (new flows, socket
+/// connects and first datagrams), and packets and bytes (whole frames as the hook sees them)
+/// towards the backend and back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TrafficStats {
+    pub connections: u64,
+    pub packets_to: u64,
+    pub bytes_to: u64,
+    pub packets_from: u64,
+    pub bytes_from: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<StatsKey>() == 8);
+const _: () = assert!(core::mem::size_of::<TrafficStats>() == 40);

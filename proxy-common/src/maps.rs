@@ -19,6 +19,8 @@ pub enum MapKind {
     /// A longest-prefix-match trie (keys carry their prefix length first).
     LpmTrie,
     Array,
+    /// A per-CPU LRU hash: each CPU's value apart, summed by the reader.
+    LruPerCpuHash,
     /// A ring buffer: no keys or values, `capacity` is its size in bytes.
     RingBuf,
 }
@@ -59,7 +61,7 @@ const fn spec<K, V>(
 }
 
 use MapFamily::{V4, V6};
-use MapKind::{Array, Hash, LpmTrie, LruHash, PerCpuArray, RingBuf};
+use MapKind::{Array, Hash, LpmTrie, LruHash, LruPerCpuHash, PerCpuArray, RingBuf};
 
 pub const MAPS: &[MapSpec] = &[
     spec::<ServiceKeyV4, ServiceValue>(map_names::SERVICES_V4, Some(V4), Hash, capacity::SERVICES),
@@ -164,6 +166,12 @@ pub const MAPS: &[MapSpec] = &[
         capacity::SNAT_SOURCES,
     ),
     spec::<u32, u64>(map_names::COUNTERS, None, PerCpuArray, Counter::COUNT),
+    spec::<crate::StatsKey, crate::TrafficStats>(
+        map_names::STATS,
+        None,
+        LruPerCpuHash,
+        capacity::STATS,
+    ),
     spec::<(), ()>(map_names::MONITOR, None, RingBuf, capacity::MONITOR_BYTES),
     spec::<u32, u64>(map_names::MONITOR_UNTIL, None, Array, 1),
     spec::<u32, [u8; crate::SCRATCH_SIZE]>(map_names::SCRATCH, None, PerCpuArray, 1),

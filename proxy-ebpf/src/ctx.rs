@@ -30,6 +30,8 @@ pub(crate) enum FieldSize {
 pub(crate) trait PacketCtx {
     /// The [`proxy_common::monitor_hook`] of this context's programs.
     const HOOK: u8;
+    /// The packet's length in bytes, its link-layer header included.
+    fn length(&self) -> u32;
     fn load<T>(&self, offset: usize) -> Result<T, i64>;
     /// Loads `size_of::<T>()` bytes at `offset` into `out` (scratch memory, say).
     fn load_into<T>(&self, offset: usize, out: &mut T) -> Result<(), i64>;
@@ -131,6 +133,10 @@ fn l4_flags(change: L4Change) -> u64 {
 
 impl PacketCtx for TcContext {
     const HOOK: u8 = proxy_common::monitor_hook::TC;
+    #[inline(always)]
+    fn length(&self) -> u32 {
+        self.len()
+    }
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, i64> {
         TcContext::load(self, offset)
@@ -292,6 +298,12 @@ fn csum_added(check: u16, diff: u32) -> u16 {
 /// can do (resize, bounce) fails here: the XDP path hands those packets on to TC.
 impl PacketCtx for XdpContext {
     const HOOK: u8 = proxy_common::monitor_hook::XDP;
+    #[inline(always)]
+    fn length(&self) -> u32 {
+        // SAFETY: fields of the context the kernel handed us.
+        let (data, end) = unsafe { ((*self.ctx).data, (*self.ctx).data_end) };
+        end.saturating_sub(data)
+    }
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, i64> {
         let at = xdp_at::<T>(self, offset)?;

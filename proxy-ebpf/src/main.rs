@@ -25,6 +25,7 @@ mod reject;
 mod scratch;
 mod snat;
 mod sock;
+mod stats;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,7 +6,7 @@
 //! cost of programming thousands of Services, for a fixed kernel-memory footprint.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
     AffinityKey, AffinityValue, BackendV4, BackendV6, ConntrackKeyV4, ConntrackKeyV6,
@@ -83,6 +83,10 @@ pub(crate) static SNAT_SOURCES_V4: HashMap<[u8; 4], u8> =
 #[map(name = "snat6_sources")]
 pub(crate) static SNAT_SOURCES_V6: HashMap<[u8; 16], u8> =
     HashMap::pinned(capacity::SNAT_SOURCES, 0);
+
+#[map(name = "lb_stats")]
+pub(crate) static STATS: LruPerCpuHashMap<proxy_common::StatsKey, proxy_common::TrafficStats> =
+    LruPerCpuHashMap::pinned(capacity::STATS, 0);
 
 #[map(name = "monitor")]
 pub(crate) static MONITOR: RingBuf = RingBuf::pinned(capacity::MONITOR_BYTES, 0);

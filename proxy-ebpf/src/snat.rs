@@ -24,6 +24,7 @@ use crate::{
     nat::{self, Side},
     outcome::Outcome,
     parse::{Packet, Parse},
+    stats,
 };
 
 /// Ports tried for a new flow before giving up (random picks; the verifier needs a bound: 32,
@@ -97,7 +98,8 @@ pub(crate) fn new_flow<F: Family, C: PacketCtx>(
     let what = monitor::what(NEW_FLOW, Outcome::SnatNew, C::HOOK);
     monitor::emit(packet, what, rev_nat_id, Some(chosen));
     let rewrites = [(Side::Destination, backend), (Side::Source, (node, port))];
-    send_new::<F, C>(ctx, packet, &rewrites, ifindex)
+    let ids = u64::from(rev_nat_id) << 32 | u64::from(chosen.id);
+    send_new::<F, C>(ctx, packet, &rewrites, ifindex, ids)
 }
 
 /// The interface of the node's route to `destination`, and the source address it picks, into
@@ -123,14 +125,19 @@ fn route<F: Family, C: PacketCtx>(ctx: &C, destination: F::Addr) -> Option<(u32,
     Some((route.ifindex, F::Addr::from_wide(&route.source)))
 }
 
-/// [`send`] for a new flow, as a BPF function of its own.
+/// [`send`] for a new flow, as a BPF function of its own, counting it (`ids`: its frontend's
+/// reverse-NAT id in the high half, its backend's id in the low: a BPF function takes five
+/// arguments). Counted here, not in the service path's frame, which has no room to spare.
 #[inline(never)]
 fn send_new<F: Family, C: PacketCtx>(
     ctx: &C,
     packet: &Packet<F::Addr>,
     rewrites: &[(Side, (F::Addr, u16)); 2],
     ifindex: u32,
+    ids: u64,
 ) -> Outcome {
+    let what = stats::TO | stats::NEW;
+    stats::count::<F>((ids >> 32) as u32, ids as u32, ctx.length(), what);
     send::<F, C>(ctx, packet, *rewrites, ifindex, Outcome::SnatNew)
 }
 
@@ -152,6 +159,7 @@ pub(crate) fn established<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
     };
     let backend = ct::backend_of::<F>(entry);
     let node = ct::nat_of::<F>(entry);
+    stats::packet::<F, C>(ctx, entry.rev_nat_id, entry.backend_id, stats::TO);
     ct::client_closing::<F>(backend, node, packet.protocol, packet.tcp_flags);
     let Some((ifindex, _)) = route::<F, C>(ctx, backend.0) else {
         return Outcome::SnatError;
@@ -211,6 +219,7 @@ pub(crate) fn reply<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
     };
     let client = ct::nat_of::<F>(entry);
     ct::touch(entry, packet.tcp_flags, ct::now());
+    stats::packet::<F, C>(ctx, entry.rev_nat_id, entry.backend_id, stats::FROM);
     let tuple = Tuple {
         client,
         frontend,

@@ -9,7 +9,7 @@ use crate::{
     config,
     family::Family,
     lb::{self, Chosen},
-    snat,
+    snat, stats,
 };
 
 /// What to do with a socket's destination.
@@ -77,6 +77,9 @@ pub(crate) fn forward<F: Family>(
             if sticky && F::sock_udp().insert(udp_key, chosen.id, 0).is_err() {
                 map_error = true;
             }
+            // A connect, or an unconnected socket's first datagram to this frontend: a
+            // connection (its packets no hook of ours sees).
+            stats::count::<F>(rev_nat_id, chosen.id, 0, stats::NEW | stats::NO_PACKET);
             chosen
         }
     };

@@ -869,3 +869,85 @@ fn the_agent_runs_under_ip_netns_exec_on_a_bpffs_it_mounts() {
         assert_eq!(tally(&answers).len(), 2, "{vip}: both backends answer");
     }
 }
+
+/// The frontend with `address` and `port` in `bpf service list --stats -o json`.
+fn stats_of(lab: &Lab, address: &str, port: u16, protocol: &str) -> serde_json::Value {
+    let rows: serde_json::Value = serde_json::from_str(
+        &lab.agent
+            .twinstack(&["bpf", "service", "list", "--stats", "-o", "json"]),
+    )
+    .expect("service list JSON");
+    rows.as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["address"] == address && r["port"] == port && r["protocol"] == protocol)
+        .unwrap_or_else(|| panic!("no frontend {address}:{port}/{protocol}: {rows:#}"))
+        .clone()
+}
+
+/// Traffic per frontend and backend, exact: each UDP request is a new socket (a new flow) of
+/// known size, so connections, packets and bytes each way are known, per frontend and per
+/// backend (from who answered), in both families; each TCP request is one connection.
+#[test]
+fn traffic_counters_count_connections_packets_and_bytes_per_frontend_and_backend() {
+    let lab = start();
+    const REQUESTS: usize = 10;
+    const SIZE: usize = 100;
+    for (vip, ip_header) in [(VIP4, 20u64), (VIP6, 40u64)] {
+        let target = target(vip, 5353);
+        let netns = &lab.topology.client.netns;
+        let answers: Vec<(Answer, usize)> = netns.enter(move || {
+            (0..REQUESTS)
+                .map(|_| servers::udp_request_of(target, TIMEOUT, SIZE).expect("a UDP answer"))
+                .collect()
+        });
+        // Whole frames, as the TC hooks see them: Ethernet, IP, UDP, payload.
+        let frame = |payload: usize| 14 + ip_header + 8 + payload as u64;
+        let row = stats_of(&lab, vip, 5353, "UDP");
+        let stats = &row["stats"];
+        assert_eq!(stats["connections"], REQUESTS, "{vip}: {row:#}");
+        assert_eq!(stats["packets_to"], REQUESTS, "{vip}: {row:#}");
+        assert_eq!(stats["packets_from"], REQUESTS, "{vip}: {row:#}");
+        assert_eq!(
+            stats["bytes_to"],
+            REQUESTS as u64 * frame(SIZE),
+            "{vip}: {row:#}"
+        );
+        let replies: u64 = answers.iter().map(|(_, n)| frame(*n)).sum();
+        assert_eq!(stats["bytes_from"], replies, "{vip}: {row:#}");
+        // Per backend: as many connections and replies as it gave answers.
+        for backend in row["backends"].as_array().expect("backends") {
+            let address: IpAddr = backend["address"]
+                .as_str()
+                .expect("address")
+                .parse()
+                .unwrap();
+            let pod = lab
+                .topology
+                .backends
+                .iter()
+                .find(|p| p.address(address.is_ipv6()) == address)
+                .expect("a backend pod");
+            let answered = answers
+                .iter()
+                .filter(|(a, _)| a.backend == pod.name)
+                .count();
+            assert_eq!(backend["stats"]["connections"], answered, "{vip}: {row:#}");
+            assert_eq!(backend["stats"]["packets_from"], answered, "{vip}: {row:#}");
+        }
+
+        let tcp = target.ip().to_string();
+        lab.requests(SocketAddr::new(target.ip(), 80), false, 5);
+        let row = stats_of(&lab, &tcp, 80, "TCP");
+        assert_eq!(row["stats"]["connections"], 5, "{vip}: {row:#}");
+        let to = row["stats"]["packets_to"].as_u64().unwrap();
+        let from = row["stats"]["packets_from"].as_u64().unwrap();
+        assert!(
+            to >= 5 * 3 && from >= 5 * 2,
+            "{vip}: a handshake, a request and a close each: {row:#}"
+        );
+    }
+    // The table shows them.
+    let table = lab.agent.twinstack(&["bpf", "service", "list", "--stats"]);
+    assert!(table.contains("BYTES TO/FROM"), "{table}");
+}

@@ -189,6 +189,30 @@ fn the_nodes_own_processes_reach_the_service_through_the_socket_hooks() {
             all_equal(&udp, "reply_from", &echo);
         }
     });
+    // Each connect counted for its frontend and backend (`--stats`); the socket path sees no
+    // packets, and no TC hook translated these.
+    let rows: Value = serde_json::from_str(
+        &lab.agent
+            .twinstack(&["bpf", "service", "list", "--stats", "-o", "json"]),
+    )
+    .unwrap();
+    for vip in [VIP4, VIP6] {
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == vip && r["port"] == 80)
+            .unwrap_or_else(|| panic!("{vip}:80 in {rows:#}"));
+        assert_eq!(row["stats"]["connections"], 20, "{row:#}");
+        assert_eq!(row["stats"]["packets_to"], 0, "{row:#}");
+        let per_backend: u64 = row["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["stats"]["connections"].as_u64().unwrap())
+            .sum();
+        assert_eq!(per_backend, 20, "{row:#}");
+    }
     let outside = client(&lab, In::Outside(node), &["tcp", &target(VIP4, 80), "1"]);
     assert_eq!(
         outside[0]["error"], "NetworkUnreachable",

@@ -12,6 +12,7 @@ use crate::{
     nat::{self, Side},
     outcome::{Outcome, rewrite_error},
     parse::{self, EtherType, Packet, Parse},
+    stats,
 };
 
 /// The outcome of one packet at a TC egress hook.
@@ -54,6 +55,7 @@ fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
         return Ok(Outcome::Pass);
     };
     ct::touch(entry, packet.tcp_flags, ct::now());
+    stats::packet::<F, C>(ctx, entry.rev_nat_id, entry.backend_id, stats::FROM);
     let tuple = ct::Tuple {
         client: packet.destination(),
         frontend: (address, port),

@@ -18,7 +18,7 @@ use crate::{
     outcome::{Outcome, rewrite_error},
     parse::{self, EtherType, Packet, Parse},
     reject::{self, Reply},
-    snat,
+    snat, stats,
 };
 
 /// The outcome of one packet at a TC ingress hook.
@@ -244,7 +244,10 @@ pub(super) fn known<F: Reply, C: PacketCtx>(
     let (address, port) = ct::backend_of::<F>(entry);
     Known::Translated(
         match nat::rewrite::<F, C>(ctx, packet, Side::Destination, address, port) {
-            Ok(()) => Outcome::DnatEstablished,
+            Ok(()) => {
+                stats::packet::<F, C>(ctx, entry.rev_nat_id, entry.backend_id, stats::TO);
+                Outcome::DnatEstablished
+            }
             Err(error) => rewrite_error(error),
         },
     )
@@ -282,6 +285,7 @@ pub(super) fn new_flow<F: Reply, C: PacketCtx>(
     }
     let what = monitor::what(NEW_FLOW, Outcome::DnatNew, C::HOOK);
     monitor::emit(packet, what, rev_nat_id, Some(chosen));
+    stats::packet::<F, C>(ctx, rev_nat_id, chosen.id, stats::TO | stats::NEW);
     let backend = chosen.backend;
     match nat::rewrite::<F, C>(
         ctx,

@@ -16,7 +16,7 @@ enum BpfCommand {
     /// Services (frontends and their backends).
     Service {
         #[command(subcommand)]
-        command: ListCommand,
+        command: ServiceCommand,
     },
     /// Connection tracking entries.
     Ct {
@@ -89,6 +89,18 @@ enum ListCommand {
     List(ListArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+        /// With each frontend's and backend's traffic: connections, packets and bytes to the
+        /// backends and back (the datapath's per-CPU counters, summed).
+        #[arg(long)]
+        stats: bool,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Output {
     Table,
@@ -108,10 +120,15 @@ struct ListArgs {
 pub(super) fn main(args: BpfArgs) -> anyhow::Result<()> {
     match args.command {
         BpfCommand::Service {
-            command: ListCommand::List(list),
+            command: ServiceCommand::List { list, stats },
         } => {
-            let rows = debug::services(&PinLayout::new(&list.bpf_root))?;
+            let pins = PinLayout::new(&list.bpf_root);
+            let mut rows = debug::services(&pins)?;
+            if stats {
+                debug::with_traffic(&mut rows, &pins)?;
+            }
             match list.output {
+                Output::Table if stats => print!("{}", debug::services_stats_table(&rows)),
                 Output::Table => print!("{}", debug::services_table(&rows)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             }

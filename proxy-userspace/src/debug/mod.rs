@@ -4,7 +4,10 @@ mod links;
 pub mod monitor;
 mod table;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use proxy_common::{
     ConntrackKey, ConntrackValue, LbFamily, RawAddress, SockRevKey, SockRevValue, ct_flags,
@@ -41,6 +44,80 @@ pub struct ServiceRow {
     pub kind: Vec<&'static str>,
     pub affinity_timeout: Option<u32>,
     pub backends: Vec<BackendRow>,
+    /// Traffic through this frontend (`--stats`; `None` without it, or none counted yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Traffic>,
+}
+
+/// A frontend's or backend's traffic, summed over CPUs: connections, and packets and bytes
+/// towards the backend and back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    pub connections: u64,
+    pub packets_to: u64,
+    pub bytes_to: u64,
+    pub packets_from: u64,
+    pub bytes_from: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, s: &proxy_common::TrafficStats) {
+        self.connections += s.connections;
+        self.packets_to += s.packets_to;
+        self.bytes_to += s.bytes_to;
+        self.packets_from += s.packets_from;
+        self.bytes_from += s.bytes_from;
+    }
+}
+
+/// The traffic counters (`lb_stats`), summed over CPUs, by (family, kind, id).
+pub fn traffic(pins: &PinLayout) -> Result<BTreeMap<(u8, u8, u32), Traffic>, MapError> {
+    use aya::maps::{Map, MapData, PerCpuHashMap};
+    use proxy_common::{StatsKey, TrafficStats, map_names::STATS};
+    let kernel = |operation: &'static str| {
+        move |source| MapError::Kernel {
+            map: STATS,
+            operation,
+            source,
+        }
+    };
+    let data = MapData::from_pin(pins.map(STATS)).map_err(kernel("open pin"))?;
+    let map: PerCpuHashMap<_, StatsKey, TrafficStats> =
+        PerCpuHashMap::try_from(Map::PerCpuLruHashMap(data)).map_err(kernel("open"))?;
+    let mut sums = BTreeMap::new();
+    for entry in map.iter() {
+        let (key, values) = entry.map_err(kernel("read"))?;
+        let sum: &mut Traffic = sums.entry((key.family, key.kind, key.id)).or_default();
+        for value in values.iter() {
+            sum.add(value);
+        }
+    }
+    Ok(sums)
+}
+
+/// Fills each row's and backend's traffic from [`traffic`].
+pub fn with_traffic(rows: &mut [ServiceRow], pins: &PinLayout) -> Result<(), MapError> {
+    use proxy_common::stats_kind::{BACKEND, FRONTEND};
+    let sums = traffic(pins)?;
+    for row in rows {
+        let family = match row.family {
+            Family::V4 => 4,
+            Family::V6 => 6,
+        };
+        row.stats = Some(
+            sums.get(&(family, FRONTEND, row.rev_nat_id))
+                .copied()
+                .unwrap_or_default(),
+        );
+        for backend in &mut row.backends {
+            backend.stats = Some(
+                sums.get(&(family, BACKEND, backend.id))
+                    .copied()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -51,6 +128,9 @@ pub struct BackendRow {
     pub address: Option<IpAddr>,
     pub port: Option<u16>,
     pub state: Option<&'static str>,
+    /// Traffic to this backend, every frontend's together (`--stats`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Traffic>,
 }
 
 fn head_names(head: &codec::Head) -> Vec<&'static str> {
@@ -88,6 +168,7 @@ fn services_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ServiceRow>, Map
             scope: resolved.frontend.scope,
             kind: head_names(&resolved.head),
             affinity_timeout: resolved.head.affinity_timeout,
+            stats: None,
             backends: resolved
                 .slots
                 .iter()
@@ -98,6 +179,7 @@ fn services_of<A: KernelFamily>(pins: &PinLayout) -> Result<Vec<ServiceRow>, Map
                     address: backend.map(|b| b.address.into()),
                     port: backend.map(|b| b.port),
                     state: backend.map(|b| state_name(b.state)),
+                    stats: None,
                 })
                 .collect(),
         })
@@ -149,6 +231,54 @@ pub fn services_table(rows: &[ServiceRow]) -> Table {
             },
             kind,
             backends,
+        ]);
+    }
+    table
+}
+
+/// The frontends with their traffic (rows filled by [`with_traffic`]): connections, packets
+/// and bytes to the backends and back, and each backend's connections and packets.
+pub fn services_stats_table(rows: &[ServiceRow]) -> Table {
+    let mut table = Table::new([
+        "ID",
+        "FRONTEND",
+        "CONNS",
+        "PKTS TO/FROM",
+        "BYTES TO/FROM",
+        "BACKENDS (CONNS, PKTS TO/FROM)",
+    ]);
+    for row in rows
+        .iter()
+        .filter(|r| r.port != crate::plan::UNEXPOSED_PORT)
+    {
+        let t = row.stats.unwrap_or_default();
+        let backends = row
+            .backends
+            .iter()
+            .map(|b| {
+                let s = b.stats.unwrap_or_default();
+                let at = match (b.address, b.port) {
+                    (Some(a), Some(p)) => socket_display(a, p),
+                    _ => format!("#{}", b.id),
+                };
+                format!(
+                    "{at} ({}, {}/{})",
+                    s.connections, s.packets_to, s.packets_from
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        table.row([
+            row.rev_nat_id.to_string(),
+            format!("{}/{}", socket_display(row.address, row.port), row.protocol),
+            t.connections.to_string(),
+            format!("{}/{}", t.packets_to, t.packets_from),
+            format!("{}/{}", t.bytes_to, t.bytes_from),
+            if backends.is_empty() {
+                "(none)".to_owned()
+            } else {
+                backends
+            },
         ]);
     }
     table
@@ -377,7 +507,9 @@ pub fn maps(pins: &PinLayout) -> Result<Vec<MapRow>, MapError> {
             }),
             // A trie has no batch lookup: its entries are walked.
             MapKind::LpmTrie => range_count(pins, spec.family),
-            MapKind::PerCpuArray | MapKind::Array | MapKind::RingBuf => None,
+            MapKind::PerCpuArray | MapKind::Array | MapKind::RingBuf | MapKind::LruPerCpuHash => {
+                None
+            }
         };
         rows.push(MapRow {
             name,
