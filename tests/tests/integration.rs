@@ -951,3 +951,46 @@ fn traffic_counters_count_connections_packets_and_bytes_per_frontend_and_backend
     let table = lab.agent.twinstack(&["bpf", "service", "list", "--stats"]);
     assert!(table.contains("BYTES TO/FROM"), "{table}");
 }
+
+/// `twinstack top -o json` while UDP requests flow to one frontend: that frontend leads with
+/// its connections per second, each interval's an object.
+#[test]
+fn top_shows_the_busiest_frontend_first_with_its_rates() {
+    let lab = start();
+    let top = std::process::Command::new(twinstack_lab::twinstack_binary())
+        .args(["top", "-o", "json", "--interval", "500ms", "--count", "4"])
+        .arg("--bpf-root")
+        .arg(&lab.agent.bpf_root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting twinstack top");
+    let target = target(VIP6, 5353);
+    let sent = lab.topology.client.netns.enter(move || {
+        let started = std::time::Instant::now();
+        let mut sent = 0;
+        while started.elapsed() < Duration::from_millis(2_500) && sent < 20_000 {
+            servers::udp_request(target, TIMEOUT).expect("a UDP answer");
+            sent += 1;
+        }
+        sent
+    });
+    let output = top.wait_with_output().expect("top ends after --count");
+    assert!(output.status.success(), "{output:?}");
+    let frames: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON frame"))
+        .collect();
+    assert_eq!(frames.len(), 4, "{frames:#?}");
+    let busy = frames
+        .iter()
+        .filter(|f| {
+            let first = &f["frontends"][0];
+            first["frontend"] == "[fd00:10:96::10]:5353/UDP"
+                && first["connections_per_second"].as_f64().unwrap_or(0.0) > 10.0
+        })
+        .count();
+    assert!(
+        busy >= 2,
+        "{sent} requests sent; the frontend leads in 2 frames at least: {frames:#?}"
+    );
+}

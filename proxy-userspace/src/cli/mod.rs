@@ -3,6 +3,7 @@
 mod bpf;
 mod cleanup;
 mod run;
+mod top;
 mod validate;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ pub enum Command {
     Cleanup(cleanup::CleanupArgs),
     /// Inspect the pinned maps (works without the agent running).
     Bpf(bpf::BpfArgs),
+    /// The busiest frontends, refreshed: connections, packets and bytes per second each way.
+    Top(top::TopArgs),
     /// Check that dual stack works on this node: the Node, --cluster-cidr, each Service's
     /// cluster IPs and endpoints per family, the maps, and a connection to each cluster IP.
     /// Exits non-zero on any problem.
@@ -50,6 +53,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::main(*args).map(|()| ExitCode::SUCCESS),
         Command::Cleanup(args) => cleanup::main(args).map(|()| ExitCode::SUCCESS),
         Command::Bpf(args) => bpf::main(args).map(|()| ExitCode::SUCCESS),
+        Command::Top(args) => top::main(args).map(|()| ExitCode::SUCCESS),
         Command::Validate(args) => validate::main(*args),
     }
 }

@@ -3,6 +3,7 @@
 mod links;
 pub mod monitor;
 mod table;
+pub mod top;
 
 use std::{
     collections::BTreeMap,
