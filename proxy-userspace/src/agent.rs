@@ -72,6 +72,8 @@ pub struct AgentConfig {
     pub sync_period: Duration,
     pub conntrack: ConntrackConfig,
     pub masquerade: Masquerade,
+    /// `--service-metrics`: traffic series per Service on /metrics.
+    pub service_metrics: bool,
 }
 
 /// Which flows are SNATed to the node, and the source ports they get.
@@ -424,6 +426,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 conntrack,
                 last_synced: stamps.last_synced,
                 last_queued: stamps.last_queued,
+                frontend_services: config
+                    .service_metrics
+                    .then(|| std::sync::Arc::new(syncer.frontend_services())),
                 ..syncer.figures()
             };
         }

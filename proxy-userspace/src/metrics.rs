@@ -52,7 +52,15 @@ pub struct AgentFigures {
     /// (seconds since the epoch).
     pub last_synced: Option<f64>,
     pub last_queued: Option<f64>,
+    /// With `--service-metrics`: the Service of each frontend, for the per-Service series.
+    pub frontend_services: Option<Arc<FrontendServices>>,
 }
+
+/// The Service each frontend (address, port, protocol) is served for.
+pub type FrontendServices = std::collections::BTreeMap<
+    (std::net::IpAddr, u16, crate::model::Protocol),
+    crate::model::ServiceName,
+>;
 
 /// kube-proxy's histograms, observed by the agent after each sync.
 #[derive(Clone, Debug)]
@@ -145,6 +153,93 @@ pub struct ConntrackFigures {
 struct AgentCollector {
     figures: Arc<Mutex<AgentFigures>>,
     packets: Mutex<PerCpuArray<MapData, u64>>,
+    /// Where the traffic counters are read from (`--service-metrics`).
+    pins: PinLayout,
+}
+
+/// The per-Service traffic series (`--service-metrics`): each frontend's counters, labelled
+/// by its Service.
+fn service_series(
+    encoder: &mut DescriptorEncoder,
+    pins: &PinLayout,
+    names: &FrontendServices,
+) -> Result<(), std::fmt::Error> {
+    let mut rows = match crate::debug::services(pins) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(%e, "per-Service series: cannot read the service maps");
+            return Ok(());
+        }
+    };
+    if let Err(e) = crate::debug::with_traffic(&mut rows, pins) {
+        tracing::warn!(%e, "per-Service series: cannot read the traffic counters");
+        return Ok(());
+    }
+    let mut labelled = Vec::new();
+    for row in &rows {
+        let Some(name) = names.get(&(row.address, row.port, row.protocol)) else {
+            continue;
+        };
+        let frontend = format!(
+            "{}/{}",
+            crate::family::socket_display(row.address, row.port),
+            row.protocol
+        );
+        let labels = [
+            ("namespace", name.namespace.to_string()),
+            ("service", name.name.to_string()),
+            ("family", row.family.kubernetes_name().to_owned()),
+            ("frontend", frontend),
+        ];
+        labelled.push((labels, row.stats.unwrap_or_default()));
+    }
+    type Pick = fn(&crate::debug::Traffic) -> u64;
+    let series: [(&str, &str, Option<&str>, Pick); 5] = [
+        (
+            "twinstack_service_connections",
+            "Connections through a Service's frontend.",
+            None,
+            |t| t.connections,
+        ),
+        (
+            "twinstack_service_packets",
+            "Packets through a Service's frontend, by direction.",
+            Some("to"),
+            |t| t.packets_to,
+        ),
+        ("twinstack_service_packets", "", Some("from"), |t| {
+            t.packets_from
+        }),
+        (
+            "twinstack_service_bytes",
+            "Bytes through a Service's frontend, by direction.",
+            Some("to"),
+            |t| t.bytes_to,
+        ),
+        ("twinstack_service_bytes", "", Some("from"), |t| {
+            t.bytes_from
+        }),
+    ];
+    // One family per name: both directions of packets (bytes) together.
+    for (name, help, directions) in [
+        ("twinstack_service_connections", series[0].1, &series[0..1]),
+        ("twinstack_service_packets", series[1].1, &series[1..3]),
+        ("twinstack_service_bytes", series[3].1, &series[3..5]),
+    ] {
+        let metric = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+        for (labels, traffic) in &labelled {
+            for (_, _, direction, pick) in directions {
+                let mut all: Vec<(&str, &str)> =
+                    labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                if let Some(direction) = direction {
+                    all.push(("direction", direction));
+                }
+                ConstCounter::new(pick(traffic)).encode(family.encode_family(&all)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for AgentCollector {
@@ -332,6 +427,9 @@ impl Collector for AgentCollector {
             figures.last_queued.unwrap_or(0.0),
         )?;
 
+        if let Some(names) = &figures.frontend_services {
+            service_series(&mut encoder, &self.pins, names)?;
+        }
         if let Ok(packets) = self.packets.lock() {
             let values: Vec<(&str, u64)> = Counter::ALL
                 .iter()
@@ -372,7 +470,11 @@ pub fn registry(
     let packets = Mutex::new(PerCpuArray::try_from(map)?);
     let mut registry = Registry::default();
     histograms.register(&mut registry);
-    registry.register_collector(Box::new(AgentCollector { figures, packets }));
+    registry.register_collector(Box::new(AgentCollector {
+        figures,
+        packets,
+        pins: pins.clone(),
+    }));
     Ok(registry)
 }
 

@@ -315,6 +315,18 @@ impl<A: Address> Proxier<A> {
         self.writer.take_departures()
     }
 
+    /// Adds the Service each frontend of this family is served for (a contest's winner).
+    fn frontend_services(&self, out: &mut crate::metrics::FrontendServices) {
+        for (frontend, names) in &self.claimants {
+            if let Some(name) = names.first() {
+                out.insert(
+                    (frontend.address.into(), frontend.port, frontend.protocol),
+                    name.clone(),
+                );
+            }
+        }
+    }
+
     pub fn figures(&self) -> FamilyFigures {
         let stats = self.writer.stats();
         FamilyFigures {
@@ -520,6 +532,14 @@ impl MetaProxier {
 
     pub fn figures(&self) -> Vec<FamilyFigures> {
         vec![self.v4.figures(), self.v6.figures()]
+    }
+
+    /// The Service each frontend is served for, both families.
+    pub fn frontend_services(&self) -> crate::metrics::FrontendServices {
+        let mut out = crate::metrics::FrontendServices::new();
+        self.v4.frontend_services(&mut out);
+        self.v6.frontend_services(&mut out);
+        out
     }
 
     /// The backends that left a frontend since the last call, both families.

@@ -276,6 +276,11 @@ impl Syncer {
         self.meta.take_departures()
     }
 
+    /// The Service each frontend is served for (both families).
+    pub fn frontend_services(&self) -> crate::metrics::FrontendServices {
+        self.meta.frontend_services()
+    }
+
     /// What the metrics report.
     pub fn figures(&self) -> AgentFigures {
         AgentFigures {

@@ -994,3 +994,40 @@ fn top_shows_the_busiest_frontend_first_with_its_rates() {
         "{sent} requests sent; the frontend leads in 2 frames at least: {frames:#?}"
     );
 }
+
+/// `--service-metrics`: each frontend's traffic on /metrics, labelled by its Service; without
+/// the flag, none of those series (their cardinality is the operator's choice).
+#[test]
+fn service_metrics_label_each_frontends_traffic_with_its_service_only_when_asked() {
+    let lab = ExampleLab::start(DUAL_STACK, &["--service-metrics"]);
+    let target = target(VIP4, 5353);
+    lab.requests(target, true, 7);
+    let series = "twinstack_service_connections_total{namespace=\"default\",service=\"demo\",\
+                  family=\"IPv4\",frontend=\"10.96.0.10:5353/UDP\"}";
+    assert_eq!(
+        lab.agent.metric(series),
+        Some(7.0),
+        "{}\n{}",
+        lab.agent.metrics(),
+        lab.agent.log()
+    );
+    let packets = "twinstack_service_packets_total{namespace=\"default\",service=\"demo\",\
+                   family=\"IPv4\",frontend=\"10.96.0.10:5353/UDP\",direction=\"from\"}";
+    assert_eq!(
+        lab.agent.metric(packets),
+        Some(7.0),
+        "{}",
+        lab.agent.metrics()
+    );
+    drop(lab);
+
+    let lab = start();
+    lab.requests(target, true, 1);
+    let metrics = lab.agent.metrics();
+    assert!(metrics.contains("twinstack_datapath_packets"), "{metrics}");
+    assert!(
+        !metrics.contains("twinstack_service_connections"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("twinstack_service_packets"), "{metrics}");
+}

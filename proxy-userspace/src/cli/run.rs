@@ -107,6 +107,11 @@ pub struct RunArgs {
     /// --cluster-cidr (kube-proxy's --masquerade-all).
     #[arg(long)]
     masquerade_all: bool,
+    /// Also export each Service's traffic on /metrics (connections, packets and bytes per
+    /// frontend, labelled by namespace, service, family and frontend): one series set per
+    /// frontend, so off by default (cardinality).
+    #[arg(long)]
+    service_metrics: bool,
     /// Source ports of masqueraded flows. Keep them out of the node's ephemeral range
     /// (net.ipv4.ip_local_port_range, 32768-60999 by default) and of the cluster's NodePort
     /// range (--service-node-port-range, 30000-32767 by default).
@@ -224,6 +229,7 @@ pub(super) fn main(args: RunArgs) -> anyhow::Result<()> {
             all: args.masquerade_all,
             ports: args.masquerade_ports,
         },
+        service_metrics: args.service_metrics,
     };
     // One thread: syncs are sequential anyway, and one allocator arena keeps the agent small.
     tokio::runtime::Builder::new_current_thread()
