@@ -346,6 +346,32 @@ pub fn routed_node() -> Netns {
     netns
 }
 
+/// [`routed_node`] with the MAC addresses of backend A (10.244.2.2, fd00:10:244:2::2) and of
+/// the outside clients (192.0.2.7, 2001:db8::7) resolved on `ts0`, so the XDP path can send
+/// their flows itself; backend B's stay unresolved (handed on to TC).
+pub fn routed_node_with_neighbours() -> Netns {
+    let netns = routed_node();
+    for (address, mac) in [
+        ("10.244.2.2", "02:00:00:00:00:22"),
+        ("fd00:10:244:2::2", "02:00:00:00:00:22"),
+        ("192.0.2.7", "02:00:00:00:00:77"),
+        ("2001:db8::7", "02:00:00:00:00:77"),
+    ] {
+        netns.ip(&[
+            "neigh",
+            "add",
+            address,
+            "lladdr",
+            mac,
+            "dev",
+            "ts0",
+            "nud",
+            "permanent",
+        ]);
+    }
+    netns
+}
+
 /// A NodePort entry of `address:port/protocol` for `backends` (port 8080); `local`: the
 /// external entry of an `externalTrafficPolicy: Local` Service (its internal twin is left out).
 pub fn node_port<A: Address>(

@@ -18,7 +18,8 @@ use proxy_userspace::{
 };
 use twinstack_lab::fixture::{
     DROP, Fixture, NEXT, PAYLOAD, REDIRECT, Seen, XDP_PASS, XDP_REDIRECT, builder, counts,
-    dual_stack_cluster, inspect, node_port, routed_node, service, tcp, udp, v6,
+    dual_stack_cluster, inspect, node_port, routed_node, routed_node_with_neighbours, service, tcp,
+    udp, v6,
 };
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
@@ -1685,26 +1686,7 @@ fn a_load_balancer_ip_serves_only_its_source_ranges() {
 /// TC untouched, and a packet of no frontend passes. Both families, TCP and UDP.
 #[test]
 fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
-    let netns = routed_node();
-    // The backends' and the clients' MAC addresses, as if resolved (only those listed).
-    for (address, mac) in [
-        ("10.244.2.2", "02:00:00:00:00:22"),
-        ("fd00:10:244:2::2", "02:00:00:00:00:22"),
-        ("192.0.2.7", "02:00:00:00:00:77"),
-        ("2001:db8::7", "02:00:00:00:00:77"),
-    ] {
-        netns.ip(&[
-            "neigh",
-            "add",
-            address,
-            "lladdr",
-            mac,
-            "dev",
-            "ts0",
-            "nud",
-            "permanent",
-        ]);
-    }
+    let netns = routed_node_with_neighbours();
     let link: serde_json::Value =
         serde_json::from_str(&netns.ip(&["-j", "link", "show", "ts0"])).expect("ip -j");
     let mac_of_ts0: Vec<u8> = link[0]["address"]

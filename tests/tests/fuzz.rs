@@ -18,7 +18,7 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
     ops::Range,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     time::Instant,
 };
 
@@ -26,13 +26,13 @@ use aya::maps::MapData;
 use proxy_common::{config::DEFAULT_SNAT_PORTS, counter::Counter, map_names, programs};
 use proxy_userspace::{
     family::Address,
-    maps::{ranges::RangeKey, writer::Writer},
+    maps::{batch, ranges::RangeKey, writer::Writer},
     model::Protocol,
     plan::{Backend, BackendState, Frontend, FrontendKind, ServiceEntry},
 };
 use twinstack_lab::fixture::{
-    DROP, Fixture, NEXT, REDIRECT, XDP_PASS, XDP_REDIRECT, dual_stack_cluster, routed_node,
-    try_inspect, v6,
+    DROP, Fixture, NEXT, REDIRECT, XDP_PASS, XDP_REDIRECT, dual_stack_cluster,
+    routed_node_with_neighbours, try_inspect, v6,
 };
 
 /// `XDP_DROP`.
@@ -892,20 +892,6 @@ struct CounterReader {
     values: Vec<u64>,
 }
 
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
 impl CounterReader {
     fn new(fx: &Fixture) -> Self {
         let map = MapData::from_pin(fx.pins.map(map_names::COUNTERS)).expect("counters pin");
@@ -920,33 +906,9 @@ impl CounterReader {
     }
 
     fn read(&mut self) -> Vec<u64> {
-        let mut out_batch = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: 0,
-            out_batch: std::ptr::from_mut(&mut out_batch) as u64,
-            keys: self.keys.as_mut_ptr() as u64,
-            values: self.values.as_mut_ptr() as u64,
-            count: Counter::COUNT,
-            map_fd: self.map.fd().as_fd().as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: the attribute points at buffers of `count` keys and `count * cpus` values.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let error = std::io::Error::last_os_error();
-        // The whole array in one call: the kernel says ENOENT for "no more after these".
-        assert!(
-            rc == 0 || error.raw_os_error() == Some(libc::ENOENT),
-            "BPF_MAP_LOOKUP_BATCH on the counters: {error}"
-        );
-        assert_eq!(attr.count, Counter::COUNT, "every counter read");
+        let read = batch::lookup_first(self.map.fd().as_fd(), &mut self.keys, &mut self.values)
+            .expect("BPF_MAP_LOOKUP_BATCH on the counters");
+        assert_eq!(read, Counter::COUNT as usize, "every counter read");
         let mut totals = vec![0u64; Counter::COUNT as usize];
         for (i, key) in self.keys.iter().enumerate() {
             let per_cpu = &self.values[i * self.cpus..(i + 1) * self.cpus];
@@ -1877,29 +1839,11 @@ fn packets_per_program_and_family() -> usize {
     })
 }
 
-/// Runs `f` in a routed node namespace (see [`routed_node`]) with the neighbours of backend A
+/// Runs `f` in a routed node namespace (see [`routed_node_with_neighbours`]) with the neighbours of backend A
 /// and of the outside clients resolved (so XDP serves their flows itself; backend B's go on to
 /// TC), given the index of its device `ts0`.
 fn in_routed_node<T: Send + 'static>(f: impl FnOnce(u32) -> T + Send + 'static) -> T {
-    let netns = routed_node();
-    for (address, mac) in [
-        ("10.244.2.2", "02:00:00:00:00:22"),
-        ("fd00:10:244:2::2", "02:00:00:00:00:22"),
-        ("192.0.2.7", "02:00:00:00:00:77"),
-        ("2001:db8::7", "02:00:00:00:00:77"),
-    ] {
-        netns.ip(&[
-            "neigh",
-            "add",
-            address,
-            "lladdr",
-            mac,
-            "dev",
-            "ts0",
-            "nud",
-            "permanent",
-        ]);
-    }
+    let netns = routed_node_with_neighbours();
     netns.enter(move || {
         // SAFETY: a NUL-terminated name.
         let ts0 = unsafe { libc::if_nametoindex(c"ts0".as_ptr()) };

@@ -115,6 +115,33 @@ pub fn lookup_all<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
     Ok(entries)
 }
 
+/// One lookup of up to `keys.len()` entries from the start of a map, into the caller's buffers
+/// (`values` holds as many values per key as the map has: one per possible CPU for a per-CPU
+/// map): how many were read. For a map that fits, one call and no allocation (the datapath
+/// tests read the per-CPU counters after every packet this way).
+pub fn lookup_first<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<usize> {
+    debug_assert!(!keys.is_empty() && values.len().is_multiple_of(keys.len()));
+    let mut token = 0u64;
+    let mut attr = BatchAttr {
+        out_batch: &mut token as *mut u64 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    match call(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        // ENOENT: nothing after these (the whole map was read).
+        (done, None) => Ok(done),
+        (done, Some(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(done),
+        (_, Some(e)) => Err(e),
+    }
+}
+
 /// Counts the entries of a hash map whatever its key and value types (sizes in bytes; plain
 /// hashes only: a per-CPU value needs room per CPU).
 pub fn count(fd: BorrowedFd<'_>, key_size: u32, value_size: u32) -> io::Result<usize> {
