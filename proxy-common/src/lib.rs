@@ -14,6 +14,7 @@ pub mod counter;
 pub mod family;
 pub mod maps;
 pub mod programs;
+pub mod sctp;
 
 use bytemuck::{Pod, Zeroable};
 

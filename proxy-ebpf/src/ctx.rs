@@ -36,6 +36,9 @@ pub(crate) trait PacketCtx {
     /// Loads `size_of::<T>()` bytes at `offset` into `out` (scratch memory, say).
     fn load_into<T>(&self, offset: usize, out: &mut T) -> Result<(), i64>;
     fn store<T>(&self, offset: usize, value: &T) -> Result<(), i64>;
+    /// Reads `size_of::<T>()` bytes at `offset` straight from the packet, without a helper and
+    /// so without stack; at TC only from the packet's linear part (its headers, as a rule).
+    fn peek<T>(&self, offset: usize) -> Result<T, i64>;
     /// Updates the IPv4 header checksum at `check` for a field that changed from `old` to `new`.
     fn l3_csum_replace(&self, check: usize, old: u32, new: u32, size: FieldSize)
     -> Result<(), i64>;
@@ -162,6 +165,28 @@ impl PacketCtx for TcContext {
     }
 
     #[inline(always)]
+    fn peek<T>(&self, offset: usize) -> Result<T, i64> {
+        if offset > XDP_MAX_OFFSET {
+            return Err(-1);
+        }
+        // Volatile, as in `xdp_at`: the verifier takes packet pointers only where it sees them
+        // read from the context.
+        // SAFETY: fields of the context the kernel handed us.
+        let (data, end) = unsafe {
+            (
+                core::ptr::read_volatile(core::ptr::addr_of!((*self.skb.skb).data)) as usize,
+                core::ptr::read_volatile(core::ptr::addr_of!((*self.skb.skb).data_end)) as usize,
+            )
+        };
+        let start = data + offset;
+        if start + core::mem::size_of::<T>() > end {
+            return Err(-1);
+        }
+        // SAFETY: the bytes at `start` are in the packet's linear part, checked just above.
+        Ok(unsafe { core::ptr::read_unaligned(start as *const T) })
+    }
+
+    #[inline(always)]
     fn l3_csum_replace(
         &self,
         check: usize,
@@ -257,8 +282,9 @@ const TC_ACT_REDIRECT: i64 = 7;
 const XDP_FIB_FLAGS: u32 = 1 << 4;
 /// What `bpf_redirect` returns at XDP when it took the frame.
 const XDP_REDIRECT: i64 = 4;
-/// The farthest offset the XDP path reads or writes at: far past any header chain we parse,
-/// and a bound the verifier needs for packet pointers with a variable offset.
+/// The farthest offset a direct read or write (XDP, [`PacketCtx::peek`]) starts at: far past
+/// any header chain we parse, and a bound the verifier needs for packet pointers with a
+/// variable offset.
 const XDP_MAX_OFFSET: usize = 1024;
 
 /// A one's-complement sum of 16-bit words, folded (RFC 1071).
@@ -315,6 +341,11 @@ impl PacketCtx for XdpContext {
     fn load_into<T>(&self, offset: usize, out: &mut T) -> Result<(), i64> {
         *out = self.load(offset)?;
         Ok(())
+    }
+
+    #[inline(always)]
+    fn peek<T>(&self, offset: usize) -> Result<T, i64> {
+        self.load(offset)
     }
 
     #[inline(always)]

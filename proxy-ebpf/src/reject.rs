@@ -1,13 +1,15 @@
 //! Reject, as kube-proxy's `REJECT` rule for a Service with no usable endpoint: the datapath
 //! turns the packet into the answer a closed port gives and sends it back where it came from.
 //! A TCP segment gets a reset (RFC 9293 §3.10.7.1, as Linux's `tcp_v4_send_reset` builds it);
-//! a UDP datagram an ICMP (ICMPv6) port unreachable quoting the datagram's IP header and its
-//! first 8 bytes, enough for the client's stack to find the socket (RFC 792, RFC 4443 §3.1).
+//! a UDP datagram or an SCTP packet an ICMP (ICMPv6) port unreachable quoting its IP header
+//! and its first 8 bytes (SCTP's: the ports and the verification tag), enough for the client's
+//! stack to find the socket or association (RFC 792, RFC 4443 §3.1, RFC 9260 §10.1), as
+//! iptables' `REJECT` answers every protocol but TCP.
 //! Every header and checksum is built afresh, so nothing of the old packet leaks into them.
 //!
 //! Not rejected (passed untouched, counted `no_backend`): an incoming reset (never answered),
 //! an IPv4 header with options or an IPv6 one followed by extension headers (rare from pods;
-//! the quote would need a variable length), and protocols other than TCP and UDP.
+//! the quote would need a variable length), and protocols other than TCP, UDP and SCTP.
 use proxy_common::{V4, V6, protocol};
 
 use crate::{
@@ -182,8 +184,8 @@ struct IcmpMessage<Q> {
     quote: Q,
 }
 
-/// Whether the packet can be answered: a fixed-size header right before TCP or UDP, and not
-/// a reset.
+/// Whether the packet can be answered: a fixed-size header right before TCP, UDP or SCTP, and
+/// not a reset.
 #[inline(always)]
 fn answerable<F: Reply>(packet: &Packet<F::Addr>) -> bool {
     if packet.l4_offset - packet.l3_offset != F::HEADER_LEN || packet.l3_offset != ETH_HLEN {
@@ -191,7 +193,7 @@ fn answerable<F: Reply>(packet: &Packet<F::Addr>) -> bool {
     }
     match packet.protocol {
         protocol::TCP => packet.tcp_flags & TCP_RST == 0,
-        protocol::UDP => true,
+        protocol::UDP | protocol::SCTP => true,
         _ => false,
     }
 }

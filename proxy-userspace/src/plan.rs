@@ -152,7 +152,7 @@ pub type Planned<A> = (Frontend<A>, ServiceEntry<A>);
 pub const UNEXPOSED_PORT: u16 = 0;
 
 /// The unexposed-port frontends of a Service's cluster IPs in family `A`, as kube-proxy's
-/// nftables mode rejects what they catch: a TCP or UDP packet (or socket call) to a port of a
+/// nftables mode rejects what they catch: a TCP, UDP or SCTP packet (or socket call) to a port of a
 /// cluster IP that no port of the Service exposes meets port 0 there, a frontend with no
 /// backend, and is rejected. One per cluster IP and protocol, whatever the Service's ports.
 pub fn unexposed<A: Address>(ports: &[ServicePort]) -> Vec<Planned<A>> {
@@ -165,7 +165,7 @@ pub fn unexposed<A: Address>(ports: &[ServicePort]) -> Vec<Planned<A>> {
     addresses
         .into_iter()
         .flat_map(|address| {
-            [Protocol::Tcp, Protocol::Udp].map(|protocol| {
+            Protocol::ALL.map(|protocol| {
                 (
                     Frontend::new(address, UNEXPOSED_PORT, protocol),
                     ServiceEntry::cluster_ip(Vec::new()),

@@ -1076,3 +1076,32 @@ fn source_ranges_are_written_and_removed_with_their_frontends() {
     assert!(memory4.lock().unwrap().source_ranges.is_empty());
     assert!(memory6.lock().unwrap().source_ranges.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// SCTP
+
+/// An SCTP Service port is served like TCP and UDP ones (the datapath moves its CRC32c): both
+/// cluster IPs, the target port from the slices, and its NodePort, without a warning.
+#[test]
+fn an_sctp_port_is_served_in_both_families_with_its_node_port() {
+    let snapshot = load("sctp.yaml");
+    let built = ports(&snapshot, "diameter");
+    assert_eq!(built.len(), 2, "{built:?}");
+    for (port, cluster_ip, backend) in [
+        (&built[0], "10.96.38.68", "10.244.1.9"),
+        (&built[1], "fd00:10:96::3868", "fd00:10:244:1::9"),
+    ] {
+        assert_eq!(port.protocol, Protocol::Sctp);
+        assert_eq!((port.cluster_ip, port.port), (ip(cluster_ip), 3868));
+        assert_eq!(port.node_port, Some(30868));
+        assert_eq!(port.endpoints, vec![endpoint(backend, 3869, "node-a")]);
+    }
+    let planned = frontends::<Ipv4Addr>(&built[0]);
+    assert_eq!(
+        planned[0],
+        (
+            Frontend::new(v4("10.96.38.68"), 3868, Protocol::Sctp),
+            cluster_ip_entry(vec![active(v4("10.244.1.9"), 3869, Protocol::Sctp)])
+        )
+    );
+}

@@ -940,7 +940,7 @@ fn content<A: Address>(shared: &SharedMemoryMaps<A>) -> FamilyContent<A> {
 }
 
 /// What the model promises of the ports it builds: every address of the port's family, port
-/// numbers in 1-65535, no SCTP (not translated yet), one port per number and protocol and
+/// numbers in 1-65535, one port per number and protocol and
 /// family, endpoints deduplicated and sorted. And planning them panics in no family.
 fn check_built(built: &Result<Built, ServiceError>, node: &NodeContext) {
     let Ok(Built::Ports { ports, .. }) = built else {
@@ -951,7 +951,6 @@ fn check_built(built: &Result<Built, ServiceError>, node: &NodeContext) {
         let family = port.family;
         let of_family = |a: &IpAddr| Family::of(a) == family;
         assert!(port.port != 0, "{}: port 0", port.name);
-        assert!(port.protocol != Protocol::Sctp, "{}: SCTP", port.name);
         assert!(
             seen.insert((port.port, port.protocol, family)),
             "{}: listed twice",

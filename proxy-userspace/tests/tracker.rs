@@ -442,7 +442,7 @@ fn a_family_comes_and_goes_with_the_nodes_addresses() {
     );
 }
 
-/// Each cluster IP gets one unexposed-port frontend per protocol (TCP, UDP: port 0, no
+/// Each cluster IP gets one unexposed-port frontend per protocol (TCP, UDP, SCTP: port 0, no
 /// backend), whatever its Service's ports, so the datapath rejects a port the Service does not
 /// expose; they go when the Service goes.
 #[test]
@@ -462,14 +462,16 @@ fn cluster_ips_get_unexposed_port_frontends_that_go_with_their_service() {
         v4,
         [
             (Frontend::new(vip4, 0, Protocol::Tcp), vec![]),
-            (Frontend::new(vip4, 0, Protocol::Udp), vec![])
+            (Frontend::new(vip4, 0, Protocol::Udp), vec![]),
+            (Frontend::new(vip4, 0, Protocol::Sctp), vec![])
         ]
     );
     assert_eq!(
         v6,
         [
             (Frontend::new(vip6, 0, Protocol::Tcp), vec![]),
-            (Frontend::new(vip6, 0, Protocol::Udp), vec![])
+            (Frontend::new(vip6, 0, Protocol::Udp), vec![]),
+            (Frontend::new(vip6, 0, Protocol::Sctp), vec![])
         ]
     );
     harness.replace(Vec::new(), Vec::new());

@@ -12,8 +12,10 @@ use aya::{
     maps::{Map, MapData, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions},
 };
-use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
-use proxy_common::{counter::Counter, map_names, programs};
+use etherparse::{
+    IpNumber, NetHeaders, PacketBuilder, PacketHeaders, PayloadSlice, TransportHeader,
+};
+use proxy_common::{counter::Counter, map_names, programs, sctp};
 use proxy_userspace::{
     family::Address,
     loader::{self, LoadOptions, Programs},
@@ -233,6 +235,64 @@ pub fn udp(source: (IpAddr, u16), destination: (IpAddr, u16)) -> Vec<u8> {
     out
 }
 
+/// The verification tag of [`sctp`]'s packets.
+pub const SCTP_TAG: u32 = 0x0102_0304;
+
+/// An SCTP packet: the common header (tag [`SCTP_TAG`]) and one DATA chunk carrying
+/// [`PAYLOAD`], padded to 4 bytes, its CRC32c computed.
+pub fn sctp(source: (IpAddr, u16), destination: (IpAddr, u16)) -> Vec<u8> {
+    let mut packet = Vec::new();
+    packet.extend(source.1.to_be_bytes());
+    packet.extend(destination.1.to_be_bytes());
+    packet.extend(SCTP_TAG.to_be_bytes());
+    packet.extend([0; 4]);
+    // DATA, the whole of one message; TSN 1, stream 0, sequence 0, protocol identifier 0.
+    packet.extend([0, 3]);
+    packet.extend(((16 + PAYLOAD.len()) as u16).to_be_bytes());
+    packet.extend(1u32.to_be_bytes());
+    packet.extend([0; 8]);
+    packet.extend(PAYLOAD);
+    packet.resize(packet.len().next_multiple_of(4), 0);
+    let crc = sctp::checksum(&packet);
+    packet[sctp::CHECKSUM_OFFSET..sctp::HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    let mut out = Vec::new();
+    builder(source.0, destination.0)
+        .write(&mut out, IpNumber::SCTP, &packet)
+        .expect("building SCTP");
+    out
+}
+
+/// An SCTP packet's ports and what it carries, after checking its CRC32c: the user data of its
+/// first chunk when that is a whole DATA chunk, else every byte after the common header.
+fn read_sctp(packet: &[u8]) -> Result<((u16, u16), Vec<u8>), String> {
+    if packet.len() < sctp::HEADER_LEN {
+        return Err(format!("SCTP packet of {} bytes", packet.len()));
+    }
+    let mut zeroed = packet.to_vec();
+    zeroed[sctp::CHECKSUM_OFFSET..sctp::HEADER_LEN].fill(0);
+    let found = u32::from_le_bytes(packet[8..12].try_into().expect("4 bytes"));
+    let computed = sctp::checksum(&zeroed);
+    if found != computed {
+        return Err(format!(
+            "SCTP CRC32c: {found:#010x} in the packet, {computed:#010x} computed"
+        ));
+    }
+    let ports = (
+        u16::from_be_bytes([packet[0], packet[1]]),
+        u16::from_be_bytes([packet[2], packet[3]]),
+    );
+    let chunks = &packet[sctp::HEADER_LEN..];
+    let data = match chunks {
+        [0, _, high, low, ..]
+            if (16..=chunks.len()).contains(&usize::from(u16::from_be_bytes([*high, *low]))) =>
+        {
+            &chunks[16..usize::from(u16::from_be_bytes([*high, *low]))]
+        }
+        _ => chunks,
+    };
+    Ok((ports, data.to_vec()))
+}
+
 /// What a packet says, after checking every checksum in it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Seen {
@@ -263,7 +323,7 @@ pub fn try_inspect(bytes: &[u8]) -> Result<Seen, String> {
     }
     let headers = PacketHeaders::from_ethernet_slice(bytes)
         .map_err(|error| format!("parsable packet: {error:?}"))?;
-    let payload = headers.payload.slice().to_vec();
+    let mut payload = headers.payload.slice().to_vec();
     let (source, destination) = match &headers.net {
         Some(NetHeaders::Ipv4(ip, _)) => {
             check(
@@ -306,6 +366,12 @@ pub fn try_inspect(bytes: &[u8]) -> Result<Seen, String> {
                 .map_err(|e| format!("{e:?}"))?;
             check(u.checksum, computed, "UDP checksum")?;
             (u.source_port, u.destination_port)
+        }
+        (None, _) if matches!(&headers.payload, PayloadSlice::Ip(ip) if ip.ip_number == IpNumber::SCTP) =>
+        {
+            let (ports, data) = read_sctp(&payload)?;
+            payload = data;
+            ports
         }
         other => return Err(format!("unexpected transport: {other:?}")),
     };

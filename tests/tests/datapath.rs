@@ -18,8 +18,8 @@ use proxy_userspace::{
 };
 use twinstack_lab::fixture::{
     DROP, Fixture, NEXT, PAYLOAD, REDIRECT, Seen, XDP_PASS, XDP_REDIRECT, builder, counts,
-    dual_stack_cluster, inspect, node_port, routed_node, routed_node_with_neighbours, service, tcp,
-    udp, v6,
+    dual_stack_cluster, inspect, node_port, routed_node, routed_node_with_neighbours, sctp,
+    service, tcp, udp, v6,
 };
 
 const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
@@ -40,11 +40,7 @@ fn round_trip<A: Address>(
     program(&mut fx, service(vip, 80, protocol, &[(backend, 8080)]));
     let (client, vip, backend): (IpAddr, IpAddr, IpAddr) =
         (client.into(), vip.into(), backend.into());
-    let build = |s, d| match protocol {
-        Protocol::Tcp => tcp(s, d, true),
-        Protocol::Udp => udp(s, d),
-        Protocol::Sctp => unreachable!(),
-    };
+    let build = |s, d| first_packet(protocol, s, d);
 
     let request = build((client, 40000), (vip, 80));
     let (out, moved) = fx.counting(|fx| fx.ingress(&request));
@@ -74,6 +70,16 @@ fn round_trip<A: Address>(
     );
 }
 
+/// A flow's first packet of `protocol` (a TCP SYN) from `source` to `destination`, carrying
+/// [`PAYLOAD`].
+fn first_packet(protocol: Protocol, source: (IpAddr, u16), destination: (IpAddr, u16)) -> Vec<u8> {
+    match protocol {
+        Protocol::Tcp => tcp(source, destination, true),
+        Protocol::Udp => udp(source, destination),
+        Protocol::Sctp => sctp(source, destination),
+    }
+}
+
 fn program_v4(fx: &mut Fixture, (f, e): (Frontend<Ipv4Addr>, ServiceEntry<Ipv4Addr>)) {
     fx.v4.upsert(&f, &e).expect("programming v4");
 }
@@ -90,6 +96,24 @@ fn tcp_ipv4_dnat_and_reverse_nat() {
 #[test]
 fn udp_ipv4_dnat_and_reverse_nat() {
     round_trip(program_v4, CLIENT4, VIP4, BACKEND4_A, Protocol::Udp);
+}
+
+/// SCTP: the port changes (80 → 8080), so does the CRC32c, which the datapath moves without
+/// reading the packet ([`proxy_common::sctp::port_change`]); `inspect` recomputes it.
+#[test]
+fn sctp_ipv4_dnat_and_reverse_nat() {
+    round_trip(program_v4, CLIENT4, VIP4, BACKEND4_A, Protocol::Sctp);
+}
+
+#[test]
+fn sctp_ipv6_dnat_and_reverse_nat() {
+    round_trip(
+        program_v6,
+        v6("fd00:10:244:1::2"),
+        v6("fd00:10:96::10"),
+        v6("fd00:10:244:2::2"),
+        Protocol::Sctp,
+    );
 }
 
 #[test]
@@ -112,6 +136,70 @@ fn udp_ipv6_dnat_and_reverse_nat() {
         v6("fd00:10:244:2::2"),
         Protocol::Udp,
     );
+}
+
+/// SCTP whose CRC32c the sender left to checksum offload (zero, as Linux's SCTP hands a
+/// packet to a device that computes it: a veth): translated, the field left zero for the
+/// offload to fill over the new ports. An IPv4 first fragment whose port would change, whose
+/// datagram's length (and so the CRC32c's change) it does not tell, is passed untouched and
+/// counted (a rewrite error, found before anything changed); with the port kept it is
+/// translated. Both families.
+#[test]
+fn sctp_checksums_left_to_offload_stay_so_and_first_fragments_need_their_port() {
+    let mut fx = Fixture::new();
+    let (client4, vip4, backend4, _) = v4_hosts();
+    let (client6, vip6, backend6, _) = v6_hosts();
+    let (f, e) = service(vip4, 80, Protocol::Sctp, &[(backend4, 8080)]);
+    fx.v4.upsert(&f, &e).unwrap();
+    let (f, e) = service(vip6, 80, Protocol::Sctp, &[(backend6, 8080)]);
+    fx.v6.upsert(&f, &e).unwrap();
+    let (f, e) = service(vip4, 81, Protocol::Sctp, &[(backend4, 81)]);
+    fx.v4.upsert(&f, &e).unwrap();
+    let (f, e) = service(vip6, 81, Protocol::Sctp, &[(backend6, 81)]);
+    fx.v6.upsert(&f, &e).unwrap();
+    let families: [(IpAddr, IpAddr, IpAddr, usize); 2] = [
+        (client4.into(), vip4.into(), backend4.into(), 14 + 20),
+        (client6.into(), vip6.into(), backend6.into(), 14 + 40),
+    ];
+    for (client, vip, backend, l4) in families {
+        let mut request = sctp((client, 40000), (vip, 80));
+        request[l4 + 8..l4 + 12].fill(0);
+        let (out, moved) = fx.counting(|fx| fx.ingress(&request));
+        assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
+        assert_eq!(out[l4 + 8..l4 + 12], [0; 4], "{vip}: still left to offload");
+        assert_eq!(out[l4..l4 + 4], [[156, 64], 8080u16.to_be_bytes()].concat());
+        let mut offloaded = out.clone();
+        let crc = proxy_common::sctp::checksum(&out[l4..]);
+        offloaded[l4 + 8..l4 + 12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(inspect(&offloaded).destination, (backend, 8080));
+
+        let (first, _) = fragments_of(&sctp((client, 40001), (vip, 80)), 0x4321);
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &first));
+        assert_eq!(moved, counts(&[(Counter::RewriteError, 1)]), "{vip}");
+        assert_eq!((verdict, out), (NEXT, first), "{vip}: passed untouched");
+        let (first, _) = fragments_of(&sctp((client, 40002), (vip, 81)), 0x4322);
+        let (out, moved) = fx.counting(|fx| fx.ingress(&first));
+        assert_eq!(
+            moved,
+            counts(&[(Counter::DnatNew, 1)]),
+            "{vip}: the port is kept"
+        );
+        assert_eq!(
+            out[l4..l4 + 12],
+            first[l4..l4 + 12],
+            "{vip}: SCTP header as it was"
+        );
+        assert_eq!(inspect_destination(&out, l4), backend);
+    }
+}
+
+/// The destination address of an IP packet with its L4 header at `l4`, unchecked.
+fn inspect_destination(packet: &[u8], l4: usize) -> IpAddr {
+    if l4 == 14 + 20 {
+        IpAddr::from(<[u8; 4]>::try_from(&packet[30..34]).unwrap())
+    } else {
+        IpAddr::from(<[u8; 16]>::try_from(&packet[38..54]).unwrap())
+    }
 }
 
 /// Inserts a hop-by-hop and a destination-options header between the IPv6 header and L4.
@@ -559,7 +647,11 @@ fn a_service_with_no_backend_rejects_in_both_families() {
     let mut fx = Fixture::new();
     let (client4, vip4, _, _) = v4_hosts();
     let (client6, vip6, _, _) = v6_hosts();
-    for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
+    for (protocol, port) in [
+        (Protocol::Tcp, 80),
+        (Protocol::Udp, 53),
+        (Protocol::Sctp, 9000),
+    ] {
         let (f4, e4) = service(vip4, port, protocol, &[]);
         fx.v4.upsert(&f4, &e4).unwrap();
         let (f6, e6) = service(vip6, port, protocol, &[]);
@@ -607,6 +699,17 @@ fn a_service_with_no_backend_rejects_in_both_families() {
                 quote: request[14..14 + ip_header + 8].to_vec()
             },
             "{vip}: the quote is the datagram's IP header and UDP header"
+        );
+        let request = sctp(from, (vip, 9000));
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+        assert_eq!(verdict, REDIRECT, "{vip}: SCTP gets a port unreachable too");
+        assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
+        assert_eq!(
+            rejection(&request, &out),
+            Rejection::PortUnreachable {
+                quote: request[14..14 + ip_header + 8].to_vec()
+            },
+            "{vip}: the quote is the IP header, the SCTP ports and verification tag"
         );
 
         let reset = tcp_with(from, (vip, 80), &["rst"]);
@@ -1164,10 +1267,7 @@ fn masqueraded_round_trip_at(
     protocol: Protocol,
     frontend_port: u16,
 ) {
-    let build = |s, d| match protocol {
-        Protocol::Tcp => tcp(s, d, true),
-        _ => udp(s, d),
-    };
+    let build = |s, d| first_packet(protocol, s, d);
     let request = build((client, 40000), (vip, frontend_port));
     let ((verdict, out), moved) = fx.counting(|fx| fx.run(program, &request));
     assert_eq!(
@@ -1215,7 +1315,7 @@ fn hairpins_and_clients_outside_the_cluster_cidr_are_masqueraded() {
         let (client4, vip4, backend4, _) = v4_hosts();
         let (client6, vip6, backend6, _) = v6_hosts();
         let (outside4, outside6) = (Ipv4Addr::new(192, 0, 2, 7), v6("2001:db8::7"));
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for protocol in Protocol::ALL {
             for backends in [[(backend4, 8080)], [(client4, 8080)]] {
                 let (f, e) = service(vip4, 80, protocol, &backends);
                 fx.v4.upsert(&f, &e).unwrap();
@@ -1248,10 +1348,7 @@ fn hairpins_and_clients_outside_the_cluster_cidr_are_masqueraded() {
                         (IpAddr::from(client4), IpAddr::from(vip4)),
                         (client6.into(), vip6.into()),
                     ] {
-                        let request = match protocol {
-                            Protocol::Tcp => tcp((client, 40001), (vip, 80), true),
-                            _ => udp((client, 40001), (vip, 80)),
-                        };
+                        let request = first_packet(protocol, (client, 40001), (vip, 80));
                         let (out, moved) = fx.counting(|fx| fx.ingress(&request));
                         assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
                         assert_eq!(inspect(&out).source, (client, 40001), "not masqueraded");
@@ -1301,7 +1398,7 @@ fn a_port_the_cluster_ip_does_not_expose_is_rejected() {
     let mut fx = Fixture::new();
     let (client4, vip4, backend4, _) = v4_hosts();
     let (client6, vip6, backend6, _) = v6_hosts();
-    for protocol in [Protocol::Tcp, Protocol::Udp] {
+    for protocol in Protocol::ALL {
         let (f, e) = service(vip4, 0, protocol, &[]);
         fx.v4.upsert(&f, &e).unwrap();
         let (f, e) = service(vip6, 0, protocol, &[]);
@@ -1331,6 +1428,17 @@ fn a_port_the_cluster_ip_does_not_expose_is_rejected() {
         assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
         assert!(matches!(
             rejection(&datagram, &out),
+            Rejection::PortUnreachable { .. }
+        ));
+        let packet = sctp(from, (vip, 9000));
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &packet));
+        assert_eq!(
+            verdict, REDIRECT,
+            "{vip}:9000/SCTP: a port unreachable goes back"
+        );
+        assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
+        assert!(matches!(
+            rejection(&packet, &out),
             Rejection::PortUnreachable { .. }
         ));
         for passing in [tcp(from, (vip, 81), false), tcp(from, (backend, 81), true)] {
@@ -1494,7 +1602,7 @@ fn a_node_port_from_outside_is_translated_and_masqueraded_at_the_device() {
         let node4 = Ipv4Addr::new(10, 244, 0, 1);
         let node6 = v6("fd00:10:244::1");
         let (outside4, outside6) = (Ipv4Addr::new(192, 0, 2, 7), v6("2001:db8::7"));
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for protocol in Protocol::ALL {
             let (f, e) = node_port(node4, 30080, protocol, &[backend4], false);
             fx.v4.upsert(&f, &e).unwrap();
             let (f, e) = node_port(node6, 30080, protocol, &[backend6], false);
@@ -1683,7 +1791,8 @@ fn a_load_balancer_ip_serves_only_its_source_ranges() {
 /// redirected; its next packet follows the same flow; the backend's reply is translated back
 /// and redirected to the client. The flow is TC's as well (one conntrack): `from_device`
 /// continues it as established. A next hop the kernel has not resolved sends the packet on to
-/// TC untouched, and a packet of no frontend passes. Both families, TCP and UDP.
+/// TC untouched, and a packet of no frontend passes; SCTP is left to TC. Both families, TCP and
+/// UDP.
 #[test]
 fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
     let netns = routed_node_with_neighbours();
@@ -1707,10 +1816,7 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
         let node4 = Ipv4Addr::new(10, 244, 0, 1);
         let node6 = v6("fd00:10:244::1");
         for protocol in [Protocol::Tcp, Protocol::Udp] {
-            let build = |s, d| match protocol {
-                Protocol::Tcp => tcp(s, d, true),
-                _ => udp(s, d),
-            };
+            let build = |s, d| first_packet(protocol, s, d);
             let (f, e) = node_port(node4, 30080, protocol, &[backend4], false);
             fx.v4.upsert(&f, &e).unwrap();
             let (f, e) = node_port(node6, 30080, protocol, &[backend6], false);
@@ -1789,6 +1895,31 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
             let ((verdict, _), moved) = fx.counting(|fx| fx.run(programs::FROM_DEVICE, &request));
             assert_eq!(verdict, REDIRECT, "TC serves it");
             assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]));
+        }
+        // SCTP is TC's: passed untouched at XDP, then served at TC.
+        let (f, e) = node_port(node4, 30132, Protocol::Sctp, &[backend4], false);
+        fx.v4.upsert(&f, &e).unwrap();
+        let (f, e) = node_port(node6, 30132, Protocol::Sctp, &[backend6], false);
+        fx.v6.upsert(&f, &e).unwrap();
+        for (client, node, backend) in [
+            (
+                IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)),
+                IpAddr::from(node4),
+                IpAddr::from(backend4),
+            ),
+            (v6("2001:db8::7").into(), node6.into(), backend6.into()),
+        ] {
+            let request = sctp((client, 40300), (node, 30132));
+            let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&request, ts0));
+            assert_eq!(
+                (verdict, out, moved),
+                (XDP_PASS, request.clone(), counts(&[(Counter::Pass, 1)])),
+                "{client}: SCTP goes on to TC"
+            );
+            let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_DEVICE, &request));
+            assert_eq!(verdict, REDIRECT, "TC serves it");
+            assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]));
+            assert_eq!(inspect(&out).destination, (backend, 8080));
         }
         // Not service traffic: passed.
         let other = tcp(

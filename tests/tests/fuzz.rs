@@ -211,6 +211,14 @@ impl Net {
                 local: true,
                 ..front(node, 30082, TCP, &[(a, 8080)])
             },
+            front(vip, 0, SCTP, &[]),
+            // Target ports of their own: the CRC32c moves with the port, and with the
+            // masquerade's source port.
+            front(vip, 9001, SCTP, &[(a, 9101)]),
+            Front {
+                kind: FrontendKind::NodePort,
+                ..front(node, 30132, SCTP, &[(a, 9101)])
+            },
         ];
         fronts.shrink_to_fit();
         let service_addresses = [vip, lb, node, a, b].iter().map(octets).collect();
@@ -475,6 +483,11 @@ fn build(spec: &Spec) -> Built {
             _ => None,
         };
         l4.extend_from_slice(&spec.payload);
+        if spec.protocol == SCTP && spec.payload.len().is_multiple_of(2) {
+            // Half carry their CRC32c; the others leave it to checksum offload (zero).
+            let crc = proxy_common::sctp::checksum(&l4);
+            l4[8..12].copy_from_slice(&crc.to_le_bytes());
+        }
         if let Some(at) = checksum_at {
             let sum = match (spec.protocol, spec.fam()) {
                 (ICMP, _) => checksum(&[&l4]),
@@ -743,6 +756,28 @@ const TC_SERVED: &[Counter] = &[
     Counter::SnatError,
     Counter::ConntrackError,
 ];
+/// Whether the SCTP packet `p` (per its IP header) is a whole number of 32-bit words, as every
+/// valid one is.
+fn whole_words(packet: &[u8], p: &Parsed) -> bool {
+    let field = |at: usize| usize::from(u16::from_be_bytes([packet[at], packet[at + 1]]));
+    let len = match p.fam {
+        Fam::V4 => field(ETH + 2).wrapping_sub(p.l4 - ETH),
+        Fam::V6 => (field(ETH + 4) + 40).wrapping_sub(p.l4 - ETH),
+    };
+    len.is_multiple_of(4) && len >= 12
+}
+
+/// The CRC32c covers the whole datagram, whose length a first fragment does not tell, and is
+/// only defined over whole words: where a port would change, the rewrite is refused (`nat.rs`).
+const TC_SERVED_SCTP_UNKNOWN_LENGTH: &[Counter] = &[
+    Counter::DnatNew,
+    Counter::DnatEstablished,
+    Counter::SnatNew,
+    Counter::SnatEstablished,
+    Counter::SnatError,
+    Counter::ConntrackError,
+    Counter::RewriteError,
+];
 const XDP_SERVED: &[Counter] = &[
     Counter::DnatNew,
     Counter::DnatEstablished,
@@ -809,13 +844,16 @@ fn oracle(nets: &[Net; 2], hook: Hook, packet: &[u8]) -> Expect {
     if xdp && p.first_fragment {
         return expect(UNTOUCHED, "XDP: a first fragment is TC's");
     }
+    if xdp && p.protocol == SCTP {
+        return expect(UNTOUCHED, "XDP: SCTP is TC's");
+    }
     let Some(front) = net.front(p.destination, p.destination_port, p.protocol) else {
         let new_flow = match p.protocol {
             TCP => p.tcp_flags & (SYN | ACK) == SYN,
-            UDP => true,
+            UDP | SCTP => true,
             _ => false,
         };
-        if p.destination == net.vip && new_flow && matches!(p.protocol, TCP | UDP) {
+        if p.destination == net.vip && new_flow {
             return if xdp {
                 expect(UNTOUCHED, "XDP: an unexposed port (TC rejects)")
             } else {
@@ -847,6 +885,11 @@ fn oracle(nets: &[Net; 2], hook: Hook, packet: &[u8]) -> Expect {
         }
     } else if xdp {
         expect(XDP_SERVED, "XDP: to a frontend with endpoints")
+    } else if p.protocol == SCTP && (p.first_fragment || !whole_words(packet, &p)) {
+        expect(
+            TC_SERVED_SCTP_UNKNOWN_LENGTH,
+            "an SCTP first fragment, or a length of no whole words: refused where a port would change",
+        )
     } else {
         expect(TC_SERVED, "to a frontend with endpoints")
     };
@@ -1180,6 +1223,8 @@ impl Fuzzer {
         let l4_checksum = match p.protocol {
             TCP => p.l4 + 16..p.l4 + 18,
             UDP => p.l4 + 6..p.l4 + 8,
+            // The CRC32c moves with a port; one left to offload (zero) stays zero.
+            SCTP if input[p.l4 + 8..p.l4 + 12] != [0; 4] => p.l4 + 8..p.l4 + 12,
             _ => 0..0,
         };
         let sport = p.l4..p.l4 + 2;
@@ -1450,7 +1495,7 @@ impl Fuzzer {
         let destination_port = if self.rng.chance(50) {
             *self
                 .rng
-                .pick(&[80, 53, 8080, 5353, 443, 30080, 40000, 61000])
+                .pick(&[80, 53, 8080, 5353, 443, 30080, 40000, 61000, 9001, 30132])
         } else {
             self.rng.u16()
         };
@@ -1489,7 +1534,10 @@ impl Fuzzer {
             .rng
             .pick(&[net.clients[0], net.outside[0], net.strangers[0], net.node]);
         let protocol = *self.rng.pick(&[TCP, UDP, SCTP]);
-        let (from_port, to_port) = (*self.rng.pick(&[8080, 5353, 9000]), self.client_port());
+        let (from_port, to_port) = (
+            *self.rng.pick(&[8080, 5353, 9000, 9101]),
+            self.client_port(),
+        );
         self.shape(Spec::new((backend, from_port), (to, to_port), protocol))
     }
 

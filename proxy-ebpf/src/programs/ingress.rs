@@ -160,7 +160,7 @@ pub(super) enum Found<A> {
 }
 
 /// The frontend the packet is addressed to, if the client may use it; for a new flow (a TCP
-/// SYN, a UDP datagram) to a port its cluster IP does not expose, that cluster IP's
+/// SYN, a UDP datagram, an SCTP packet) to a port its cluster IP does not expose, that cluster IP's
 /// unexposed-port frontend (rejected). Pods are inside the cluster; a client beyond a device
 /// is when its address is in `--cluster-cidr` (a pod of another node).
 #[inline(never)]
@@ -181,7 +181,8 @@ pub(super) fn lookup<F: Reply, const DEVICE: bool>(packet: &Packet<F::Addr>) -> 
     }
     let new_flow = match packet.protocol {
         protocol::TCP => packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-        protocol::UDP => true,
+        // UDP, and SCTP as kube-proxy rejects any of its packets (no state to tell an INIT by).
+        protocol::UDP | protocol::SCTP => true,
         _ => false,
     };
     // A pod address (inside the cluster CIDR) is no cluster IP: pod-to-pod traffic pays no

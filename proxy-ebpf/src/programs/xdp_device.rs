@@ -4,11 +4,13 @@
 //! a backend is translated here and sent straight out of its route's device (masqueraded), or
 //! DNATed and handed on to the kernel (`Local`: the client's address kept); a reply to a
 //! masqueraded flow goes straight back to its client. What it does not serve, it hands on to
-//! TC unchanged: packets of no frontend, fragments, ICMP errors, rejects, and a flow whose next
+//! TC unchanged: packets of no frontend, fragments, SCTP, ICMP errors, rejects, and a flow whose next
 //! hop's MAC address the kernel has not resolved yet (TC's `bpf_redirect_neigh` resolves it;
 //! the next packets take XDP).
 use aya_ebpf::{macros::xdp, programs::XdpContext};
-use proxy_common::{counter::Counter, monitor_hook::XDP, monitor_kind::DROP, service_flags};
+use proxy_common::{
+    counter::Counter, monitor_hook::XDP, monitor_kind::DROP, protocol, service_flags,
+};
 
 use super::ingress::{self, Found, Known, Served};
 use crate::{
@@ -55,6 +57,11 @@ fn service<F: Reply + Parse>(ctx: &XdpContext) -> Served {
     };
     if packet.fragment_id_at != 0 {
         return Served::Done(Outcome::Pass); // TC remembers the datagram's backend.
+    }
+    if packet.protocol == protocol::SCTP {
+        // TC's: moving its CRC32c (`nat::sctp_port`) on every path here would take this
+        // program past the verifier's budget, and SCTP is rarely the traffic XDP is for.
+        return Served::Done(Outcome::Pass);
     }
     let service = match ingress::lookup::<F, true>(&packet) {
         Found::Service(service) => service,

@@ -45,7 +45,7 @@ pub enum ServiceError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Built {
     /// Served: one entry per service port. `warnings` name what was dropped inside it
-    /// (a bad endpoint address, an SCTP port the datapath cannot translate yet).
+    /// (a bad endpoint address, a wrong-family external IP).
     Ports {
         ports: Vec<ServicePort>,
         warnings: Vec<String>,
@@ -169,12 +169,6 @@ pub fn service_ports_from_records(
                 port: number,
                 protocol,
             });
-        }
-        if protocol == Protocol::Sctp {
-            warnings.push(format!(
-                "port {port_name:?} {number}/SCTP skipped: SCTP is not translated yet"
-            ));
-            continue;
         }
         let node_port = frontends
             .node_ports

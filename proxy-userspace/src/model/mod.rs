@@ -70,6 +70,9 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Every protocol a Service port may name.
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
     pub fn parse(value: Option<&str>) -> Option<Protocol> {
         match value.unwrap_or("TCP") {
             "TCP" => Some(Protocol::Tcp),
@@ -89,9 +92,7 @@ impl Protocol {
     }
 
     pub fn from_number(number: u8) -> Option<Protocol> {
-        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
-            .into_iter()
-            .find(|p| p.number() == number)
+        Protocol::ALL.into_iter().find(|p| p.number() == number)
     }
 
     pub fn as_str(self) -> &'static str {
