@@ -159,9 +159,36 @@ pub(crate) fn create<F: Family>(
 /// reverse entry, keyed to `node` and holding the client, only if no flow holds that key yet
 /// (so the caller can try another port); then the forward entry, holding `node`.
 #[inline(always)]
+pub(crate) fn create_masqueraded<F: Family>(
+    tuple: &Tuple<F::Addr>,
+    rev_nat_id: u32,
+    chosen: &Chosen<F::Addr>,
+    tcp_flags: u8,
+    now: u64,
+    node: (F::Addr, u16),
+) -> Result<(), i64> {
+    masquerade::<F, false>(tuple, rev_nat_id, chosen, tcp_flags, now, node)
+}
+
+/// [`create_masqueraded`] on the client's own masquerade port (`snat::allocate`'s first
+/// pick), which a closed flow of the same client (address and port: its kernel reused the
+/// port) gives up at once, where another client's waits [`REUSE_AFTER_NS`].
+#[inline(always)]
+pub(crate) fn create_masqueraded_own<F: Family>(
+    tuple: &Tuple<F::Addr>,
+    rev_nat_id: u32,
+    chosen: &Chosen<F::Addr>,
+    tcp_flags: u8,
+    now: u64,
+    node: (F::Addr, u16),
+) -> Result<(), i64> {
+    masquerade::<F, true>(tuple, rev_nat_id, chosen, tcp_flags, now, node)
+}
+
+#[inline(always)]
 // By reference: a copy of the entry would put it back on the stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
-pub(crate) fn create_masqueraded<F: Family>(
+fn masquerade<F: Family, const OWN: bool>(
     tuple: &Tuple<F::Addr>,
     rev_nat_id: u32,
     chosen: &Chosen<F::Addr>,
@@ -186,12 +213,16 @@ pub(crate) fn create_masqueraded<F: Family>(
     let backend = (chosen.backend.address, chosen.backend.port);
     *key = ConntrackKey::raw(backend, node, tuple.protocol, direction::REVERSE);
     if F::conntrack().insert(&*key, &*entry, BPF_NOEXIST).is_err() {
-        // The port is taken; by a flow that is over, it may be taken over.
+        // The port is taken; by a flow that is over, it may be taken over: on the client's own
+        // port by the client that held it at once, else after a while.
         // SAFETY: a map value read.
         let over = unsafe { F::conntrack().get(&*key) }.is_some_and(|held| {
-            tuple.protocol == protocol::TCP
-                && closed(held.flags)
-                && now.saturating_sub(held.last_seen) >= REUSE_AFTER_NS
+            let ready = if OWN {
+                held.nat_address == entry.nat_address && held.nat_port == entry.nat_port
+            } else {
+                now.saturating_sub(held.last_seen) >= REUSE_AFTER_NS
+            };
+            tuple.protocol == protocol::TCP && closed(held.flags) && ready
         });
         if !over {
             return Err(-17); // EEXIST: the caller tries another port.
@@ -211,9 +242,10 @@ pub(crate) fn create_masqueraded<F: Family>(
     F::conntrack().insert(&*key, &*entry, 0).map_err(i64::from)
 }
 
-/// How long a masquerade port of a flow that is over stays unused before a new flow takes it:
-/// the backend may still hold the old connection in TIME_WAIT, and accepts a new SYN on that
-/// tuple only with a newer TCP timestamp (millisecond ticks: the same millisecond is refused).
+/// How long a masquerade port of a flow that is over stays unused before another client's new
+/// flow takes it: the backend may still hold the old connection in TIME_WAIT, and accepts a
+/// new SYN on that tuple only with a newer TCP timestamp (millisecond ticks: the same
+/// millisecond is refused; another client's clock may be behind).
 const REUSE_AFTER_NS: u64 = 1_000_000_000;
 
 /// Whether a masqueraded flow's reverse entry (`flags`) belongs to a flow that is over: both

@@ -27,7 +27,8 @@ use crate::{
     stats,
 };
 
-/// Ports tried for a new flow before giving up (random picks; the verifier needs a bound: 32,
+/// Random ports tried for a new flow, after the client's own, before giving up (the verifier
+/// needs a bound: 32,
 /// Cilium's `SNAT_COLLISION_RETRIES`, exceeds its complexity limit in the XDP program).
 const ATTEMPTS: u32 = 8;
 
@@ -279,6 +280,18 @@ fn allocate<F: Family>(
         return None;
     }
     let span = u32::from(max - min) + 1;
+    // First the client's own port folded into the range, as netfilter keeps a client's port
+    // when it can: one client's ports map to distinct masquerade ports, and a client that
+    // reuses its port (its kernel judged the old connection done) gets its masquerade port
+    // back at once. The backend may hold the old connection in TIME_WAIT: it takes the new SYN,
+    // whose timestamp follows the old one's (a client's clock is one per address pair).
+    let own =
+        ((u32::from(min) + u32::from(u16::from_be(packet.source_port)) % span) as u16).to_be();
+    if ct::create_masqueraded_own::<F>(&tuple, rev_nat_id, chosen, tcp_flags, now, (node, own))
+        .is_ok()
+    {
+        return Some(own);
+    }
     for _ in 0..ATTEMPTS {
         // SAFETY: no arguments.
         let random = unsafe { bpf_get_prandom_u32() };
