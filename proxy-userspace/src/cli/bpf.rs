@@ -1,4 +1,4 @@
-//! `twinstack bpf service|ct|map|link|sock list` and `twinstack bpf monitor`.
+//! `twinstack bpf service|ct|map|link|sock|counters list` and `twinstack bpf monitor`.
 use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -37,6 +37,12 @@ enum BpfCommand {
     Sock {
         #[command(subcommand)]
         command: ListCommand,
+    },
+    /// The datapath's outcome counters: what every TC, XDP and socket program did with its
+    /// packets (or calls) since it was loaded, drops and errors by reason.
+    Counters {
+        #[command(subcommand)]
+        command: CountersCommand,
     },
     /// Datapath events as they happen: new flows and their backend, packets to a frontend
     /// without backend, drops and their reason, reverse-NAT misses.
@@ -87,6 +93,17 @@ fn frontend(value: &str) -> Result<(IpAddr, Option<u16>), String> {
 #[derive(Debug, Subcommand)]
 enum ListCommand {
     List(ListArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CountersCommand {
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+        /// The counters that are still zero too (the table leaves them out; JSON has all).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +197,15 @@ pub(super) fn main(args: BpfArgs) -> anyhow::Result<()> {
                 limits,
                 &mut std::io::stdout().lock(),
             )?;
+        }
+        BpfCommand::Counters {
+            command: CountersCommand::List { list, all },
+        } => {
+            let rows = debug::counters(&PinLayout::new(&list.bpf_root))?;
+            match list.output {
+                Output::Table => print!("{}", debug::counters_table(&rows, all)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
         }
         BpfCommand::Sock {
             command: ListCommand::List(list),

@@ -565,3 +565,49 @@ pub fn maps_table(rows: &[MapRow]) -> Table {
     }
     table
 }
+
+/// One datapath outcome counter, summed over CPUs since the datapath was loaded.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct CounterRow {
+    pub name: &'static str,
+    pub packets: u64,
+}
+
+/// Every datapath outcome counter (`proxy_common::counter::Counter`), in declaration order:
+/// what `/metrics` serves as `twinstack_datapath_packets_total`, read from the pins, so it works
+/// while the agent is down (a restart, a crash loop) too.
+pub fn counters(pins: &PinLayout) -> Result<Vec<CounterRow>, MapError> {
+    use proxy_common::{counter::Counter, map_names::COUNTERS};
+    let kernel = |operation, source| MapError::Kernel {
+        map: COUNTERS,
+        operation,
+        source,
+    };
+    let data =
+        aya::maps::MapData::from_pin(pins.map(COUNTERS)).map_err(|e| kernel("open pin", e))?;
+    let array: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
+        aya::maps::Map::from_map_data(data).map_err(|e| kernel("open", e))?,
+    )
+    .map_err(|e| kernel("open", e))?;
+    Counter::ALL
+        .iter()
+        .map(|counter| {
+            let per_cpu = array
+                .get(&counter.index(), 0)
+                .map_err(|e| kernel("lookup", e))?;
+            Ok(CounterRow {
+                name: counter.name(),
+                packets: per_cpu.iter().sum(),
+            })
+        })
+        .collect()
+}
+
+/// The counters as a table; `all`: the zero ones too.
+pub fn counters_table(rows: &[CounterRow], all: bool) -> Table {
+    let mut table = Table::new(["OUTCOME", "PACKETS"]);
+    for row in rows.iter().filter(|row| all || row.packets != 0) {
+        table.row([row.name.to_owned(), row.packets.to_string()]);
+    }
+    table
+}
