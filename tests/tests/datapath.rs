@@ -1935,6 +1935,77 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
     });
 }
 
+/// A client that opens a new connection from the port of its flow that just closed (its
+/// kernel reused the port: the server closed first, the client keeps no TIME_WAIT) gets that
+/// flow's masquerade port back at once: its first pick is its own port folded into the range,
+/// and a closed flow of the same client gives it up without the second's wait. Another client
+/// still waits. With a range of one port, both families.
+#[test]
+fn a_client_reusing_its_port_gets_its_masquerade_port_back_at_once() {
+    let netns = routed_node();
+    netns.enter(|| {
+        let mut options = dual_stack_cluster();
+        options.config.snat_port_min = 61000;
+        options.config.snat_port_max = 61000;
+        let mut fx = Fixture::with_options(&options);
+        let (_, vip4, backend4, _) = v4_hosts();
+        let (_, vip6, backend6, _) = v6_hosts();
+        let (f, e) = service(vip4, 80, Protocol::Tcp, &[(backend4, 8080)]);
+        fx.v4.upsert(&f, &e).unwrap();
+        let (f, e) = service(vip6, 80, Protocol::Tcp, &[(backend6, 8080)]);
+        fx.v6.upsert(&f, &e).unwrap();
+        let hosts: [(IpAddr, IpAddr, IpAddr, IpAddr, IpAddr); 2] = [
+            (
+                Ipv4Addr::new(192, 0, 2, 7).into(),
+                Ipv4Addr::new(192, 0, 2, 8).into(),
+                vip4.into(),
+                backend4.into(),
+                Ipv4Addr::new(10, 244, 0, 1).into(),
+            ),
+            (
+                v6("2001:db8::7").into(),
+                v6("2001:db8::8").into(),
+                vip6.into(),
+                backend6.into(),
+                v6("fd00:10:244::1").into(),
+            ),
+        ];
+        for (client, other, vip, backend, node) in hosts {
+            let syn = tcp_with((client, 41000), (vip, 80), &["syn"]);
+            let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &syn));
+            assert_eq!(
+                (verdict, moved),
+                (REDIRECT, counts(&[(Counter::SnatNew, 1)]))
+            );
+            assert_eq!(inspect(&out).source, (node, 61000));
+            let fin = tcp_with((client, 41000), (vip, 80), &["fin", "ack"]);
+            let (_, moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &fin));
+            assert_eq!(moved, counts(&[(Counter::SnatEstablished, 1)]));
+            let fin = tcp_with((backend, 8080), (node, 61000), &["fin", "ack"]);
+            let (_, moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &fin));
+            assert_eq!(moved, counts(&[(Counter::ReverseSnat, 1)]));
+
+            let stranger = tcp_with((other, 41000), (vip, 80), &["syn"]);
+            let ((verdict, _), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &stranger));
+            assert_eq!(
+                (verdict, moved),
+                (DROP, counts(&[(Counter::SnatError, 1)])),
+                "{other}: another client's flow closed just now: not yet"
+            );
+            let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &syn));
+            assert_eq!(
+                (verdict, moved),
+                (REDIRECT, counts(&[(Counter::SnatNew, 1)])),
+                "{client}: its own port, at once"
+            );
+            assert_eq!(inspect(&out).source, (node, 61000));
+            // Give the port back for the other family's round.
+            let rst = tcp_with((client, 41000), (vip, 80), &["rst", "ack"]);
+            fx.run(programs::FROM_POD, &rst);
+        }
+    });
+}
+
 /// A masquerade port is taken over by a new flow a second after the flow holding it is over
 /// (both sides sent a FIN, or either a reset), as a TCP TIME_WAIT tuple may be reused, not only
 /// once its conntrack entries expire; a flow still open, or over just now, keeps its port. With a range of one port:

@@ -81,6 +81,32 @@ fn dual_stack_service_answers_on_both_cluster_ips_over_tcp_and_udp() {
         conntrack.contains("forward") && conntrack.contains("reverse"),
         "{conntrack}"
     );
+    // The outcome counters: every connection above was a new flow, its replies reverse-NATed;
+    // the table leaves zero counters out unless asked.
+    let counters: serde_json::Value = serde_json::from_str(
+        &lab.agent
+            .twinstack(&["bpf", "counters", "list", "-o", "json"]),
+    )
+    .expect("counters JSON");
+    let count = |name: &str| {
+        counters
+            .as_array()
+            .expect("an array")
+            .iter()
+            .find(|row| row["name"] == name)
+            .and_then(|row| row["packets"].as_u64())
+            .unwrap_or_else(|| panic!("{name} missing from {counters}"))
+    };
+    assert!(count("dnat_new") >= 100, "100 TCP connections: {counters}");
+    assert!(count("reverse_nat") >= count("dnat_new"), "{counters}");
+    assert_eq!(count("snat_error"), 0, "{counters}");
+    let table = lab.agent.twinstack(&["bpf", "counters", "list"]);
+    assert!(
+        table.contains("dnat_new") && !table.contains("snat_error"),
+        "{table}"
+    );
+    let all = lab.agent.twinstack(&["bpf", "counters", "list", "--all"]);
+    assert!(all.contains("snat_error"), "{all}");
 }
 
 /// A single-stack node serves the dual-stack Service on its own family only: the other
