@@ -157,8 +157,14 @@ pub(crate) fn create<F: Family>(
 
 /// Records a new masqueraded flow, its packets leaving from `node` (address, port): the
 /// reverse entry, keyed to `node` and holding the client, only if no flow holds that key yet
-/// (so the caller can try another port); then the forward entry, holding `node`.
+/// (so the caller can try another port); then the forward entry, holding `node`. A flow that
+/// is over gives its port up: `own` (the client's own port, `snat::allocate`'s first pick) at
+/// once to the client that held it (the same address and port: its kernel reused the port),
+/// else after [`REUSE_AFTER_NS`].
 #[inline(always)]
+// By reference: a copy of the entry would put it back on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn create_masqueraded<F: Family>(
     tuple: &Tuple<F::Addr>,
     rev_nat_id: u32,
@@ -166,35 +172,7 @@ pub(crate) fn create_masqueraded<F: Family>(
     tcp_flags: u8,
     now: u64,
     node: (F::Addr, u16),
-) -> Result<(), i64> {
-    masquerade::<F, false>(tuple, rev_nat_id, chosen, tcp_flags, now, node)
-}
-
-/// [`create_masqueraded`] on the client's own masquerade port (`snat::allocate`'s first
-/// pick), which a closed flow of the same client (address and port: its kernel reused the
-/// port) gives up at once, where another client's waits [`REUSE_AFTER_NS`].
-#[inline(always)]
-pub(crate) fn create_masqueraded_own<F: Family>(
-    tuple: &Tuple<F::Addr>,
-    rev_nat_id: u32,
-    chosen: &Chosen<F::Addr>,
-    tcp_flags: u8,
-    now: u64,
-    node: (F::Addr, u16),
-) -> Result<(), i64> {
-    masquerade::<F, true>(tuple, rev_nat_id, chosen, tcp_flags, now, node)
-}
-
-#[inline(always)]
-// By reference: a copy of the entry would put it back on the stack.
-#[allow(clippy::needless_borrows_for_generic_args)]
-fn masquerade<F: Family, const OWN: bool>(
-    tuple: &Tuple<F::Addr>,
-    rev_nat_id: u32,
-    chosen: &Chosen<F::Addr>,
-    tcp_flags: u8,
-    now: u64,
-    node: (F::Addr, u16),
+    own: bool,
 ) -> Result<(), i64> {
     // Built in scratch memory, field by field: this runs deep in the service path's call
     // chain, where the stack is short.
@@ -217,7 +195,7 @@ fn masquerade<F: Family, const OWN: bool>(
         // port by the client that held it at once, else after a while.
         // SAFETY: a map value read.
         let over = unsafe { F::conntrack().get(&*key) }.is_some_and(|held| {
-            let ready = if OWN {
+            let ready = if own {
                 held.nat_address == entry.nat_address && held.nat_port == entry.nat_port
             } else {
                 now.saturating_sub(held.last_seen) >= REUSE_AFTER_NS

@@ -49,7 +49,7 @@ pub(crate) struct Fragment<A> {
 }
 
 impl<A: Copy + Default> Packet<A> {
-    /// All zero: what [`parsed`] fills.
+    /// All zero: what [`parsed_zeroed`] fills.
     #[inline(always)]
     fn empty() -> Self {
         Self {
@@ -103,22 +103,34 @@ pub(crate) trait Parse: LbFamily {
 }
 
 /// `F::parse`, in a BPF function of its own ([`parse_into`]): the headers it loads are not on
-/// its caller's stack.
+/// its caller's stack. The packet is not zeroed first: a 56-byte memset (a call into a byte
+/// loop) on every packet cost more than the parse's own loads.
 #[inline(always)]
 pub(crate) fn parsed<F: Parse, C: PacketCtx>(ctx: &C) -> Option<Packet<F::Addr>> {
+    let mut packet = core::mem::MaybeUninit::<Packet<F::Addr>>::uninit();
+    // SAFETY: `parse_into` wrote the whole packet when it says it found one.
+    parse_into::<F, C>(ctx, packet.as_mut_ptr()).then(|| unsafe { packet.assume_init() })
+}
+
+/// [`parsed`] into a packet zeroed first, for the ingress service path: its frame is at the
+/// stack's limit, and the compiler gives an uninitialized packet 8 bytes more of it.
+#[inline(always)]
+pub(crate) fn parsed_zeroed<F: Parse, C: PacketCtx>(ctx: &C) -> Option<Packet<F::Addr>> {
     let mut packet = Packet::empty();
     parse_into::<F, C>(ctx, &mut packet).then_some(packet)
 }
 
-/// Parses into `out` and says whether it found a packet: a scalar return, never a pointer to
-/// the caller's stack in `r0` (an `sret` function may leave one there, which the verifier
-/// refuses), and a value without padding (an `Option` around it has some, which LLVM may copy
-/// from a register it never set, which the verifier refuses too).
+/// Parses into `out` and says whether it found a packet (then every byte of `out` is
+/// written: a packet has no padding): a scalar return, never a pointer to the caller's stack
+/// in `r0` (an `sret` function may leave one there, which the verifier refuses), and a value
+/// without padding (an `Option` around it has some, which LLVM may copy from a register it
+/// never set, which the verifier refuses too).
 #[inline(never)]
-fn parse_into<F: Parse, C: PacketCtx>(ctx: &C, out: &mut Packet<F::Addr>) -> bool {
+fn parse_into<F: Parse, C: PacketCtx>(ctx: &C, out: *mut Packet<F::Addr>) -> bool {
     match F::parse(ctx) {
         Some(packet) => {
-            *out = packet;
+            // SAFETY: `out` is the caller's packet, writable, aligned.
+            unsafe { out.write(packet) };
             true
         }
         None => false,

@@ -280,24 +280,32 @@ fn allocate<F: Family>(
         return None;
     }
     let span = u32::from(max - min) + 1;
-    // First the client's own port folded into the range, as netfilter keeps a client's port
-    // when it can: one client's ports map to distinct masquerade ports, and a client that
-    // reuses its port (its kernel judged the old connection done) gets its masquerade port
-    // back at once. The backend may hold the old connection in TIME_WAIT: it takes the new SYN,
-    // whose timestamp follows the old one's (a client's clock is one per address pair).
-    let own =
-        ((u32::from(min) + u32::from(u16::from_be(packet.source_port)) % span) as u16).to_be();
-    if ct::create_masqueraded_own::<F>(&tuple, rev_nat_id, chosen, tcp_flags, now, (node, own))
+    let client_port = u32::from(u16::from_be(packet.source_port));
+    for attempt in 0..=ATTEMPTS {
+        // First the client's own port folded into the range, as netfilter keeps a client's
+        // port when it can: one client's ports map to distinct masquerade ports, and a client
+        // that reuses its port (its kernel judged the old connection done) gets its masquerade
+        // port back at once. The backend may hold the old connection in TIME_WAIT: it takes
+        // the new SYN, whose timestamp follows the old one's (a client's clock is one per
+        // address pair). Then random ports.
+        let own = attempt == 0;
+        let pick = if own {
+            client_port
+        } else {
+            // SAFETY: no arguments.
+            unsafe { bpf_get_prandom_u32() }
+        };
+        let port = ((u32::from(min) + pick % span) as u16).to_be();
+        if ct::create_masqueraded::<F>(
+            &tuple,
+            rev_nat_id,
+            chosen,
+            tcp_flags,
+            now,
+            (node, port),
+            own,
+        )
         .is_ok()
-    {
-        return Some(own);
-    }
-    for _ in 0..ATTEMPTS {
-        // SAFETY: no arguments.
-        let random = unsafe { bpf_get_prandom_u32() };
-        let port = ((u32::from(min) + random % span) as u16).to_be();
-        if ct::create_masqueraded::<F>(&tuple, rev_nat_id, chosen, tcp_flags, now, (node, port))
-            .is_ok()
         {
             return Some(port);
         }

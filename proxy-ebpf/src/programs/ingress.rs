@@ -56,7 +56,7 @@ fn family<F: Reply + Parse, const DEVICE: bool>(ctx: &TcContext) -> Outcome {
 
 #[inline(never)]
 fn service<F: Reply + Parse, const DEVICE: bool>(ctx: &TcContext) -> Served {
-    let Some(packet) = parse::parsed::<F, _>(ctx) else {
+    let Some(packet) = parse::parsed_zeroed::<F, _>(ctx) else {
         return Served::Unparsed;
     };
     forward::<F, _, DEVICE>(ctx, &packet)
