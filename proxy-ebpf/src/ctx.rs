@@ -64,7 +64,11 @@ pub(crate) trait PacketCtx {
     /// The node's route to `destination` (of `family`, `AF_INET` or `AF_INET6`, the address
     /// in the first bytes): the interface it leaves by, and the source address the node picks
     /// for it (what netfilter's `MASQUERADE` takes).
-    fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route>;
+    /// `source`: with the source address the route picks (`BPF_FIB_LOOKUP_SRC`), which a new
+    /// masqueraded flow needs and a packet of a known one does not: for IPv6 the kernel then
+    /// runs its source address selection (RFC 6724 rules over every address of the device), the
+    /// most expensive part of a lookup.
+    fn route(&self, family: u8, destination: [u8; 16], source: bool) -> Option<Route>;
     /// Sends the packet out of `ifindex`, its Ethernet addresses from the neighbour table
     /// (the verdict must then be [`crate::outcome::Verdict::Redirect`]).
     fn redirect(&self, ifindex: u32) -> Result<(), i64>;
@@ -117,10 +121,18 @@ impl FibParams {
     }
 }
 
-/// `BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_SRC`: the forwarding lookup of a packet that
-/// came in on the skb's device (which must forward, as a node's pod interfaces do), without
-/// needing a resolved neighbour (`bpf_redirect_neigh` resolves it), with the source address.
-const FIB_FLAGS: u32 = (1 << 2) | (1 << 4);
+/// `BPF_FIB_LOOKUP_SKIP_NEIGH`: the forwarding lookup of a packet that came in on the skb's
+/// device (which must forward, as a node's pod interfaces do), without needing a resolved
+/// neighbour (`bpf_redirect_neigh` resolves it).
+const FIB_FLAGS: u32 = 1 << 2;
+/// `BPF_FIB_LOOKUP_SRC`: the lookup fills in the source address the route picks.
+const FIB_LOOKUP_SRC: u32 = 1 << 4;
+
+/// The lookup's flags: `base`, and the source address when asked for.
+#[inline(always)]
+fn fib_flags(base: u32, source: bool) -> u32 {
+    if source { base | FIB_LOOKUP_SRC } else { base }
+}
 
 #[inline(always)]
 fn l4_flags(change: L4Change) -> u64 {
@@ -243,7 +255,7 @@ impl PacketCtx for TcContext {
     }
 
     #[inline(always)]
-    fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route> {
+    fn route(&self, family: u8, destination: [u8; 16], source: bool) -> Option<Route> {
         let params = &mut crate::scratch::get()?.fib;
         // SAFETY: the skb of this program's context.
         *params = FibParams::lookup(family, unsafe { (*self.skb.skb).ifindex }, destination);
@@ -253,7 +265,7 @@ impl PacketCtx for TcContext {
                 self.skb.skb.cast(),
                 (params as *mut FibParams).cast(),
                 core::mem::size_of::<FibParams>() as i32,
-                FIB_FLAGS,
+                fib_flags(FIB_FLAGS, source),
             )
         };
         (rc == 0).then_some(Route {
@@ -277,9 +289,9 @@ impl PacketCtx for TcContext {
 /// What `bpf_redirect` returns when it took the packet.
 const TC_ACT_REDIRECT: i64 = 7;
 
-/// `BPF_FIB_LOOKUP_SRC`: the XDP path's lookup, which needs the neighbour resolved (its MAC
-/// addresses are written into the frame; an unresolved one sends the packet on to TC).
-const XDP_FIB_FLAGS: u32 = 1 << 4;
+/// No flag: the XDP path's lookup needs the neighbour resolved (its MAC addresses are written
+/// into the frame; an unresolved one sends the packet on to TC).
+const XDP_FIB_FLAGS: u32 = 0;
 /// What `bpf_redirect` returns at XDP when it took the frame.
 const XDP_REDIRECT: i64 = 4;
 /// The farthest offset a direct read or write (XDP, [`PacketCtx::peek`]) starts at: far past
@@ -416,7 +428,7 @@ impl PacketCtx for XdpContext {
     }
 
     #[inline(always)]
-    fn route(&self, family: u8, destination: [u8; 16]) -> Option<Route> {
+    fn route(&self, family: u8, destination: [u8; 16], source: bool) -> Option<Route> {
         let params = &mut crate::scratch::get()?.fib;
         *params = FibParams::lookup(family, self.ingress_ifindex() as u32, destination);
         // SAFETY: this program's context, and a parameter block in scratch memory.
@@ -425,7 +437,7 @@ impl PacketCtx for XdpContext {
                 self.ctx.cast(),
                 (params as *mut FibParams).cast(),
                 core::mem::size_of::<FibParams>() as i32,
-                XDP_FIB_FLAGS,
+                fib_flags(XDP_FIB_FLAGS, source),
             )
         };
         (rc == 0).then_some(Route {

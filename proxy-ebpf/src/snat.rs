@@ -111,7 +111,7 @@ fn route_to<F: Family, C: PacketCtx>(
     destination: F::Addr,
     found: &mut (u32, F::Addr),
 ) -> bool {
-    match route::<F, C>(ctx, destination) {
+    match route::<F, C>(ctx, destination, true) {
         Some(route) => {
             *found = route;
             true
@@ -121,8 +121,12 @@ fn route_to<F: Family, C: PacketCtx>(
 }
 
 #[inline(always)]
-fn route<F: Family, C: PacketCtx>(ctx: &C, destination: F::Addr) -> Option<(u32, F::Addr)> {
-    let route = ctx.route(F::AF, destination.to_wide())?;
+fn route<F: Family, C: PacketCtx>(
+    ctx: &C,
+    destination: F::Addr,
+    source: bool,
+) -> Option<(u32, F::Addr)> {
+    let route = ctx.route(F::AF, destination.to_wide(), source)?;
     Some((route.ifindex, F::Addr::from_wide(&route.source)))
 }
 
@@ -162,7 +166,8 @@ pub(crate) fn established<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
     let node = ct::nat_of::<F>(entry);
     stats::packet::<F, C>(ctx, entry.rev_nat_id, entry.backend_id, stats::TO);
     ct::client_closing::<F>(backend, node, packet.protocol, packet.tcp_flags);
-    let Some((ifindex, _)) = route::<F, C>(ctx, backend.0) else {
+    // The interface alone: the flow's node address is in its entry.
+    let Some((ifindex, _)) = route::<F, C>(ctx, backend.0, false) else {
         return Outcome::SnatError;
     };
     send::<F, C>(
@@ -227,7 +232,7 @@ pub(crate) fn reply<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
         protocol: packet.protocol,
     };
     ct::answered::<F>(entry, &tuple);
-    let Some((ifindex, _)) = route::<F, C>(ctx, client.0) else {
+    let Some((ifindex, _)) = route::<F, C>(ctx, client.0, false) else {
         return Outcome::SnatError;
     };
     send::<F, C>(
