@@ -52,6 +52,15 @@ pub(crate) fn reopens(entry: &ConntrackValue, tcp_flags: u8) -> bool {
         && entry.flags & (ct_flags::SEEN_FIN | ct_flags::SEEN_RST) != 0
 }
 
+/// A SYN-ACK matching the reverse entry of a connection its backend closed (or either side
+/// reset) answers another connection on the same tuple: the client reused its port for one the
+/// TC path never translated (through the socket path, straight to the backend). Not this flow's.
+#[inline(always)]
+pub(crate) fn answers_another(entry: &ConntrackValue, tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK)
+        && entry.flags & (ct_flags::SEEN_FIN | ct_flags::SEEN_RST) != 0
+}
+
 #[inline(always)]
 pub(crate) fn touch(entry: &mut ConntrackValue, tcp_flags: u8, now: u64) {
     entry.last_seen = now;

@@ -1935,6 +1935,48 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
     });
 }
 
+/// A client that reuses the port of a TC-translated connection that closed for a connection
+/// straight to the same backend (the socket path: no translation): the backend's SYN-ACK meets
+/// the old flow's reverse entry and must not be given the frontend as its source, or the
+/// client's socket never sees it. Passed untouched; a SYN-ACK of a flow still open is
+/// translated. Both families.
+#[test]
+fn a_syn_ack_on_a_closed_flows_tuple_is_not_reverse_translated() {
+    let mut fx = Fixture::new();
+    let (client4, vip4, backend4, _) = v4_hosts();
+    let (client6, vip6, backend6, _) = v6_hosts();
+    let (f, e) = service(vip4, 80, Protocol::Tcp, &[(backend4, 8080)]);
+    fx.v4.upsert(&f, &e).unwrap();
+    let (f, e) = service(vip6, 80, Protocol::Tcp, &[(backend6, 8080)]);
+    fx.v6.upsert(&f, &e).unwrap();
+    let families: [(IpAddr, IpAddr, IpAddr); 2] = [
+        (client4.into(), vip4.into(), backend4.into()),
+        (client6.into(), vip6.into(), backend6.into()),
+    ];
+    for (client, vip, backend) in families {
+        let (_, moved) =
+            fx.counting(|fx| fx.ingress(&tcp_with((client, 42000), (vip, 80), &["syn"])));
+        assert_eq!(moved, counts(&[(Counter::DnatNew, 1)]));
+        let syn_ack = tcp_with((backend, 8080), (client, 42000), &["syn", "ack"]);
+        let (out, moved) = fx.counting(|fx| fx.egress(&syn_ack));
+        assert_eq!(
+            moved,
+            counts(&[(Counter::ReverseNat, 1)]),
+            "{vip}: open: translated"
+        );
+        assert_eq!(inspect(&out).source, (vip, 80));
+        let fin = tcp_with((backend, 8080), (client, 42000), &["fin", "ack"]);
+        let (_, moved) = fx.counting(|fx| fx.egress(&fin));
+        assert_eq!(moved, counts(&[(Counter::ReverseNat, 1)]));
+        let (out, moved) = fx.counting(|fx| fx.egress(&syn_ack));
+        assert_eq!(
+            (out, moved),
+            (syn_ack.clone(), counts(&[(Counter::Pass, 1)])),
+            "{vip}: another connection's SYN-ACK passes untouched"
+        );
+    }
+}
+
 /// A client that opens a new connection from the port of its flow that just closed (its
 /// kernel reused the port: the server closed first, the client keeps no TIME_WAIT) gets that
 /// flow's masquerade port back at once: its first pick is its own port folded into the range,

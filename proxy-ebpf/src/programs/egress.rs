@@ -49,6 +49,9 @@ fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
     else {
         return Ok(Outcome::Pass);
     };
+    if ct::answers_another(entry, packet.tcp_flags) {
+        return Ok(Outcome::Pass);
+    }
     let Some((address, port)) = lb::frontend_of::<F>(entry.rev_nat_id) else {
         let what = monitor::what(REVERSE_NAT_MISS, Outcome::Pass, C::HOOK);
         monitor::emit(packet, what, entry.rev_nat_id, None);
