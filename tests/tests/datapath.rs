@@ -1815,20 +1815,25 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
         let (_, _, backend6, backend6_b) = v6_hosts();
         let node4 = Ipv4Addr::new(10, 244, 0, 1);
         let node6 = v6("fd00:10:244::1");
+        // The outside clients, each with its family's node address and backend.
+        let outside: [(IpAddr, IpAddr, IpAddr); 2] = [
+            (
+                IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)),
+                IpAddr::from(node4),
+                IpAddr::from(backend4),
+            ),
+            (v6("2001:db8::7").into(), node6.into(), backend6.into()),
+        ];
+        let node_ports = |fx: &mut Fixture, port, protocol| {
+            let (f, e) = node_port(node4, port, protocol, &[backend4], false);
+            fx.v4.upsert(&f, &e).unwrap();
+            let (f, e) = node_port(node6, port, protocol, &[backend6], false);
+            fx.v6.upsert(&f, &e).unwrap();
+        };
         for protocol in [Protocol::Tcp, Protocol::Udp] {
             let build = |s, d| first_packet(protocol, s, d);
-            let (f, e) = node_port(node4, 30080, protocol, &[backend4], false);
-            fx.v4.upsert(&f, &e).unwrap();
-            let (f, e) = node_port(node6, 30080, protocol, &[backend6], false);
-            fx.v6.upsert(&f, &e).unwrap();
-            for (client, node, backend) in [
-                (
-                    IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)),
-                    IpAddr::from(node4),
-                    IpAddr::from(backend4),
-                ),
-                (v6("2001:db8::7").into(), node6.into(), backend6.into()),
-            ] {
+            node_ports(&mut fx, 30080, protocol);
+            for (client, node, backend) in outside {
                 let request = build((client, 40000), (node, 30080));
                 let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&request, ts0));
                 assert_eq!(verdict, XDP_REDIRECT, "{client}: redirected at XDP");
@@ -1897,18 +1902,8 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
             assert_eq!(moved, counts(&[(Counter::SnatNew, 1)]));
         }
         // SCTP is TC's: passed untouched at XDP, then served at TC.
-        let (f, e) = node_port(node4, 30132, Protocol::Sctp, &[backend4], false);
-        fx.v4.upsert(&f, &e).unwrap();
-        let (f, e) = node_port(node6, 30132, Protocol::Sctp, &[backend6], false);
-        fx.v6.upsert(&f, &e).unwrap();
-        for (client, node, backend) in [
-            (
-                IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)),
-                IpAddr::from(node4),
-                IpAddr::from(backend4),
-            ),
-            (v6("2001:db8::7").into(), node6.into(), backend6.into()),
-        ] {
+        node_ports(&mut fx, 30132, Protocol::Sctp);
+        for (client, node, backend) in outside {
             let request = sctp((client, 40300), (node, 30132));
             let ((verdict, out), moved) = fx.counting(|fx| fx.run_xdp(&request, ts0));
             assert_eq!(
