@@ -1419,28 +1419,21 @@ fn a_port_the_cluster_ip_does_not_expose_is_rejected() {
         assert_eq!(verdict, REDIRECT, "{vip}:81: a reset goes back");
         assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
         assert!(matches!(rejection(&syn, &out), Rejection::Reset { .. }));
-        let datagram = udp(from, (vip, 53));
-        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &datagram));
-        assert_eq!(
-            verdict, REDIRECT,
-            "{vip}:53/UDP: a port unreachable goes back"
-        );
-        assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
-        assert!(matches!(
-            rejection(&datagram, &out),
-            Rejection::PortUnreachable { .. }
-        ));
-        let packet = sctp(from, (vip, 9000));
-        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &packet));
-        assert_eq!(
-            verdict, REDIRECT,
-            "{vip}:9000/SCTP: a port unreachable goes back"
-        );
-        assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
-        assert!(matches!(
-            rejection(&packet, &out),
-            Rejection::PortUnreachable { .. }
-        ));
+        for (packet, what) in [
+            (udp(from, (vip, 53)), "53/UDP"),
+            (sctp(from, (vip, 9000)), "9000/SCTP"),
+        ] {
+            let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &packet));
+            assert_eq!(
+                verdict, REDIRECT,
+                "{vip}:{what}: a port unreachable goes back"
+            );
+            assert_eq!(moved, counts(&[(Counter::Reject, 1)]));
+            assert!(matches!(
+                rejection(&packet, &out),
+                Rejection::PortUnreachable { .. }
+            ));
+        }
         for passing in [tcp(from, (vip, 81), false), tcp(from, (backend, 81), true)] {
             let (out, moved) = fx.counting(|fx| fx.ingress(&passing));
             assert_eq!((out, moved), (passing, counts(&[(Counter::Pass, 1)])));
