@@ -123,7 +123,7 @@ fn sctp_port<F: Family, C: PacketCtx>(
     // Read straight from the packet, without stack: the masquerade's call chain leaves this
     // function 16 bytes, which the store's word takes. The IP header's length field in 16
     // bits, wrapping as the field does: the table's index below is bounded by its type.
-    let len = if F::AF == AF_INET6 {
+    let len = if F::AF == <proxy_common::V6 as Family>::AF {
         // The payload length counts the extension headers, not the fixed header.
         u16::from_be(ctx.peek::<u16>(l3 + 4)?).wrapping_sub((l4 - l3 - 40) as u16)
     } else {
@@ -147,6 +147,3 @@ fn sctp_port<F: Family, C: PacketCtx>(
     word ^= sctp::port_change(delta.to_ne_bytes(), SCTP_WORD_POWERS[usize::from(len / 4)]);
     ctx.store(at, &word)
 }
-
-/// `AF_INET6`, as [`Family::AF`] says it.
-const AF_INET6: u8 = 10;
