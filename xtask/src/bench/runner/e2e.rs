@@ -33,6 +33,10 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     Direct,
+    /// The direct path with twinstack's socket-level datapath loaded and the client in its
+    /// cgroup: what a connection that no Service translates pays (the hooks and TC programs
+    /// it passes as misses). Between `Direct` and `SocketLb`, it splits the gap in two.
+    Bypassed,
     /// Socket-level load balancing: connect() goes straight to a backend.
     SocketLb,
     /// `--socket-lb false` (and `--xdp off`): the TC programs translate every packet.
@@ -79,8 +83,9 @@ impl Entry {
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 5] = [
+    pub(crate) const ALL: [Mode; 6] = [
         Mode::Direct,
+        Mode::Bypassed,
         Mode::SocketLb,
         Mode::Twinstack,
         Mode::Iptables,
@@ -90,11 +95,14 @@ impl Mode {
     /// Twinstack's modes, the one the targets are set for first.
     pub(crate) const TWINSTACK: [Mode; 2] = [Mode::SocketLb, Mode::Twinstack];
 
-    /// The client's ephemeral port range while this mode is measured (the agent masquerades to
-    /// the node's address, so its masquerade ports meet no client's).
+    /// The client's ephemeral port range while this mode is measured: a slice of the kernel's
+    /// default (32768-60999), where real clients' ports are. (`--masquerade-ports` sits below
+    /// it by design; a client inside it would make every reply to it pay the masquerade-reply
+    /// check, which real clients never do.)
     fn ports(self) -> (u16, u16) {
         let i = [
             Mode::Direct,
+            Mode::Bypassed,
             Mode::SocketLb,
             Mode::Twinstack,
             Mode::Iptables,
@@ -104,12 +112,13 @@ impl Mode {
         .iter()
         .position(|m| *m == self)
         .unwrap_or(0) as u16;
-        (1024 + i * 9_000, 1024 + i * 9_000 + 8_999)
+        (32_768 + i * 4_000, 32_768 + i * 4_000 + 3_999)
     }
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::Bypassed => "twinstack-bypassed",
             Mode::SocketLb => "twinstack-socket",
             Mode::Twinstack => "twinstack-tc",
             Mode::Xdp => "twinstack-xdp",
@@ -131,6 +140,40 @@ pub(crate) struct Cell {
     pub p50_us: Summary,
     pub p99_us: Summary,
     pub errors: u64,
+    /// The direct path's rate in the runs made in turns with this cell's (for a direct cell,
+    /// its own): what its ratio is to.
+    pub reference: Summary,
+}
+
+impl Cell {
+    fn of(
+        entry: Entry,
+        mode: Mode,
+        size: usize,
+        v6: bool,
+        test: Test,
+        list: &[Outcome],
+        reference: Summary,
+    ) -> Self {
+        let of = |f: fn(&Outcome) -> f64| Summary::of(&list.iter().map(f).collect::<Vec<_>>());
+        Self {
+            entry,
+            mode,
+            size,
+            v6,
+            test,
+            rate: of(|o| o.rate),
+            p50_us: of(|o| o.p50_us),
+            p99_us: of(|o| o.p99_us),
+            errors: list.iter().map(|o| o.errors).sum(),
+            reference,
+        }
+    }
+
+    /// The rate over the direct path's, both medians of runs made in turns.
+    pub(crate) fn ratio(&self) -> f64 {
+        crate::stats::ratio(&self.rate, &self.reference)
+    }
 }
 
 /// One load of a kube-proxy layout.
@@ -176,14 +219,6 @@ impl Results {
     }
 }
 
-/// The client of `entry`: its namespace.
-fn client_of<'a>(entry: Entry, topology: &'a Topology, outside: &'a Outside) -> &'a Netns {
-    match entry {
-        Entry::Pod => &topology.client.netns,
-        Entry::Outside => &outside.netns,
-    }
-}
-
 /// What makes one mode active; dropping it deactivates the mode (the agent's guard runs
 /// `twinstack cleanup` before its manifests go).
 #[derive(Default)]
@@ -193,36 +228,101 @@ struct Active<'a> {
     _rules: Option<Rules<'a>>,
 }
 
+/// One test bed: a topology with its servers, and the outside client on its node's device.
+struct Bed {
+    _servers: Vec<Server>,
+    outside: Outside,
+    // Dropped last: the servers' and the outside client's namespaces go first.
+    topology: Topology,
+}
+
+impl Bed {
+    fn new(plan: &Plan) -> Self {
+        let topology = Topology::new(2);
+        let servers = topology
+            .backends
+            .iter()
+            .map(|pod| Server::start(pod, BACKEND_PORT, plan.server_workers))
+            .collect();
+        // The backends keep no TIME_WAIT: from outside every mode masquerades to the node's
+        // addresses, and a mode's masquerade ports would otherwise meet the previous mode's
+        // TIME_WAIT connections (a SYN on one is refused when its timestamp is not newer, and
+        // retried a second later), which measures the order of the modes, not the modes.
+        for pod in &topology.backends {
+            pod.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+        }
+        // The outside client reaches the NodePort on the node's device, and (direct) the pods
+        // through the node.
+        let outside = Outside::attach(&topology.node);
+        outside
+            .netns
+            .ip(&["route", "add", CLUSTER_CIDR_V4, "via", OUTSIDE_NODE_V4]);
+        outside.netns.ip(&[
+            "-6",
+            "route",
+            "add",
+            CLUSTER_CIDR_V6,
+            "via",
+            OUTSIDE_NODE_V6,
+        ]);
+        Self {
+            _servers: servers,
+            outside,
+            topology,
+        }
+    }
+
+    /// The client of `entry`: its namespace.
+    fn client(&self, entry: Entry) -> &Netns {
+        match entry {
+            Entry::Pod => &self.topology.client.netns,
+            Entry::Outside => &self.outside.netns,
+        }
+    }
+
+    /// The backend pods, as the direct path addresses them (alternating).
+    fn backends(&self, v6: bool) -> Vec<SocketAddr> {
+        self.topology
+            .backends
+            .iter()
+            .map(|p| SocketAddr::new(p.address(v6), BACKEND_PORT))
+            .collect()
+    }
+}
+
+/// Every run of one (entry, family, test), in the order they ran.
+type Runs = Vec<((Entry, bool, Test), Vec<Outcome>)>;
+
+fn record(runs: &mut Runs, key: (Entry, bool, Test), outcome: Outcome) {
+    match runs.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, list)) => list.push(outcome),
+        None => runs.push((key, vec![outcome])),
+    }
+}
+
+fn rates(list: &[Outcome]) -> Summary {
+    Summary::of(&list.iter().map(|o| o.rate).collect::<Vec<_>>())
+}
+
 pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
-    let topology = Topology::new(2);
-    let _servers: Vec<Server> = topology
-        .backends
-        .iter()
-        .map(|pod| Server::start(pod, BACKEND_PORT, plan.server_workers))
-        .collect();
+    let bed = Bed::new(plan);
+    // The direct path runs on a twin bed that no mode ever touches, in turns with every run
+    // of every mode: each mode's ratio is to the direct runs made between its own, so a drift
+    // of the machine's speed over the minutes a size takes (a few percent on a shared VM)
+    // cancels out instead of landing in the ratios.
+    let reference = Bed::new(plan);
+    for entry in Entry::ALL {
+        let client = reference.client(entry);
+        let (low, high) = Mode::Direct.ports();
+        client.sysctl("net.ipv4.ip_local_port_range", &format!("{low} {high}"));
+        for v6 in [false, true] {
+            wait_reachable(client, &reference.backends(v6))
+                .with_context(|| format!("{}, direct", entry.name()))?;
+        }
+    }
+    let topology = &bed.topology;
     let target_v4: Vec<Ipv4Addr> = topology.backends.iter().map(|p| p.v4).collect();
     let target_v6: Vec<Ipv6Addr> = topology.backends.iter().map(|p| p.v6).collect();
-    // The backends keep no TIME_WAIT: from outside every mode masquerades to the node's
-    // addresses, and a mode's masquerade ports would otherwise meet the previous mode's
-    // TIME_WAIT connections (a SYN on one is refused when its timestamp is not newer, and
-    // retried a second later), which measures the order of the modes, not the modes.
-    for pod in &topology.backends {
-        pod.netns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
-    }
-    // The outside client reaches the NodePort on the node's device, and (direct) the pods
-    // through the node.
-    let outside = Outside::attach(&topology.node);
-    outside
-        .netns
-        .ip(&["route", "add", CLUSTER_CIDR_V4, "via", OUTSIDE_NODE_V4]);
-    outside.netns.ip(&[
-        "-6",
-        "route",
-        "add",
-        CLUSTER_CIDR_V6,
-        "via",
-        OUTSIDE_NODE_V6,
-    ]);
 
     let mut cells = Vec::new();
     let mut agent_ready = Vec::new();
@@ -231,9 +331,13 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
     let mut other_load = Vec::new();
     for &size in &plan.e2e_sizes {
         let cluster = Cluster::new(size, &target_v4, &target_v6);
+        let mut direct: Runs = Vec::new();
+        let direct_started = Entry::ALL.map(|entry| retransmissions(reference.client(entry)));
+        let direct_cpu = CpuSample::now();
         for (entry, &mode) in Entry::ALL
             .into_iter()
             .flat_map(|entry| entry.modes().iter().map(move |mode| (entry, mode)))
+            .filter(|(_, mode)| **mode != Mode::Direct)
         {
             if let Ok(only) = std::env::var("TWINSTACK_BENCH_MODES")
                 && !only.split(',').any(|m| m == mode.name())
@@ -245,7 +349,8 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                 entry.name(),
                 mode.name()
             );
-            let client = client_of(entry, &topology, &outside);
+            let client = bed.client(entry);
+            let reference_client = reference.client(entry);
             // Each mode has its own client ports. The server closes first, so the client keeps
             // no TIME_WAIT and reuses a port at once; the backend accepts a new SYN on its
             // TIME_WAIT only if the SYN's sequence number and timestamp are newer, and those
@@ -255,7 +360,7 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
             client.sysctl("net.ipv4.ip_local_port_range", &format!("{low} {high}"));
             let started = Instant::now();
             let before = retransmissions(client);
-            let (mut active, load) = activate(entry, mode, &topology, &cluster)?;
+            let (mut active, load) = activate(entry, mode, topology, &cluster)?;
             if let Some(load) = load
                 && entry == Entry::Pod
             {
@@ -276,17 +381,14 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                 agent.stop();
             }
             // The load generator's threads make their sockets inside the agent's cgroup, so
-            // the socket programs serve them (the servers' listeners were made outside it).
-            let in_cgroup = (mode == Mode::SocketLb)
-                .then(|| active.agent.as_ref().map(|a| InCgroup::join(&a.cgroup)))
+            // the socket programs serve them (the servers' listeners were made outside it);
+            // it leaves the cgroup for the direct runs in between.
+            let cgroup = matches!(mode, Mode::SocketLb | Mode::Bypassed)
+                .then(|| active.agent.as_ref().map(|a| &a.cgroup))
                 .flatten();
             let targets = |v6: bool| -> Vec<SocketAddr> {
                 match (mode, entry) {
-                    (Mode::Direct, _) => topology
-                        .backends
-                        .iter()
-                        .map(|p| SocketAddr::new(p.address(v6), BACKEND_PORT))
-                        .collect(),
+                    (Mode::Direct | Mode::Bypassed, _) => bed.backends(v6),
                     (_, Entry::Pod) => vec![SocketAddr::new(
                         cluster.target().cluster_ip(v6),
                         SERVICE_PORT,
@@ -297,63 +399,69 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                     }
                 }
             };
-            for v6 in [false, true] {
-                wait_reachable(client, &targets(v6)).with_context(|| {
-                    format!("{}, {} ({size} Services)", entry.name(), mode.name())
-                })?;
+            let measure = |test: Test, v6: bool, duration: Duration| -> Outcome {
+                let _inside = cgroup.map(InCgroup::join);
+                client_run(client, test, targets(v6), duration, plan)
+            };
+            {
+                let _inside = cgroup.map(InCgroup::join);
+                for v6 in [false, true] {
+                    wait_reachable(client, &targets(v6)).with_context(|| {
+                        format!("{}, {} ({size} Services)", entry.name(), mode.name())
+                    })?;
+                }
             }
             // Warm up (neighbour entries, caches, the first conntrack entries).
-            client_run(
-                client,
-                Test::NewConnections,
-                targets(false),
-                plan.warmup,
-                plan,
-            );
-            let mut outcomes: Vec<((bool, Test), Vec<Outcome>)> = Vec::new();
+            measure(Test::NewConnections, false, plan.warmup);
+            let mut outcomes: Runs = Vec::new();
+            let mut paired: Runs = Vec::new();
             let cpu_before = CpuSample::now();
             for _ in 0..plan.e2e_reps {
                 for v6 in [false, true] {
                     for test in TESTS {
-                        let outcome = client_run(client, test, targets(v6), plan.duration, plan);
-                        if outcome.completed == 0 {
-                            bail!(
-                                "{}, {} {test:?} over {}: nothing completed ({} errors)",
-                                entry.name(),
-                                mode.name(),
-                                if v6 { "IPv6" } else { "IPv4" },
-                                outcome.errors
-                            );
+                        let key = (entry, v6, test);
+                        let of_reference = client_run(
+                            reference_client,
+                            test,
+                            reference.backends(v6),
+                            plan.duration,
+                            plan,
+                        );
+                        let outcome = measure(test, v6, plan.duration);
+                        for (what, outcome) in [(mode, &outcome), (Mode::Direct, &of_reference)] {
+                            if outcome.completed == 0 {
+                                bail!(
+                                    "{}, {} {test:?} over {}: nothing completed ({} errors)",
+                                    entry.name(),
+                                    what.name(),
+                                    if v6 { "IPv6" } else { "IPv4" },
+                                    outcome.errors
+                                );
+                            }
                         }
-                        match outcomes.iter_mut().find(|(k, _)| *k == (v6, test)) {
-                            Some((_, list)) => list.push(outcome),
-                            None => outcomes.push(((v6, test), vec![outcome])),
-                        }
+                        record(&mut outcomes, key, outcome);
+                        record(&mut paired, key, of_reference);
+                        record(&mut direct, key, of_reference);
                     }
                 }
             }
-            for ((v6, test), list) in outcomes {
-                let of =
-                    |f: fn(&Outcome) -> f64| Summary::of(&list.iter().map(f).collect::<Vec<_>>());
-                let cell = Cell {
-                    entry,
-                    mode,
-                    size,
-                    v6,
-                    test,
-                    rate: of(|o| o.rate),
-                    p50_us: of(|o| o.p50_us),
-                    p99_us: of(|o| o.p99_us),
-                    errors: list.iter().map(|o| o.errors).sum(),
-                };
+            for ((_, v6, test), list) in outcomes {
+                let reference = paired
+                    .iter()
+                    .find(|((_, v, t), _)| (*v, *t) == (v6, test))
+                    .map(|(_, list)| rates(list))
+                    .unwrap_or_default();
+                let cell = Cell::of(entry, mode, size, v6, test, &list, reference);
                 eprintln!(
-                    "    {:<4} {:<24} {:>10}/s  p50 {:>7} µs  p99 {:>7} µs  errors {}",
+                    "    {:<4} {:<24} {:>10}/s  p50 {:>7} µs  p99 {:>7} µs  errors {}  \
+                     ({:.2}× the direct runs between)",
                     if v6 { "IPv6" } else { "IPv4" },
                     test.label(),
                     crate::stats::number(cell.rate.median, 0),
                     crate::stats::number(cell.p50_us.median, 1),
                     crate::stats::number(cell.p99_us.median, 1),
-                    cell.errors
+                    cell.errors,
+                    cell.ratio(),
                 );
                 cells.push(cell);
             }
@@ -365,13 +473,29 @@ pub(crate) fn run(plan: &Plan) -> anyhow::Result<Results> {
                 "    other processes used {:.1}% of the CPUs",
                 others * 100.0
             );
-            drop(in_cgroup);
             drop(active);
             ensure!(
                 kubeproxy::ruleset(&topology.node).trim().is_empty(),
                 "the {} rules were not removed",
                 mode.name()
             );
+        }
+        // The direct cells: every direct run of this size, each its own reference.
+        for ((entry, v6, test), list) in direct {
+            let cell = Cell::of(entry, Mode::Direct, size, v6, test, &list, rates(&list));
+            cells.push(cell);
+        }
+        for (i, entry) in Entry::ALL.into_iter().enumerate() {
+            let after = retransmissions(reference.client(entry));
+            let before = direct_started[i];
+            retransmitted.push((
+                entry,
+                Mode::Direct,
+                size,
+                after.0 - before.0,
+                after.1 - before.1,
+            ));
+            other_load.push((entry, Mode::Direct, size, direct_cpu.others_share()));
         }
     }
     Ok(Results {
@@ -393,11 +517,11 @@ fn activate<'a>(
     let mut sample = None;
     let active = match mode {
         Mode::Direct => Active::default(),
-        Mode::SocketLb | Mode::Twinstack | Mode::Xdp => {
+        Mode::Bypassed | Mode::SocketLb | Mode::Twinstack | Mode::Xdp => {
             let manifests = cluster.write_manifests()?;
             let cidrs = format!("{CLUSTER_CIDR_V4},{CLUSTER_CIDR_V6}");
             let flags: &[&str] = match (entry, mode) {
-                (Entry::Pod, Mode::SocketLb) => &["--xdp", "off"],
+                (Entry::Pod, Mode::SocketLb | Mode::Bypassed) => &["--xdp", "off"],
                 (Entry::Pod, _) => &["--socket-lb", "false", "--xdp", "off"],
                 // From outside, socket-level load balancing serves nobody: off.
                 (Entry::Outside, Mode::Xdp) => &["--socket-lb", "false", "--xdp", "generic"],

@@ -63,7 +63,8 @@ impl Plan {
             miss_repeat: 100_000,
             e2e_sizes: vec![1, 1_000, 10_000],
             e2e_reps: 5,
-            duration: Duration::from_millis(1_500),
+            // Every run of a mode comes with a direct run beside it (`e2e`): 1 s each.
+            duration: Duration::from_millis(1_000),
             warmup: Duration::from_millis(500),
             client_threads: 4,
             server_workers: 2,
@@ -105,6 +106,22 @@ impl Plan {
             full
         }
     }
+
+    /// A plan narrowed for a look at one part (the figures of a narrowed run are not a report
+    /// to keep): `TWINSTACK_BENCH_SIZES=10000` measures the end-to-end section at those sizes
+    /// only (and `TWINSTACK_BENCH_MODES=direct,twinstack-socket` those modes only, in `e2e`).
+    fn narrowed(mut self) -> anyhow::Result<Self> {
+        if let Ok(sizes) = std::env::var("TWINSTACK_BENCH_SIZES") {
+            self.e2e_sizes = sizes
+                .split(',')
+                .map(|s| s.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .with_context(|| {
+                    format!("TWINSTACK_BENCH_SIZES={sizes}: expected sizes such as 1,10000")
+                })?;
+        }
+        Ok(self)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     twinstack_lab::require_root();
     // SAFETY: set before any thread starts; the lab reads it to start the agent.
     unsafe { std::env::set_var("TWINSTACK_BIN", &cli.twinstack_bin) };
-    let plan = Plan::new(cli.quick, cli.smoke);
+    let plan = Plan::new(cli.quick, cli.smoke).narrowed()?;
     let started = Instant::now();
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     charts::register_font()?;

@@ -129,13 +129,8 @@ fn targets(s: &mut String, datapath: &datapath::Results, e2e: &e2e::Results) {
         return;
     };
     let ratio = |mode: Mode, size: usize, v6: bool, test: Test| -> f64 {
-        match (
-            e2e.cell(mode, size, v6, test),
-            e2e.cell(Mode::Direct, size, v6, test),
-        ) {
-            (Some(a), Some(b)) => stats::ratio(&a.rate, &b.rate),
-            _ => f64::NAN,
-        }
+        e2e.cell(mode, size, v6, test)
+            .map_or(f64::NAN, e2e::Cell::ratio)
     };
     if largest < 10_000 {
         let _ = writeln!(
@@ -277,7 +272,17 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
          The client's threads are pinned to the first CPU and the servers' to the last, so \
          the scheduler does not move them about between rounds.\n\n\
          Modes, one active at a time, on the same topology: **direct** (the client connects to \
-         the backend pods' addresses, alternating; no Service), **twinstack-socket** and \
+         the backend pods' addresses, alternating; no Service) runs on a twin topology that no \
+         mode touches, one direct run before every run of every mode: a mode's ratio is to the \
+         direct runs made in turns with its own (the direct row pools them all), so the \
+         machine's drift over the minutes a size takes (a few percent on a shared VM) cancels \
+         out instead of landing in the ratios. **twinstack-bypassed** is the direct path with \
+         twinstack's socket-level datapath loaded and the client in its cgroup (its sockets \
+         pass the socket hooks and its packets the TC programs, as misses): what a connection \
+         no Service translates pays; between direct and twinstack-socket it splits the \
+         socket path's gap into the passes every pod packet makes and the Service's own work. \
+         Each mode's client ports are a slice of the kernel's default ephemeral range \
+         (32768-60999), where real clients' are. **twinstack-socket** and \
          **twinstack-tc** (the real `twinstack run` on a generated manifest directory; it is \
          stopped once the Services are programmed, as `SIGTERM` leaves the pinned datapath \
          serving, so only the datapath is on the CPUs; `twinstack cleanup` removes it. \
@@ -330,18 +335,11 @@ fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
                 for &mode in entry.modes() {
                     let _ = write!(s, "| {} |", mode.name());
                     for &size in &results.sizes {
-                        let cell = results.cell_of(entry, mode, size, v6, test);
-                        let direct = results.cell_of(entry, Mode::Direct, size, v6, test);
-                        match (cell, direct) {
-                            (Some(c), Some(d)) => {
-                                let _ = write!(
-                                    s,
-                                    " {} | {:.2}× |",
-                                    c.rate.show(0),
-                                    stats::ratio(&c.rate, &d.rate)
-                                );
+                        match results.cell_of(entry, mode, size, v6, test) {
+                            Some(c) => {
+                                let _ = write!(s, " {} | {:.2}× |", c.rate.show(0), c.ratio());
                             }
-                            _ => s.push_str(" – | – |"),
+                            None => s.push_str(" – | – |"),
                         }
                     }
                     s.push('\n');
