@@ -3,7 +3,7 @@
 //! entries (the plan) and hands them to its map writer; nothing in it asks which family it is.
 //! The dispatcher owns the one family decision: which families this node serves.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map},
     net::{Ipv4Addr, Ipv6Addr},
 };
 
@@ -46,6 +46,54 @@ impl Departures {
 /// One Service's new ports (empty: it is gone, ignored or invalid).
 pub type Change = (ServiceName, Vec<ServicePort>);
 
+/// The Services claiming one frontend. Nearly every frontend has one, kept inline: a set per
+/// frontend would allocate a B-tree node (~384 bytes) for each of the tens of thousands of
+/// frontends a node serves (every cluster IP has its unexposed-port frontends too).
+enum Claimants {
+    One(ServiceName),
+    /// Two or more (a conflict), ordered by name.
+    Many(BTreeSet<ServiceName>),
+}
+
+impl Claimants {
+    /// The one served: the first by (namespace, name).
+    fn first(&self) -> Option<&ServiceName> {
+        match self {
+            Claimants::One(name) => Some(name),
+            Claimants::Many(names) => names.first(),
+        }
+    }
+
+    fn insert(&mut self, name: &ServiceName) {
+        match self {
+            Claimants::One(one) if one == name => {}
+            Claimants::One(one) => {
+                *self = Claimants::Many(BTreeSet::from([one.clone(), name.clone()]));
+            }
+            Claimants::Many(names) => {
+                names.insert(name.clone());
+            }
+        }
+    }
+
+    /// Withdraws `name`'s claim; `false` when nobody claims the frontend any more.
+    fn remove(&mut self, name: &ServiceName) -> bool {
+        match self {
+            Claimants::One(one) => one != name,
+            Claimants::Many(names) => {
+                names.remove(name);
+                if names.len() <= 1 {
+                    match names.pop_first() {
+                        Some(last) => *self = Claimants::One(last),
+                        None => return false,
+                    }
+                }
+                true
+            }
+        }
+    }
+}
+
 pub struct Proxier<A> {
     writer: Writer<A>,
     /// The frontends (and entries) each Service claims in this family.
@@ -56,7 +104,7 @@ pub struct Proxier<A> {
     /// an incremental sync all agree; when it lets go, the next one is served at once.
     /// (kube-proxy's iptables mode serves whichever rule its unordered Service map wrote
     /// first; the health checks follow the same first-by-name rule.)
-    claimants: HashMap<Frontend<A>, BTreeSet<ServiceName>>,
+    claimants: HashMap<Frontend<A>, Claimants>,
     /// The source-range entries the maps hold (`loadBalancerSourceRanges`).
     ranges: BTreeSet<RangeKey<A>>,
 }
@@ -188,18 +236,19 @@ impl<A: Address> Proxier<A> {
                     continue;
                 }
                 let_go.insert(frontend, service.clone());
-                if let Some(claimants) = self.claimants.get_mut(&frontend) {
-                    claimants.remove(service);
-                    if claimants.is_empty() {
-                        self.claimants.remove(&frontend);
-                    }
+                if let Some(claimants) = self.claimants.get_mut(&frontend)
+                    && !claimants.remove(service)
+                {
+                    self.claimants.remove(&frontend);
                 }
             }
             for frontend in &keep {
-                self.claimants
-                    .entry(*frontend)
-                    .or_default()
-                    .insert(service.clone());
+                match self.claimants.entry(*frontend) {
+                    hash_map::Entry::Occupied(mut claimants) => claimants.get_mut().insert(service),
+                    hash_map::Entry::Vacant(none) => {
+                        none.insert(Claimants::One(service.clone()));
+                    }
+                }
             }
             if !desired.is_empty() {
                 self.owned.insert(service.clone(), desired);
