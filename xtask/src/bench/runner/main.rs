@@ -109,7 +109,8 @@ impl Plan {
 
     /// A plan narrowed for a look at one part (the figures of a narrowed run are not a report
     /// to keep): `TWINSTACK_BENCH_SIZES=10000` measures the end-to-end section at those sizes
-    /// only (and `TWINSTACK_BENCH_MODES=direct,twinstack-socket` those modes only, in `e2e`).
+    /// only (and `TWINSTACK_BENCH_MODES=twinstack-bypassed,twinstack-socket` those modes only, in
+    /// `e2e`; the direct runs always come along).
     fn narrowed(mut self) -> anyhow::Result<Self> {
         if let Ok(sizes) = std::env::var("TWINSTACK_BENCH_SIZES") {
             self.e2e_sizes = sizes
