@@ -61,6 +61,19 @@ pub(crate) fn answers_another(entry: &ConntrackValue, tcp_flags: u8) -> bool {
         && entry.flags & (ct_flags::SEEN_FIN | ct_flags::SEEN_RST) != 0
 }
 
+/// Drops the reverse entry of a packet from `source` to `destination`: its flow is over and
+/// the tuple now carries a connection the TC path never translated (see [`answers_another`]).
+/// A backend holds one connection per tuple, so the old flow can send nothing more.
+#[inline(always)]
+pub(crate) fn forget_reverse<F: Family>(
+    source: (F::Addr, u16),
+    destination: (F::Addr, u16),
+    protocol: u8,
+) {
+    let key = ConntrackKey::raw(source, destination, protocol, direction::REVERSE);
+    let _ = F::conntrack().remove(key);
+}
+
 #[inline(always)]
 pub(crate) fn touch(entry: &mut ConntrackValue, tcp_flags: u8, now: u64) {
     entry.last_seen = now;

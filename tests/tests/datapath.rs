@@ -1926,8 +1926,8 @@ fn xdp_serves_a_node_port_in_one_pass_and_shares_its_flows_with_tc() {
 /// A client that reuses the port of a TC-translated connection that closed for a connection
 /// straight to the same backend (the socket path: no translation): the backend's SYN-ACK meets
 /// the old flow's reverse entry and must not be given the frontend as its source, or the
-/// client's socket never sees it. Passed untouched; a SYN-ACK of a flow still open is
-/// translated. Both families.
+/// client's socket never sees it, nor the data after it (the old flow's reverse entry is
+/// dropped). Passed untouched; a SYN-ACK of a flow still open is translated. Both families.
 #[test]
 fn a_syn_ack_on_a_closed_flows_tuple_is_not_reverse_translated() {
     let mut fx = Fixture::new();
@@ -1961,6 +1961,14 @@ fn a_syn_ack_on_a_closed_flows_tuple_is_not_reverse_translated() {
             (out, moved),
             (syn_ack.clone(), counts(&[(Counter::Pass, 1)])),
             "{vip}: another connection's SYN-ACK passes untouched"
+        );
+        // The new connection's data: the old flow's reverse entry is gone, nothing is translated.
+        let data = tcp_with((backend, 8080), (client, 42000), &["ack"]);
+        let (out, moved) = fx.counting(|fx| fx.egress(&data));
+        assert_eq!(
+            (out, moved),
+            (data.clone(), counts(&[(Counter::Pass, 1)])),
+            "{vip}: the new connection's reply passes untouched"
         );
     }
 }

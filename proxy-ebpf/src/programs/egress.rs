@@ -50,6 +50,7 @@ fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
         return Ok(Outcome::Pass);
     };
     if ct::answers_another(entry, packet.tcp_flags) {
+        ct::forget_reverse::<F>(packet.source(), packet.destination(), packet.protocol);
         return Ok(Outcome::Pass);
     }
     let Some((address, port)) = lb::frontend_of::<F>(entry.rev_nat_id) else {
