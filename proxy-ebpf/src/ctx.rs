@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_sock_addr},
     helpers::{
         bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data,
     },
     programs::{SockAddrContext, TcContext, XdpContext},
 };
@@ -39,6 +39,11 @@ pub(crate) trait PacketCtx {
     /// Reads `size_of::<T>()` bytes at `offset` straight from the packet, without a helper and
     /// so without stack; at TC only from the packet's linear part (its headers, as a rule).
     fn peek<T>(&self, offset: usize) -> Result<T, i64>;
+    /// A header: `size_of::<T>()` bytes at `offset`, read straight from the packet (no helper
+    /// call: one per header was most of a parse's cost). At TC, bytes beyond the packet's
+    /// linear part are pulled into it first. One way through for the verifier, whichever the
+    /// packet takes: the read is the same instruction either way.
+    fn header<T>(&self, offset: usize) -> Result<T, i64>;
     /// Updates the IPv4 header checksum at `check` for a field that changed from `old` to `new`.
     fn l3_csum_replace(&self, check: usize, old: u32, new: u32, size: FieldSize)
     -> Result<(), i64>;
@@ -196,6 +201,25 @@ impl PacketCtx for TcContext {
         }
         // SAFETY: the bytes at `start` are in the packet's linear part, checked just above.
         Ok(unsafe { core::ptr::read_unaligned(start as *const T) })
+    }
+
+    #[inline(always)]
+    fn header<T>(&self, offset: usize) -> Result<T, i64> {
+        let need = offset + core::mem::size_of::<T>();
+        // SAFETY: fields of the context the kernel handed us.
+        let linear = unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!((*self.skb.skb).data_end)) as usize
+                - core::ptr::read_volatile(core::ptr::addr_of!((*self.skb.skb).data)) as usize
+        };
+        if need > linear {
+            // SAFETY: the helper checks `need` against the packet; it invalidates packet
+            // pointers, and none is held across it (`peek` reads them afresh).
+            let rc = unsafe { bpf_skb_pull_data(self.skb.skb.cast(), need as u32) };
+            if rc < 0 {
+                return Err(rc);
+            }
+        }
+        self.peek(offset)
     }
 
     #[inline(always)]
@@ -357,6 +381,11 @@ impl PacketCtx for XdpContext {
 
     #[inline(always)]
     fn peek<T>(&self, offset: usize) -> Result<T, i64> {
+        self.load(offset)
+    }
+
+    #[inline(always)]
+    fn header<T>(&self, offset: usize) -> Result<T, i64> {
         self.load(offset)
     }
 

@@ -87,7 +87,7 @@ pub(crate) enum EtherType {
 
 #[inline(always)]
 pub(crate) fn ether_type<C: PacketCtx>(ctx: &C) -> Option<EtherType> {
-    match u16::from_be(ctx.load::<u16>(12).ok()?) {
+    match u16::from_be(ctx.header::<u16>(12).ok()?) {
         ETH_P_IP => Some(EtherType::V4),
         ETH_P_IPV6 => Some(EtherType::V6),
         _ => None,
@@ -163,7 +163,7 @@ impl Parse for V6 {
 
 #[inline(always)]
 fn parse_v4<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 4]>> {
-    let header: [u8; 20] = ctx.load(l3).ok()?;
+    let header: [u8; 20] = ctx.header(l3).ok()?;
     if header[0] >> 4 != 4 {
         return None;
     }
@@ -245,6 +245,8 @@ fn fragment_v6<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Fragment<[u8; 16]>> {
 
 #[inline(always)]
 fn parse_v6<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 16]>> {
+    // Through the load helper: read straight from the packet, the fixed header's 40 bytes
+    // grew the ingress service path's frame past the stack's limit.
     let header: [u8; IPV6_HLEN] = ctx.load(l3).ok()?;
     if header[0] >> 4 != 6 {
         return None;
@@ -311,15 +313,15 @@ fn parse_v6<C: PacketCtx>(ctx: &C, l3: usize) -> Option<Packet<[u8; 16]>> {
 fn ports<C: PacketCtx>(ctx: &C, l4: usize, protocol: u8) -> Option<(u16, u16, u8)> {
     match protocol {
         protocol::TCP => {
-            let header: [u8; 20] = ctx.load(l4).ok()?;
+            let header: [u8; 20] = ctx.header(l4).ok()?;
             Some((port(&header, 0), port(&header, 2), header[TCP_FLAGS_OFFSET]))
         }
         protocol::UDP => {
-            let header: [u8; 8] = ctx.load(l4).ok()?;
+            let header: [u8; 8] = ctx.header(l4).ok()?;
             Some((port(&header, 0), port(&header, 2), 0))
         }
         protocol::SCTP => {
-            let header: [u8; 12] = ctx.load(l4).ok()?;
+            let header: [u8; 12] = ctx.header(l4).ok()?;
             Some((port(&header, 0), port(&header, 2), 0))
         }
         _ => None,

@@ -43,7 +43,7 @@ pub(crate) fn per_packet(results: &datapath::Results, path: &Path) -> anyhow::Re
     let y_max = results
         .rows
         .iter()
-        .filter(|r| r.case != Case::MissRepeat)
+        .filter(|r| !r.case.repeated())
         .flat_map(|r| r.by_size.iter().map(|s| s.max))
         .fold(0.0, f64::max)
         * 1.25;

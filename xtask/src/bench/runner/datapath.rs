@@ -44,16 +44,26 @@ pub(crate) enum Case {
     Miss,
     /// The same miss with `repeat`: the program's own cost without the per-call fixed cost.
     MissRepeat,
+    /// The pod's packet to a pod (no flow) at the other pod's interface (`to_pod`), with
+    /// `repeat`: with [`Case::MissRepeat`], what every packet the socket path sent straight to
+    /// a backend pays in the TC programs.
+    PassRepeat,
 }
 
 impl Case {
-    pub(crate) const ALL: [Case; 5] = [
+    pub(crate) const ALL: [Case; 6] = [
         Case::New,
         Case::Established,
         Case::ReverseNat,
         Case::Miss,
         Case::MissRepeat,
+        Case::PassRepeat,
     ];
+
+    /// Whether the case runs with `repeat` (no per-call cost in its figure).
+    pub(crate) fn repeated(self) -> bool {
+        matches!(self, Case::MissRepeat | Case::PassRepeat)
+    }
 
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -62,6 +72,7 @@ impl Case {
             Case::ReverseNat => "reverse NAT (reply)",
             Case::Miss => "miss (not a service)",
             Case::MissRepeat => "miss, repeat (no per-call cost)",
+            Case::PassRepeat => "miss at `to_pod`, repeat (no per-call cost)",
         }
     }
 }
@@ -371,6 +382,8 @@ impl Bench {
         ensure!(endpoints(&out)?.0 == vip, "reply not reverse-NATed");
         let (_, out) = self.run(program_names::FROM_POD, &miss, 1, true)?;
         ensure!(out == miss, "a non-service packet was changed");
+        let (_, out) = self.run(program_names::TO_POD, &miss, 1, true)?;
+        ensure!(out == miss, "a packet of no flow was changed at to_pod");
         let client = self.fresh_client::<A>();
         let (_, out) = self.run(program_names::FROM_POD, &tcp(client, vip, true), 1, true)?;
         ensure!(
@@ -382,9 +395,12 @@ impl Bench {
         for case in Case::ALL {
             let mut medians = Vec::with_capacity(plan.datapath_reps);
             for _ in 0..plan.datapath_reps {
-                if case == Case::MissRepeat {
-                    let (d, _) =
-                        self.run(program_names::FROM_POD, &miss, plan.miss_repeat, false)?;
+                if case.repeated() {
+                    let program = match case {
+                        Case::PassRepeat => program_names::TO_POD,
+                        _ => program_names::FROM_POD,
+                    };
+                    let (d, _) = self.run(program, &miss, plan.miss_repeat, false)?;
                     medians.push(d.as_nanos() as f64);
                     continue;
                 }
@@ -400,7 +416,7 @@ impl Bench {
                         }
                         Case::ReverseNat => self.run(program_names::TO_POD, &reply, 1, false)?,
                         Case::Miss => self.run(program_names::FROM_POD, &miss, 1, false)?,
-                        Case::MissRepeat => unreachable!(),
+                        Case::MissRepeat | Case::PassRepeat => unreachable!(),
                     };
                     samples.push(d.as_nanos() as f64);
                 }

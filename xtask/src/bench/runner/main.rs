@@ -36,6 +36,13 @@ struct Cli {
     smoke: bool,
 }
 
+/// A section a narrowed run may be limited to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Datapath,
+    EndToEnd,
+}
+
 /// How much of everything to run.
 pub struct Plan {
     pub profile: &'static str,
@@ -51,6 +58,9 @@ pub struct Plan {
     pub server_workers: usize,
     pub load_services: usize,
     pub load_reps: usize,
+    /// The sections to run when not all three (`TWINSTACK_BENCH_SECTIONS`): their tables go
+    /// to stderr and no report is written.
+    pub only: Option<Vec<Section>>,
 }
 
 impl Plan {
@@ -70,6 +80,7 @@ impl Plan {
             server_workers: 2,
             load_services: 10_000,
             load_reps: 3,
+            only: None,
         };
         if smoke {
             Self {
@@ -110,7 +121,8 @@ impl Plan {
     /// A plan narrowed for a look at one part (the figures of a narrowed run are not a report
     /// to keep): `TWINSTACK_BENCH_SIZES=10000` measures the end-to-end section at those sizes
     /// only (and `TWINSTACK_BENCH_MODES=twinstack-bypassed,twinstack-socket` those modes only, in
-    /// `e2e`; the direct runs always come along).
+    /// `e2e`; the direct runs always come along); `TWINSTACK_BENCH_SECTIONS=datapath,e2e`
+    /// runs those sections alone and prints their tables instead of writing a report.
     fn narrowed(mut self) -> anyhow::Result<Self> {
         if let Ok(sizes) = std::env::var("TWINSTACK_BENCH_SIZES") {
             self.e2e_sizes = sizes
@@ -120,6 +132,20 @@ impl Plan {
                 .with_context(|| {
                     format!("TWINSTACK_BENCH_SIZES={sizes}: expected sizes such as 1,10000")
                 })?;
+        }
+        if let Ok(sections) = std::env::var("TWINSTACK_BENCH_SECTIONS") {
+            let only = sections
+                .split(',')
+                .map(|s| match s.trim() {
+                    "datapath" => Ok(Section::Datapath),
+                    "e2e" => Ok(Section::EndToEnd),
+                    other => Err(anyhow::anyhow!(
+                        "TWINSTACK_BENCH_SECTIONS={sections}: `{other}` is no section; expected \
+                         a list of `datapath` (1) and `e2e` (2)"
+                    )),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            self.only = Some(only);
         }
         Ok(self)
     }
@@ -135,6 +161,20 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     charts::register_font()?;
 
+    if let Some(only) = &plan.only {
+        // A look at some sections: their tables on stderr, no report written.
+        let mut tables = String::new();
+        if only.contains(&Section::Datapath) {
+            eprintln!("== 1. per-packet cost (BPF_PROG_TEST_RUN)");
+            report::section1(&mut tables, &datapath::run(&plan)?);
+        }
+        if only.contains(&Section::EndToEnd) {
+            eprintln!("== 2. end to end in network namespaces");
+            report::section2(&mut tables, &plan, &e2e::run(&plan)?);
+        }
+        eprintln!("{tables}\n== done in {:.0?}", started.elapsed());
+        return Ok(());
+    }
     eprintln!("== 1. per-packet cost (BPF_PROG_TEST_RUN)");
     let datapath = datapath::run(&plan)?;
     eprintln!("   ({:.0?} so far)", started.elapsed());

@@ -194,7 +194,7 @@ fn targets(s: &mut String, datapath: &datapath::Results, e2e: &e2e::Results) {
     s.push('\n');
 }
 
-fn section1(s: &mut String, results: &datapath::Results) {
+pub(crate) fn section1(s: &mut String, results: &datapath::Results) {
     let _ = writeln!(s, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
         s,
@@ -216,7 +216,9 @@ fn section1(s: &mut String, results: &datapath::Results) {
          backend's reply through `to_pod`. **Miss**: a packet to a pod address, both with \
          `repeat = 1` (comparable with the others) and with `repeat = {repeat}`; the difference \
          is the fixed cost of one `repeat = 1` call (timer, skb set-up), included in every \
-         `repeat = 1` figure.\n",
+         `repeat = 1` figure. **Miss at `to_pod`**: the same packet at the other pod's \
+         interface (no flow to translate back); with the miss, what each packet of a \
+         connection the socket path sent straight to a backend pod pays.\n",
         reps = results.reps,
         runs = number(results.runs as f64, 0),
         repeat = number(f64::from(results.miss_repeat), 0),
@@ -256,7 +258,7 @@ fn section1(s: &mut String, results: &datapath::Results) {
     s.push_str("\n![per-packet cost](per-packet.png)\n\n");
 }
 
-fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
+pub(crate) fn section2(s: &mut String, plan: &Plan, results: &e2e::Results) {
     let _ = writeln!(s, "## 2. End to end in network namespaces\n");
     let _ = writeln!(
         s,
