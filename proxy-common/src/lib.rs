@@ -64,6 +64,20 @@ pub mod map_names {
     pub const MONITOR_UNTIL: &str = "monitor_until";
     /// Per-CPU scratch memory of the kernel programs (their stack is 512 bytes).
     pub const SCRATCH: &str = "scratch";
+    /// Whether each family's `--cluster-cidr` is clear of frontends: a `u32` per family
+    /// (index [`super::cluster_clear::V4`] / [`super::cluster_clear::V6`]), 1 when no frontend
+    /// address lies inside it, written by the agent after every sync. Then a packet to a pod
+    /// address is no Service's, and the TC programs pass it without a service lookup; 0 (what
+    /// a new map holds) keeps the lookup.
+    pub const CLUSTER_CLEAR: &str = "cluster_clear";
+}
+
+/// The entries of [`map_names::CLUSTER_CLEAR`].
+pub mod cluster_clear {
+    pub const V4: u32 = 0;
+    pub const V6: u32 = 1;
+    /// The value that says the family's cluster CIDR holds no frontend.
+    pub const CLEAR: u32 = 1;
 }
 
 /// Default capacities; the agent may override them at load time.

@@ -6,7 +6,7 @@ use proxy_common::{
     affinity_by, scope, service_flags,
 };
 
-use crate::family::Family;
+use crate::{family::Family, maps};
 
 /// A frontend's entry, as found for one client: the key of the scope it was found in (the
 /// backend slots live under the same key) and its slot 0.
@@ -44,6 +44,15 @@ pub(crate) fn lookup<F: Family>(
         }
     }
     Some(Service { key, entry })
+}
+
+/// Whether the agent said no frontend of this family lies inside its `--cluster-cidr`
+/// ([`maps::CLUSTER_CLEAR`]).
+#[inline(always)]
+pub(crate) fn cluster_clear<F: Family>() -> bool {
+    maps::CLUSTER_CLEAR
+        .get(F::CLUSTER_CLEAR)
+        .is_some_and(|v| *v == proxy_common::cluster_clear::CLEAR)
 }
 
 /// Whether `client` may use `service`: any client, unless the frontend has

@@ -93,6 +93,10 @@ pub(crate) static MONITOR: RingBuf = RingBuf::pinned(capacity::MONITOR_BYTES, 0)
 #[map(name = "monitor_until")]
 pub(crate) static MONITOR_UNTIL: Array<u64> = Array::pinned(1, 0);
 
+/// [`proxy_common::map_names::CLUSTER_CLEAR`].
+#[map(name = "cluster_clear")]
+pub(crate) static CLUSTER_CLEAR: Array<u32> = Array::pinned(2, 0);
+
 #[map(name = "counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 

@@ -35,11 +35,16 @@ pub(crate) fn forward<F: Family>(
     protocol: u8,
     sticky: bool,
 ) -> Forward<F::Addr> {
+    // A pod address is no frontend while the agent says none lies inside the cluster CIDR.
+    let to_pod = snat::in_cluster_cidr::<F>(address);
+    if to_pod && lb::cluster_clear::<F>() {
+        return Forward::Untouched;
+    }
     // Every socket is inside the cluster: pods and the node's own processes.
     // A port the cluster IP does not expose meets its unexposed-port frontend: refused.
     let Some(service) = lb::lookup::<F>(address, port, protocol, true).or_else(|| {
         // A pod address is no cluster IP: connections to pods pay no second lookup.
-        (!snat::in_cluster_cidr::<F>(address))
+        (!to_pod)
             .then(|| lb::unexposed::<F>(address, protocol))
             .flatten()
     }) else {

@@ -25,7 +25,7 @@ use crate::{
     maps::{kernel, pins::PinLayout},
     metrics::{AgentFigures, ConntrackFigures, SyncHistograms},
     node::NodeInfo,
-    proxier::MetaProxier,
+    proxier::{ClusterWatch, MetaProxier},
     source::{self, SourceEvent},
     sync::Syncer,
 };
@@ -103,12 +103,34 @@ pub struct ConntrackConfig {
 
 /// Opens the dispatcher over the pinned maps of both families, restoring what they hold.
 pub fn open_meta_proxier(pins: &PinLayout, config: &AgentConfig) -> anyhow::Result<MetaProxier> {
-    Ok(MetaProxier::new(
+    let mut meta = MetaProxier::new(
         kernel::open(pins)?,
         kernel::open(pins)?,
         &config.node_name,
         config.cluster_cidrs.families(),
-    )?)
+    )?;
+    let watch = |network: Option<IpNet>, family| -> anyhow::Result<Option<ClusterWatch>> {
+        let Some(network) = network else {
+            return Ok(None);
+        };
+        let mut flag = kernel::ClusterClear::open(pins, family)?;
+        Ok(Some(ClusterWatch::new(
+            network,
+            Box::new(move |clear| flag.write(clear)),
+        )))
+    };
+    let errors = meta.watch_cluster(
+        watch(config.cluster_cidrs.v4, crate::family::Family::V4)?,
+        watch(config.cluster_cidrs.v6, crate::family::Family::V6)?,
+    );
+    if let Some(error) = errors.into_iter().next() {
+        anyhow::bail!(
+            "writing {}: {}",
+            proxy_common::map_names::CLUSTER_CLEAR,
+            error.error
+        );
+    }
+    Ok(meta)
 }
 
 /// `SO_NETNS_COOKIE` of the network namespace the agent runs in: the node's.

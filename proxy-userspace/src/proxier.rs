@@ -107,6 +107,33 @@ pub struct Proxier<A> {
     claimants: HashMap<Frontend<A>, Claimants>,
     /// The source-range entries the maps hold (`loadBalancerSourceRanges`).
     ranges: BTreeSet<RangeKey<A>>,
+    /// The family's `--cluster-cidr`, watched for frontends inside it.
+    cluster: Option<ClusterWatch>,
+}
+
+/// Tells the datapath whether a family's `--cluster-cidr` holds no frontend (then a packet to
+/// a pod address needs no service lookup: [`proxy_common::map_names::CLUSTER_CLEAR`]). No
+/// frontend is inside it as a rule (cluster IPs come from the service CIDR); an external IP or
+/// a NodePort address inside it (a node's gateway address to its pods, say) keeps the lookup
+/// for as long as it is programmed.
+pub struct ClusterWatch {
+    network: ipnet::IpNet,
+    write: Box<dyn FnMut(bool) -> Result<(), crate::maps::MapError> + Send>,
+    /// What the datapath was last told.
+    written: Option<bool>,
+}
+
+impl ClusterWatch {
+    pub fn new(
+        network: ipnet::IpNet,
+        write: Box<dyn FnMut(bool) -> Result<(), crate::maps::MapError> + Send>,
+    ) -> Self {
+        Self {
+            network,
+            write,
+            written: None,
+        }
+    }
 }
 
 /// The source-range entries of planned frontends.
@@ -134,7 +161,33 @@ impl<A: Address> Proxier<A> {
             owned: HashMap::new(),
             claimants: HashMap::new(),
             ranges,
+            cluster: None,
         })
+    }
+
+    /// Tells the datapath whether the cluster CIDR is clear of frontends, when that changed.
+    /// After the frontends are written: a new frontend inside it is served from the moment
+    /// this lands (as if it had been programmed a moment later).
+    fn publish_cluster_clear(&mut self, errors: &mut Vec<SyncError>) {
+        let Some(watch) = &mut self.cluster else {
+            return;
+        };
+        let clear = !self.writer.any_frontend_within(&watch.network);
+        if watch.written == Some(clear) {
+            return;
+        }
+        match (watch.write)(clear) {
+            Ok(()) => {
+                watch.written = Some(clear);
+                tracing::debug!(family = %A::FAMILY, clear, "cluster CIDR frontends");
+            }
+            Err(error) => errors.push(SyncError {
+                service: None,
+                family: A::FAMILY,
+                frontend: None,
+                error: error.into(),
+            }),
+        }
     }
 
     /// Writes (`add`) or deletes source-range entries, keeping [`Self::ranges`] in step.
@@ -552,7 +605,27 @@ impl MetaProxier {
         if self.served.contains(&Family::V6) {
             self.v6.apply_all(changes, &self.node, &mut errors);
         }
+        self.publish_cluster_clear(&mut errors);
         errors
+    }
+
+    /// Watches each family's `--cluster-cidr` for frontends ([`ClusterWatch`]), telling the
+    /// datapath at once and after every write.
+    pub fn watch_cluster(
+        &mut self,
+        v4: Option<ClusterWatch>,
+        v6: Option<ClusterWatch>,
+    ) -> Vec<SyncError> {
+        self.v4.cluster = v4;
+        self.v6.cluster = v6;
+        let mut errors = Vec::new();
+        self.publish_cluster_clear(&mut errors);
+        errors
+    }
+
+    fn publish_cluster_clear(&mut self, errors: &mut Vec<SyncError>) {
+        self.v4.publish_cluster_clear(errors);
+        self.v6.publish_cluster_clear(errors);
     }
 
     /// The health checks to serve, by node port. Two Services claiming one port (a conflict
@@ -569,13 +642,22 @@ impl MetaProxier {
         let mut errors = Vec::new();
         self.v4.reconcile(&mut errors);
         self.v6.reconcile(&mut errors);
+        self.publish_cluster_clear(&mut errors);
         errors
     }
 
+    /// The periodic repair; the cluster CIDR flag is written again too (a drifted map).
     pub fn repair(&mut self) -> Vec<SyncError> {
         let mut errors = Vec::new();
         self.v4.repair(&mut errors);
         self.v6.repair(&mut errors);
+        for watch in [&mut self.v4.cluster, &mut self.v6.cluster]
+            .into_iter()
+            .flatten()
+        {
+            watch.written = None;
+        }
+        self.publish_cluster_clear(&mut errors);
         errors
     }
 

@@ -8,7 +8,9 @@ use std::{
 
 use aya::maps::{Map, MapData};
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
-use proxy_common::{config::DEFAULT_SNAT_PORTS, counter::Counter, programs};
+use proxy_common::{
+    cluster_clear, config::DEFAULT_SNAT_PORTS, counter::Counter, map_names, programs,
+};
 use proxy_userspace::{
     family::Address,
     loader::LoadOptions,
@@ -2132,4 +2134,66 @@ fn a_masquerade_port_is_reused_once_its_flow_is_over() {
             }
         }
     });
+}
+
+/// The agent's word that no frontend lies inside `--cluster-cidr` (`cluster_clear`, per
+/// family) lets a pod's packet to a pod address pass without a service lookup. Without it, a
+/// frontend inside the cluster CIDR (an external IP there, say) is served like any other; with
+/// it, the same packet passes untouched, while a cluster IP is still served. Both families.
+#[test]
+fn the_cluster_clear_flag_passes_pod_addresses_without_a_lookup() {
+    let mut fx = Fixture::with_options(&dual_stack_cluster());
+    let map = MapData::from_pin(fx.pins.map(map_names::CLUSTER_CLEAR)).expect("cluster_clear pin");
+    let mut clear: aya::maps::Array<MapData, u32> =
+        aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("an array");
+    let (client4, vip4, backend4, _) = v4_hosts();
+    let (client6, vip6, backend6, _) = v6_hosts();
+    let inside4 = Ipv4Addr::new(10, 244, 200, 1);
+    let inside6 = v6("fd00:10:244:c8::1");
+    for address in [vip4, inside4] {
+        let (f, e) = service(address, 80, Protocol::Tcp, &[(backend4, 8080)]);
+        fx.v4.upsert(&f, &e).unwrap();
+    }
+    for address in [vip6, inside6] {
+        let (f, e) = service(address, 80, Protocol::Tcp, &[(backend6, 8080)]);
+        fx.v6.upsert(&f, &e).unwrap();
+    }
+    let families: [(u32, IpAddr, IpAddr, IpAddr); 2] = [
+        (
+            cluster_clear::V4,
+            client4.into(),
+            vip4.into(),
+            inside4.into(),
+        ),
+        (
+            cluster_clear::V6,
+            client6.into(),
+            vip6.into(),
+            inside6.into(),
+        ),
+    ];
+    for (index, client, vip, inside) in families {
+        let syn = |port, to| tcp((client, port), (to, 80), true);
+        let (_, moved) = fx.counting(|fx| fx.ingress(&syn(43000, inside)));
+        assert_eq!(
+            moved,
+            counts(&[(Counter::DnatNew, 1)]),
+            "{inside}: no word from the agent: served"
+        );
+        clear.set(index, cluster_clear::CLEAR, 0).unwrap();
+        let request = syn(43001, inside);
+        let (out, moved) = fx.counting(|fx| fx.ingress(&request));
+        assert_eq!(
+            (out, moved),
+            (request, counts(&[(Counter::Pass, 1)])),
+            "{inside}: the cluster CIDR said clear: a pod address, passed"
+        );
+        let (_, moved) = fx.counting(|fx| fx.ingress(&syn(43002, vip)));
+        assert_eq!(
+            moved,
+            counts(&[(Counter::DnatNew, 1)]),
+            "{vip}: a cluster IP is served still"
+        );
+        clear.set(index, 0, 0).unwrap();
+    }
 }

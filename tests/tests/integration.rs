@@ -149,9 +149,16 @@ fn an_ipv6_only_node_serves_the_ipv6_cluster_ip_only() {
 /// A LoadBalancer Service reached from a pod on each of its frontends, both families: a NodePort
 /// on the Node's addresses (its InternalIPs, from a Node manifest), an external IP and a load
 /// balancer IP. The pod's packets are translated by the same TC path as for a cluster IP.
+/// The node's addresses here are its pods' gateways, inside `--cluster-cidr`: while they are
+/// frontends, the agent tells the datapath to look pod addresses up (`cluster_clear` 0).
 #[test]
 fn a_pod_reaches_a_service_on_its_node_port_external_ip_and_load_balancer_ip() {
     let lab = start();
+    assert_eq!(
+        cluster_clear(&lab.agent),
+        [1, 1],
+        "only cluster IPs: no frontend inside the cluster CIDR"
+    );
     let (a, b) = (&lab.topology.backends[0], &lab.topology.backends[1]);
     let service = ServiceBuilder::new("edge")
         .cluster_ips(&[
@@ -220,6 +227,11 @@ fn a_pod_reaches_a_service_on_its_node_port_external_ip_and_load_balancer_ip() {
     for kind in ["NodePort", "ExternalIP", "LoadBalancer"] {
         assert!(listed.contains(kind), "{kind} missing from:\n{listed}");
     }
+    assert_eq!(
+        cluster_clear(&lab.agent),
+        [0, 0],
+        "NodePorts on pod gateways"
+    );
 }
 
 #[test]
@@ -266,6 +278,25 @@ fn manifest_edits_reach_the_datapath() {
     });
     eprintln!("service deletion took effect after {took:?}");
     assert_eq!(lab.agent.services(), serde_json::json!([]));
+}
+
+/// What the agent told the datapath of each family's cluster CIDR (`cluster_clear`: 1 when
+/// no frontend lies inside it), IPv4 then IPv6.
+fn cluster_clear(agent: &Agent) -> [u32; 2] {
+    let pin = agent
+        .bpf_root
+        .join(format!("v{}", proxy_common::LAYOUT_VERSION))
+        .join("maps")
+        .join(proxy_common::map_names::CLUSTER_CLEAR);
+    let map = aya::maps::MapData::from_pin(pin).expect("cluster_clear pin");
+    let array: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(map).expect("map"))
+            .expect("an array");
+    [
+        proxy_common::cluster_clear::V4,
+        proxy_common::cluster_clear::V6,
+    ]
+    .map(|index| array.get(&index, 0).expect("an entry"))
 }
 
 /// Kernel ids of every pinned map: a map recreated (and so emptied) gets a new id.

@@ -162,9 +162,16 @@ pub(super) enum Found<A> {
 /// The frontend the packet is addressed to, if the client may use it; for a new flow (a TCP
 /// SYN, a UDP datagram, an SCTP packet) to a port its cluster IP does not expose, that cluster IP's
 /// unexposed-port frontend (rejected). Pods are inside the cluster; a client beyond a device
-/// is when its address is in `--cluster-cidr` (a pod of another node).
+/// is when its address is in `--cluster-cidr` (a pod of another node). A packet to a pod
+/// address, while the agent says no frontend lies inside `--cluster-cidr`, is nobody's: most
+/// of a node's traffic (pod to pod, and every connection the socket hooks already sent to a
+/// backend) pays no service lookup.
 #[inline(never)]
 pub(super) fn lookup<F: Reply, const DEVICE: bool>(packet: &Packet<F::Addr>) -> Found<F::Addr> {
+    let to_pod = snat::in_cluster_cidr::<F>(packet.destination);
+    if to_pod && lb::cluster_clear::<F>() {
+        return Found::Nothing;
+    }
     let from_cluster = !DEVICE || snat::in_cluster_cidr::<F>(packet.source);
     let service = lb::lookup::<F>(
         packet.destination,
@@ -187,7 +194,7 @@ pub(super) fn lookup<F: Reply, const DEVICE: bool>(packet: &Packet<F::Addr>) -> 
     };
     // A pod address (inside the cluster CIDR) is no cluster IP: pod-to-pod traffic pays no
     // second lookup.
-    if !new_flow || snat::in_cluster_cidr::<F>(packet.destination) {
+    if !new_flow || to_pod {
         return Found::Nothing;
     }
     match lb::unexposed::<F>(packet.destination, packet.protocol) {

@@ -181,6 +181,49 @@ impl<K: Encode, V: Encode> Table<K, V> for KernelTable<K, V> {
     }
 }
 
+/// One family's entry of [`proxy_common::map_names::CLUSTER_CLEAR`]: whether its
+/// `--cluster-cidr` holds no frontend.
+pub struct ClusterClear {
+    map: aya::maps::Array<MapData, u32>,
+    index: u32,
+}
+
+impl ClusterClear {
+    const NAME: &'static str = proxy_common::map_names::CLUSTER_CLEAR;
+
+    pub fn open(pins: &PinLayout, family: crate::family::Family) -> Result<Self, MapError> {
+        let kernel = |operation, source| MapError::Kernel {
+            map: Self::NAME,
+            operation,
+            source,
+        };
+        let data =
+            MapData::from_pin(pins.map(Self::NAME)).map_err(|source| kernel("open pin", source))?;
+        let map = Map::from_map_data(data).map_err(|source| kernel("open pin", source))?;
+        let map = aya::maps::Array::try_from(map).map_err(|source| kernel("type check", source))?;
+        let index = match family {
+            crate::family::Family::V4 => proxy_common::cluster_clear::V4,
+            crate::family::Family::V6 => proxy_common::cluster_clear::V6,
+        };
+        Ok(Self { map, index })
+    }
+
+    pub fn write(&mut self, clear: bool) -> Result<(), MapError> {
+        let value = if clear {
+            proxy_common::cluster_clear::CLEAR
+        } else {
+            0
+        };
+        self.map
+            .set(self.index, value, 0)
+            .map_err(|source| MapError::Kernel {
+                map: Self::NAME,
+                operation: "update",
+                source,
+            })
+    }
+}
+
 /// One family's load-balancing maps over the pins under `pins`.
 pub fn open<A: KernelFamily>(pins: &PinLayout) -> Result<LbMaps<A>, MapError> {
     Ok(LbMaps {

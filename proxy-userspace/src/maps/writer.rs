@@ -328,6 +328,14 @@ impl<A: Address> Writer<A> {
         &self.maps
     }
 
+    /// Whether any frontend's address lies inside `network`.
+    pub fn any_frontend_within(&self, network: &ipnet::IpNet) -> bool {
+        self.state
+            .frontends
+            .keys()
+            .any(|f| network.contains(&f.address.into()))
+    }
+
     pub fn frontend_count(&self) -> usize {
         self.state.frontends.len()
     }
