@@ -82,6 +82,8 @@ pub trait LbFamily: 'static {
     const SOCK_UDP: &'static str;
     const AFFINITY: &'static str;
     const SOURCE_RANGES: &'static str;
+    /// The family's entry in [`map_names::CLUSTER_CLEAR`].
+    const CLUSTER_CLEAR: u32;
 }
 
 pub enum V4 {}
@@ -98,6 +100,7 @@ impl LbFamily for V4 {
     const SOCK_UDP: &'static str = map_names::SOCK_UDP_V4;
     const AFFINITY: &'static str = map_names::AFFINITY_V4;
     const SOURCE_RANGES: &'static str = map_names::SOURCE_RANGES_V4;
+    const CLUSTER_CLEAR: u32 = crate::cluster_clear::V4;
 }
 
 impl LbFamily for V6 {
@@ -111,4 +114,5 @@ impl LbFamily for V6 {
     const SOCK_UDP: &'static str = map_names::SOCK_UDP_V6;
     const AFFINITY: &'static str = map_names::AFFINITY_V6;
     const SOURCE_RANGES: &'static str = map_names::SOURCE_RANGES_V6;
+    const CLUSTER_CLEAR: u32 = crate::cluster_clear::V6;
 }

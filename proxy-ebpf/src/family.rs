@@ -35,8 +35,6 @@ pub(crate) trait Family: LbFamily {
     const AF: u8;
     /// The family's `--cluster-cidr` (address, prefix length; 0: none).
     fn cluster() -> (Addr<Self>, u8);
-    /// The family's entry in [`maps::CLUSTER_CLEAR`].
-    const CLUSTER_CLEAR: u32;
 
     /// Offsets of the source and destination addresses in the IP header.
     const SOURCE_OFFSET: usize;
@@ -118,7 +116,6 @@ impl Family for V4 {
     );
 
     const AF: u8 = 2;
-    const CLUSTER_CLEAR: u32 = proxy_common::cluster_clear::V4;
     #[inline(always)]
     fn cluster() -> ([u8; 4], u8) {
         (
@@ -163,7 +160,6 @@ impl Family for V6 {
     );
 
     const AF: u8 = 10;
-    const CLUSTER_CLEAR: u32 = proxy_common::cluster_clear::V6;
     #[inline(always)]
     fn cluster() -> ([u8; 16], u8) {
         (

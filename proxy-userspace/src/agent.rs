@@ -22,7 +22,7 @@ use crate::{
     devices,
     health::{self, Health},
     loader::{LoadOptions, Programs},
-    maps::{kernel, pins::PinLayout},
+    maps::{codec::KernelFamily, kernel, pins::PinLayout},
     metrics::{AgentFigures, ConntrackFigures, SyncHistograms},
     node::NodeInfo,
     proxier::{ClusterWatch, MetaProxier},
@@ -109,19 +109,22 @@ pub fn open_meta_proxier(pins: &PinLayout, config: &AgentConfig) -> anyhow::Resu
         &config.node_name,
         config.cluster_cidrs.families(),
     )?;
-    let watch = |network: Option<IpNet>, family| -> anyhow::Result<Option<ClusterWatch>> {
+    fn watch<A: KernelFamily>(
+        pins: &PinLayout,
+        network: Option<IpNet>,
+    ) -> anyhow::Result<Option<ClusterWatch>> {
         let Some(network) = network else {
             return Ok(None);
         };
-        let mut flag = kernel::ClusterClear::open(pins, family)?;
+        let mut flag = kernel::ClusterClear::open::<A>(pins)?;
         Ok(Some(ClusterWatch::new(
             network,
             Box::new(move |clear| flag.write(clear)),
         )))
-    };
+    }
     let errors = meta.watch_cluster(
-        watch(config.cluster_cidrs.v4, crate::family::Family::V4)?,
-        watch(config.cluster_cidrs.v6, crate::family::Family::V6)?,
+        watch::<std::net::Ipv4Addr>(pins, config.cluster_cidrs.v4)?,
+        watch::<std::net::Ipv6Addr>(pins, config.cluster_cidrs.v6)?,
     );
     if let Some(error) = errors.into_iter().next() {
         anyhow::bail!(

@@ -191,7 +191,7 @@ pub struct ClusterClear {
 impl ClusterClear {
     const NAME: &'static str = proxy_common::map_names::CLUSTER_CLEAR;
 
-    pub fn open(pins: &PinLayout, family: crate::family::Family) -> Result<Self, MapError> {
+    pub fn open<A: KernelFamily>(pins: &PinLayout) -> Result<Self, MapError> {
         let kernel = |operation, source| MapError::Kernel {
             map: Self::NAME,
             operation,
@@ -201,11 +201,10 @@ impl ClusterClear {
             MapData::from_pin(pins.map(Self::NAME)).map_err(|source| kernel("open pin", source))?;
         let map = Map::from_map_data(data).map_err(|source| kernel("open pin", source))?;
         let map = aya::maps::Array::try_from(map).map_err(|source| kernel("type check", source))?;
-        let index = match family {
-            crate::family::Family::V4 => proxy_common::cluster_clear::V4,
-            crate::family::Family::V6 => proxy_common::cluster_clear::V6,
-        };
-        Ok(Self { map, index })
+        Ok(Self {
+            map,
+            index: A::Binding::CLUSTER_CLEAR,
+        })
     }
 
     pub fn write(&mut self, clear: bool) -> Result<(), MapError> {
