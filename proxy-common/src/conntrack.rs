@@ -145,6 +145,21 @@ impl Timeouts {
         }
     }
 
+    /// The longest of the timeouts, in seconds: no flow idle longer is alive in any state.
+    #[inline(always)]
+    pub const fn longest(&self) -> u32 {
+        let mut longest = 0;
+        let mut i = 0;
+        while i < State::ALL.len() {
+            let seconds = self.seconds(State::ALL[i]);
+            if seconds > longest {
+                longest = seconds;
+            }
+            i += 1;
+        }
+        longest
+    }
+
     /// Whether a flow in `state` last seen at `last_seen` has expired at `now` (nanoseconds
     /// of the same clock).
     #[inline(always)]
@@ -156,5 +171,113 @@ impl Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// When translated flows last moved, by their client's address, in
+/// [`crate::map_names::CT_RECENT`]: an array of [`recent::SLOTS`] `bpf_ktime_get_ns` times,
+/// an address's slot given by [`recent::slot`]. The datapath refreshes a slot whenever it
+/// creates a flow of one of its clients or touches one, in either direction (at most every
+/// [`recent::REFRESH_NS`]); a packet to an address whose slot has not moved for longer than
+/// any flow lives ([`recent::may_live`]) is no reply to a live flow, so the reverse path (TC
+/// egress) passes it without the conntrack lookup: the packets of a connection the socket
+/// hooks sent straight to a backend, and of pods that never use a Service through TC, cost no
+/// lookup. Masqueraded flows are not marked: their replies come to the node, where the ingress
+/// path translates them. Slots are shared (a hash): a busy neighbour only costs the lookup.
+pub mod recent {
+    use super::Timeouts;
+    use crate::RawAddress;
+
+    /// A power of two: 128 KiB, room for a node's pods and its clients with few collisions.
+    pub const SLOTS: u32 = 16_384;
+    const SLOT_BITS: u32 = SLOTS.trailing_zeros();
+    /// How often a slot is written at most: a busy flow refreshes it once a second, not on
+    /// every packet.
+    pub const REFRESH_NS: u64 = 1_000_000_000;
+
+    /// The slot of `address` (Fibonacci hashing of its folded 32-bit words).
+    #[inline(always)]
+    pub fn slot<A: RawAddress>(address: A) -> u32 {
+        let bytes = bytemuck::bytes_of(&address);
+        let mut folded = 0u32;
+        let mut i = 0;
+        while i + 4 <= bytes.len() {
+            folded ^= u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+            i += 4;
+        }
+        folded.wrapping_mul(0x9e37_79b9) >> (32 - SLOT_BITS)
+    }
+
+    /// Whether a flow of a slot written at `at` may still be alive at `now`: 0 (never written)
+    /// says no; else within the longest timeout of `timeouts`, and two refresh intervals more
+    /// (a slot lags its flows by up to one, and racing writers may put back a time a moment
+    /// older).
+    #[inline(always)]
+    pub fn may_live(at: u64, now: u64, timeouts: &Timeouts) -> bool {
+        at != 0
+            && now.saturating_sub(at) <= timeouts.longest() as u64 * 1_000_000_000 + 2 * REFRESH_NS
+    }
+
+    /// Whether a slot written at `at` is due a refresh at `now`.
+    #[inline(always)]
+    pub fn stale(at: u64, now: u64) -> bool {
+        now.saturating_sub(at) >= REFRESH_NS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::{Timeouts, recent};
+
+    #[test]
+    fn the_longest_timeout_bounds_every_flow() {
+        assert_eq!(Timeouts::DEFAULT.longest(), 86_400);
+        let udp_longest = Timeouts {
+            udp_stream: 100_000,
+            ..Timeouts::DEFAULT
+        };
+        assert_eq!(udp_longest.longest(), 100_000);
+    }
+
+    #[test]
+    fn a_slot_says_a_flow_may_live_within_the_longest_timeout_and_two_refreshes() {
+        let timeouts = Timeouts {
+            established: 10,
+            close_wait: 1,
+            ..Timeouts::ZERO
+        };
+        let second = 1_000_000_000;
+        let at = 5 * second;
+        assert!(!recent::may_live(0, at, &timeouts), "never written");
+        assert!(recent::may_live(at, at + 12 * second, &timeouts));
+        assert!(!recent::may_live(at, at + 12 * second + 1, &timeouts));
+        assert!(
+            recent::may_live(at + 1, at, &timeouts),
+            "a racing writer's later time"
+        );
+        assert!(!recent::stale(at, at + second - 1));
+        assert!(recent::stale(at, at + second));
+    }
+
+    #[test]
+    fn neighbouring_pod_addresses_take_different_slots() {
+        let mut v4: Vec<u32> = (1..=250u8).map(|i| recent::slot([10, 244, 1, i])).collect();
+        let mut v6: Vec<u32> = (1..=250u8)
+            .map(|i| {
+                let mut address = [0u8; 16];
+                address[..4].copy_from_slice(&[0xfd, 0, 0, 0x10]);
+                address[15] = i;
+                recent::slot(address)
+            })
+            .collect();
+        for slots in [&mut v4, &mut v6] {
+            assert!(slots.iter().all(|&s| s < recent::SLOTS));
+            slots.sort_unstable();
+            slots.dedup();
+            assert_eq!(slots.len(), 250, "a node's pods, one slot each");
+        }
     }
 }

@@ -70,6 +70,8 @@ pub mod map_names {
     /// address is no Service's, and the TC programs pass it without a service lookup; 0 (what
     /// a new map holds) keeps the lookup.
     pub const CLUSTER_CLEAR: &str = "cluster_clear";
+    /// When flows last moved, by reply address: [`super::conntrack::recent`].
+    pub const CT_RECENT: &str = "ct_recent";
 }
 
 /// The entries of [`map_names::CLUSTER_CLEAR`].

@@ -176,4 +176,10 @@ pub const MAPS: &[MapSpec] = &[
     spec::<u32, u64>(map_names::MONITOR_UNTIL, None, Array, 1),
     spec::<u32, [u8; crate::SCRATCH_SIZE]>(map_names::SCRATCH, None, PerCpuArray, 1),
     spec::<u32, u32>(map_names::CLUSTER_CLEAR, None, Array, 2),
+    spec::<u32, u64>(
+        map_names::CT_RECENT,
+        None,
+        Array,
+        crate::conntrack::recent::SLOTS,
+    ),
 ];

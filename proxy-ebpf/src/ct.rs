@@ -7,7 +7,8 @@ use proxy_common::{
     ConntrackKey, ConntrackValue, RawAddress, conntrack::State, ct_flags, direction, protocol,
 };
 
-use crate::{config, family::Family, lb::Chosen, scratch};
+use crate::{config, family::Family, lb::Chosen, maps, scratch};
+use proxy_common::conntrack::recent;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -96,6 +97,32 @@ pub(crate) fn forward<F: Family>(tuple: &Tuple<F::Addr>) -> Option<&'static mut 
     F::conntrack().get_ptr_mut(key).map(|p| unsafe { &mut *p })
 }
 
+/// Records that a flow whose replies go to `address` moved `now` ([`recent`]): before its
+/// reverse entry is made or after it is touched, so a reply to it never skips the lookup.
+#[inline(always)]
+pub(crate) fn moved<A: RawAddress>(address: A, now: u64) {
+    if let Some(at) = maps::CT_RECENT.get_ptr_mut(recent::slot(address)) {
+        // SAFETY: a map value pointer; a racing writer puts in a time a moment apart.
+        unsafe {
+            if recent::stale(*at, now) {
+                *at = now;
+            }
+        }
+    }
+}
+
+/// Whether a packet to `address` may be a reply to a live flow, so that its reverse entry is
+/// worth looking up ([`recent`]). Most replies it rules out (to a client that has no flow
+/// through the TC path) cost no clock read either.
+#[inline(always)]
+pub(crate) fn may_answer<A: RawAddress>(address: A) -> bool {
+    match maps::CT_RECENT.get(recent::slot(address)) {
+        Some(&0) => false,
+        Some(&at) => recent::may_live(at, now(), &config::ct_timeouts()),
+        None => true,
+    }
+}
+
 /// The reverse entry of a packet from `source` to `destination`, for update in place.
 #[inline(always)]
 pub(crate) fn reverse<F: Family>(
@@ -165,6 +192,7 @@ pub(crate) fn create<F: Family>(
     tcp_flags: u8,
     now: u64,
 ) -> Result<(), i64> {
+    moved(tuple.client.0, now);
     let (entry, key) = scratch::get()
         .ok_or(-1i64)?
         .entry_and_key::<ConntrackKey<F::Addr>>();

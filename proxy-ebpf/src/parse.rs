@@ -48,24 +48,6 @@ pub(crate) struct Fragment<A> {
     pub protocol: u8,
 }
 
-impl<A: Copy + Default> Packet<A> {
-    /// All zero: what [`parsed_zeroed`] fills.
-    #[inline(always)]
-    fn empty() -> Self {
-        Self {
-            l3_offset: 0,
-            l4_offset: 0,
-            source: A::default(),
-            destination: A::default(),
-            source_port: 0,
-            destination_port: 0,
-            protocol: 0,
-            tcp_flags: 0,
-            fragment_id_at: 0,
-        }
-    }
-}
-
 impl<A: Copy> Packet<A> {
     #[inline(always)]
     pub(crate) fn source(&self) -> (A, u16) {
@@ -113,11 +95,19 @@ pub(crate) fn parsed<F: Parse, C: PacketCtx>(ctx: &C) -> Option<Packet<F::Addr>>
 }
 
 /// [`parsed`] into a packet zeroed first, for the ingress service path: its frame is at the
-/// stack's limit, and the compiler gives an uninitialized packet 8 bytes more of it.
+/// stack's limit, and the compiler gives an uninitialized packet 8 bytes more of it. Zeroed a
+/// word at a time: LLVM would make a plain zeroing a call to `memset`, a byte loop that cost
+/// every packet through `from_pod` a sixth of its time.
 #[inline(always)]
 pub(crate) fn parsed_zeroed<F: Parse, C: PacketCtx>(ctx: &C) -> Option<Packet<F::Addr>> {
-    let mut packet = Packet::empty();
-    parse_into::<F, C>(ctx, &mut packet).then_some(packet)
+    let mut packet = core::mem::MaybeUninit::<Packet<F::Addr>>::uninit();
+    let words = packet.as_mut_ptr().cast::<u64>();
+    for i in 0..core::mem::size_of::<Packet<F::Addr>>() / 8 {
+        // SAFETY: within the packet, which is 8-aligned and a whole number of words long.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: as in `parsed`.
+    parse_into::<F, C>(ctx, packet.as_mut_ptr()).then(|| unsafe { packet.assume_init() })
 }
 
 /// Parses into `out` and says whether it found a packet (then every byte of `out` is

@@ -22,7 +22,9 @@ use aya::{
     },
 };
 use proxy_common::{
+    LbFamily, V4,
     config::{self, DatapathConfig},
+    map_names,
     maps::MAPS,
     programs::{self as program_names, AttachPoint, Hook, PROGRAMS, ProgramSpec},
 };
@@ -58,6 +60,8 @@ pub enum LoadError {
     MapMissing(&'static str),
     #[error("map {name} does not have the declared shape: {detail}")]
     MapShape { name: &'static str, detail: String },
+    #[error("map {name}: writing its first entries: {detail}")]
+    MapSeed { name: &'static str, detail: String },
     #[error("program {name}: link: {detail}")]
     Link { name: &'static str, detail: String },
     #[error("program {name}: {source}")]
@@ -313,8 +317,13 @@ impl Programs {
             loader.map_max_entries(name, *entries);
         }
         loader.override_global(config::SYMBOL, &options.config, true);
+        let upgrade = !pins.map(map_names::CT_RECENT).exists()
+            && pins.map(<V4 as LbFamily>::CONNTRACK).exists();
         let mut ebpf = loader.load(BPF_OBJECT)?;
         check_maps(&ebpf, pins)?;
+        if upgrade {
+            seed_recent(&mut ebpf)?;
+        }
         for spec in PROGRAMS {
             let program = ebpf.program_mut(spec.name).ok_or(LoadError::Program {
                 name: spec.name,
@@ -646,6 +655,22 @@ impl Programs {
         }
         Ok(removed)
     }
+}
+
+/// Marks every slot of a new [`map_names::CT_RECENT`] as moved now, when it joins conntrack
+/// maps an older agent's programs filled without it (an upgrade): their flows' replies keep
+/// their lookup for as long as any of those flows can live, not one is passed untranslated.
+/// Runs before any program of this object is attached.
+fn seed_recent(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let name = map_names::CT_RECENT;
+    let error = |detail: String| LoadError::MapSeed { name, detail };
+    let map = ebpf.map_mut(name).ok_or(LoadError::MapMissing(name))?;
+    let mut slots = aya::maps::Array::<_, u64>::try_from(map).map_err(|e| error(e.to_string()))?;
+    let now = crate::conntrack::monotonic_ns();
+    for slot in 0..proxy_common::conntrack::recent::SLOTS {
+        slots.set(slot, now, 0).map_err(|e| error(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Fails unless the object holds every map of [`MAPS`], each of the declared shape.

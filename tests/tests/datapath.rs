@@ -2197,3 +2197,154 @@ fn the_cluster_clear_flag_passes_pod_addresses_without_a_lookup() {
         clear.set(index, 0, 0).unwrap();
     }
 }
+
+/// `ct_recent`, the time each client slot last had a translated flow move, opened from its pin.
+fn recent_slots(fx: &Fixture) -> aya::maps::Array<MapData, u64> {
+    let map = MapData::from_pin(fx.pins.map(map_names::CT_RECENT)).expect("ct_recent pin");
+    aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("an array")
+}
+
+/// The reverse path looks a reply's conntrack entry up only while its client's `ct_recent`
+/// slot says a flow of it may live: made by the flow's first packet, refreshed by the client's
+/// packets and by the replies. A slot never written, or older than the longest timeout (all 5 s
+/// here, so the clock allows aging), passes the reply untranslated though an entry is there (a
+/// state the datapath never makes itself: the slot moves whenever its flows do). Both families.
+#[test]
+fn a_reply_is_looked_up_only_while_its_clients_flows_may_live() {
+    use proxy_common::conntrack::{Timeouts, recent};
+    let mut options = LoadOptions::default();
+    options.config.ct_timeouts = Timeouts {
+        syn_sent: 5,
+        established: 5,
+        close_wait: 5,
+        time_wait: 5,
+        reset: 5,
+        udp: 5,
+        udp_stream: 5,
+        other: 5,
+    };
+    let mut fx = Fixture::with_options(&options);
+    let mut slots = recent_slots(&fx);
+    let (client4, vip4, backend4, _) = v4_hosts();
+    let (client6, vip6, backend6, _) = v6_hosts();
+    program_v4(
+        &mut fx,
+        service(vip4, 80, Protocol::Tcp, &[(backend4, 8080)]),
+    );
+    program_v6(
+        &mut fx,
+        service(vip6, 80, Protocol::Tcp, &[(backend6, 8080)]),
+    );
+    let families: [(IpAddr, IpAddr, IpAddr, u32); 2] = [
+        (
+            client4.into(),
+            vip4.into(),
+            backend4.into(),
+            recent::slot(client4.octets()),
+        ),
+        (
+            client6.into(),
+            vip6.into(),
+            backend6.into(),
+            recent::slot(client6.octets()),
+        ),
+    ];
+    let now = proxy_userspace::conntrack::monotonic_ns;
+    let second = 1_000_000_000u64;
+    for (client, vip, backend, slot) in families {
+        let from = (client, 44000);
+        assert_eq!(slots.get(&slot, 0).unwrap(), 0, "{client}: no flow yet");
+        let (_, moved) = fx.counting(|fx| fx.ingress(&tcp_with(from, (vip, 80), &["syn"])));
+        assert_eq!(
+            moved,
+            counts(&[(Counter::DnatNew, 1)]),
+            "{client}: a new flow"
+        );
+        assert!(
+            slots.get(&slot, 0).unwrap() > 0,
+            "{client}: the new flow marks its slot"
+        );
+        let reply = tcp_with((backend, 8080), from, &["ack"]);
+        let reverse_nat = counts(&[(Counter::ReverseNat, 1)]);
+        let passed = counts(&[(Counter::Pass, 1)]);
+        assert_eq!(
+            fx.counting(|fx| fx.egress(&reply)).1,
+            reverse_nat,
+            "{client}: replied"
+        );
+
+        slots.set(slot, 0, 0).unwrap();
+        let (out, moved) = fx.counting(|fx| fx.egress(&reply));
+        assert_eq!(
+            (out, moved),
+            (reply.clone(), passed.clone()),
+            "{client}: slot never written"
+        );
+        slots.set(slot, now() - 8 * second, 0).unwrap();
+        let (out, moved) = fx.counting(|fx| fx.egress(&reply));
+        assert_eq!(
+            (out, moved),
+            (reply.clone(), passed),
+            "{client}: slot past every timeout"
+        );
+
+        let ack = tcp_with(from, (vip, 80), &["ack"]);
+        let (_, moved) = fx.counting(|fx| fx.ingress(&ack));
+        assert_eq!(
+            moved,
+            counts(&[(Counter::DnatEstablished, 1)]),
+            "{client}: still its flow"
+        );
+        let refreshed = slots.get(&slot, 0).unwrap();
+        assert!(
+            now() - refreshed < second,
+            "{client}: the client's packet refreshes the slot"
+        );
+        assert_eq!(
+            fx.counting(|fx| fx.egress(&reply)).1,
+            reverse_nat,
+            "{client}: found again"
+        );
+
+        let earlier = now() - 3 * second;
+        slots.set(slot, earlier, 0).unwrap();
+        assert_eq!(
+            fx.counting(|fx| fx.egress(&reply)).1,
+            reverse_nat,
+            "{client}: within 5 s"
+        );
+        assert!(
+            slots.get(&slot, 0).unwrap() > earlier,
+            "{client}: the reply refreshes it"
+        );
+    }
+}
+
+/// A `ct_recent` map new beside conntrack maps an older agent's programs filled (an upgrade)
+/// is marked moved in every slot before any program is attached, so no reply of those flows
+/// is passed untranslated; beside new conntrack maps it starts empty.
+#[test]
+fn a_new_ct_recent_beside_older_conntrack_marks_every_slot() {
+    use proxy_common::conntrack::recent;
+    use proxy_userspace::loader::Programs;
+    let fx = Fixture::new();
+    let slots = recent_slots(&fx);
+    let written = (0..recent::SLOTS)
+        .filter(|s| slots.get(s, 0).unwrap() != 0)
+        .count();
+    assert_eq!(written, 0, "fresh maps: no slot written");
+    std::fs::remove_file(fx.pins.map(map_names::CT_RECENT)).expect("removing the ct_recent pin");
+    let before = proxy_userspace::conntrack::monotonic_ns();
+    let upgraded = Programs::load(&fx.pins, &LoadOptions::default()).expect("second load");
+    let after = proxy_userspace::conntrack::monotonic_ns();
+    let slots = recent_slots(&fx);
+    let seeded = (0..recent::SLOTS)
+        .filter(|s| (before..=after).contains(&slots.get(s, 0).unwrap()))
+        .count();
+    assert_eq!(
+        seeded,
+        recent::SLOTS as usize,
+        "every slot marked at the upgrade"
+    );
+    drop(upgraded);
+}

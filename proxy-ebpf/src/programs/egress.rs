@@ -45,6 +45,9 @@ fn service<F: Family + Parse>(ctx: &TcContext) -> Option<Outcome> {
 /// Restores the service address on a backend's reply to a translated flow.
 #[inline(always)]
 fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<Outcome, Outcome> {
+    if !ct::may_answer(packet.destination) {
+        return Ok(Outcome::Pass);
+    }
     let Some(entry) = ct::reverse::<F>(packet.source(), packet.destination(), packet.protocol)
     else {
         return Ok(Outcome::Pass);
@@ -58,7 +61,9 @@ fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result
         monitor::emit(packet, what, entry.rev_nat_id, None);
         return Ok(Outcome::Pass);
     };
-    ct::touch(entry, packet.tcp_flags, ct::now());
+    let now = ct::now();
+    ct::touch(entry, packet.tcp_flags, now);
+    ct::moved(packet.destination, now);
     stats::packet::<F, C>(ctx, entry.rev_nat_id, entry.backend_id, stats::FROM);
     let tuple = ct::Tuple {
         client: packet.destination(),

@@ -249,6 +249,7 @@ pub(super) fn known<F: Reply, C: PacketCtx>(
     if entry.flags & ct_flags::SNAT != 0 {
         return Known::Masqueraded;
     }
+    ct::moved(tuple.client.0, now);
     let (address, port) = ct::backend_of::<F>(entry);
     Known::Translated(
         match nat::rewrite::<F, C>(ctx, packet, Side::Destination, address, port) {
