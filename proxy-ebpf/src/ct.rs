@@ -4,11 +4,12 @@
 //! built from addresses and ports only, so any hook can use them.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use proxy_common::{
-    ConntrackKey, ConntrackValue, RawAddress, conntrack::State, ct_flags, direction, protocol,
+    ConntrackKey, ConntrackValue, RawAddress,
+    conntrack::{State, recent},
+    ct_flags, direction, protocol,
 };
 
 use crate::{config, family::Family, lb::Chosen, maps, scratch};
-use proxy_common::conntrack::recent;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;

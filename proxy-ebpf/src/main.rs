@@ -15,6 +15,7 @@ mod frag;
 mod icmp;
 mod lb;
 mod maps;
+mod mem;
 mod metrics;
 mod monitor;
 mod nat;

@@ -95,17 +95,14 @@ pub(crate) fn parsed<F: Parse, C: PacketCtx>(ctx: &C) -> Option<Packet<F::Addr>>
 }
 
 /// [`parsed`] into a packet zeroed first, for the ingress service path: its frame is at the
-/// stack's limit, and the compiler gives an uninitialized packet 8 bytes more of it. Zeroed a
-/// word at a time: LLVM would make a plain zeroing a call to `memset`, a byte loop that cost
-/// every packet through `from_pod` a sixth of its time.
+/// stack's limit, and the compiler gives an uninitialized packet 8 bytes more of it. Zeroed
+/// without a `memset` call ([`crate::mem::zero`]): that byte loop cost every packet through
+/// `from_pod` a sixth of its time.
 #[inline(always)]
 pub(crate) fn parsed_zeroed<F: Parse, C: PacketCtx>(ctx: &C) -> Option<Packet<F::Addr>> {
     let mut packet = core::mem::MaybeUninit::<Packet<F::Addr>>::uninit();
-    let words = packet.as_mut_ptr().cast::<u64>();
-    for i in 0..core::mem::size_of::<Packet<F::Addr>>() / 8 {
-        // SAFETY: within the packet, which is 8-aligned and a whole number of words long.
-        unsafe { words.add(i).write_volatile(0) };
-    }
+    // SAFETY: a packet (8-aligned, a whole number of words), all of whose fields may be zero.
+    unsafe { crate::mem::zero(packet.as_mut_ptr()) };
     // SAFETY: as in `parsed`.
     parse_into::<F, C>(ctx, packet.as_mut_ptr()).then(|| unsafe { packet.assume_init() })
 }
