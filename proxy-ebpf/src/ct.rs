@@ -318,7 +318,7 @@ pub(crate) fn client_closing<F: Family>(
 const BPF_NOEXIST: u64 = 1;
 
 /// Writes a new flow's entry, field by field (in scratch memory: no copy on the stack), with
-/// no NAT.
+/// no NAT (zeroed first without a `memset` call: [`crate::mem::zero`]).
 #[inline(always)]
 fn fill<F: Family>(
     entry: &mut ConntrackValue,
@@ -327,17 +327,15 @@ fn fill<F: Family>(
     flags: u8,
     now: u64,
 ) {
+    // SAFETY: a conntrack value (8-aligned, 64 bytes), all of whose fields may be zero.
+    unsafe { crate::mem::zero(entry) };
     entry.last_seen = now;
     entry.backend_id = chosen.id;
     entry.rev_nat_id = rev_nat_id;
     entry.backend_address = chosen.backend.address.to_wide();
     entry.backend_port = chosen.backend.port;
     entry.flags = flags;
-    entry._pad = 0;
     entry.created = (now / 1_000_000_000) as u32;
-    entry.nat_address = [0; 16];
-    entry.nat_port = 0;
-    entry._pad2 = [0; 6];
 }
 
 /// Inserts `entry` as the forward entry of `tuple`, `key` the scratch key buffer.
