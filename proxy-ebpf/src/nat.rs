@@ -129,7 +129,12 @@ fn sctp_port<F: Family, C: PacketCtx>(
     } else {
         u16::from_be(ctx.peek::<u16>(l3 + 2)?).wrapping_sub((l4 - l3) as u16)
     };
-    if len % 4 != 0 || usize::from(len) < sctp::HEADER_LEN {
+    // A length the packet does not hold (a header that lies: the CRC32c table is by length)
+    // is no length to update the checksum by.
+    if len % 4 != 0
+        || usize::from(len) < sctp::HEADER_LEN
+        || l4 + usize::from(len) > ctx.length() as usize
+    {
         return Err(SCTP_UNKNOWN_LENGTH);
     }
     let at = l4 + sctp::CHECKSUM_OFFSET;

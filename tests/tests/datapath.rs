@@ -195,6 +195,59 @@ fn sctp_checksums_left_to_offload_stay_so_and_first_fragments_need_their_port() 
     }
 }
 
+/// An SCTP packet whose IP length field tells a length the packet does not hold (more bytes
+/// than it has, or, with IPv6 extension headers, a payload length below them that wraps in
+/// 16 bits): its CRC32c covers the datagram, whose length is then unknown, so a port rewrite
+/// is refused (a rewrite error, the packet passed untouched; the IP layer drops it) and no
+/// CRC32c is moved by a wrong length. Found by the fuzz test (`fuzz.rs`), as a wrong CRC32c
+/// on a reverse-NATed IPv6 reply whose payload length was mutated to 0. Both families.
+#[test]
+fn sctp_lengths_the_packet_does_not_hold_refuse_the_port_rewrite() {
+    let mut fx = Fixture::new();
+    let (client4, vip4, backend4, _) = v4_hosts();
+    let (client6, vip6, backend6, _) = v6_hosts();
+    let (f, e) = service(vip4, 80, Protocol::Sctp, &[(backend4, 8080)]);
+    fx.v4.upsert(&f, &e).unwrap();
+    let (f, e) = service(vip6, 80, Protocol::Sctp, &[(backend6, 8080)]);
+    fx.v6.upsert(&f, &e).unwrap();
+    const L3: usize = 14;
+    let claim = |mut packet: Vec<u8>, field: usize, length: u16| {
+        packet[L3 + field..L3 + field + 2].copy_from_slice(&length.to_be_bytes());
+        if field == 2 {
+            // IPv4: the header checksum follows its length.
+            packet[L3 + 10..L3 + 12].fill(0);
+            let sum = packet[L3..L3 + 20]
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum::<u32>();
+            let folded = (sum & 0xffff) + (sum >> 16);
+            let folded = (folded & 0xffff) + (folded >> 16);
+            packet[L3 + 10..L3 + 12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+        }
+        packet
+    };
+    let length = |packet: &[u8], field: usize| {
+        u16::from_be_bytes([packet[L3 + field], packet[L3 + field + 1]])
+    };
+    let mut cases = Vec::new();
+    let request = sctp((client4.into(), 40010), (vip4.into(), 80));
+    let held = length(&request, 2);
+    cases.push(("IPv4, 4 bytes more than held", claim(request, 2, held + 4)));
+    let request = sctp((client6.into(), 40011), (vip6.into(), 80));
+    let held = length(&request, 4);
+    cases.push(("IPv6, 4 bytes more than held", claim(request, 4, held + 4)));
+    let request = with_extension_headers(sctp((client6.into(), 40012), (vip6.into(), 80)));
+    cases.push((
+        "IPv6, a payload length below its extension headers",
+        claim(request, 4, 0),
+    ));
+    for (what, request) in cases {
+        let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &request));
+        assert_eq!(moved, counts(&[(Counter::RewriteError, 1)]), "{what}");
+        assert_eq!((verdict, out), (NEXT, request), "{what}: passed untouched");
+    }
+}
+
 /// The destination address of an IP packet with its L4 header at `l4`, unchecked.
 fn inspect_destination(packet: &[u8], l4: usize) -> IpAddr {
     if l4 == 14 + 20 {

@@ -757,18 +757,21 @@ const TC_SERVED: &[Counter] = &[
     Counter::ConntrackError,
 ];
 /// Whether the SCTP packet `p` (per its IP header) is a whole number of 32-bit words, as every
-/// valid one is.
+/// valid one is, and the packet holds them all (an IP length field can lie: one the packet
+/// does not hold, or one that wraps below the headers, tells no length to move the CRC32c by).
 fn whole_words(packet: &[u8], p: &Parsed) -> bool {
-    let field = |at: usize| usize::from(u16::from_be_bytes([packet[at], packet[at + 1]]));
-    let len = match p.fam {
-        Fam::V4 => field(ETH + 2).wrapping_sub(p.l4 - ETH),
-        Fam::V6 => (field(ETH + 4) + 40).wrapping_sub(p.l4 - ETH),
-    };
-    len.is_multiple_of(4) && len >= 12
+    let field = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
+    // In 16 bits, wrapping as the datapath reads the field.
+    let len = usize::from(match p.fam {
+        Fam::V4 => field(ETH + 2).wrapping_sub((p.l4 - ETH) as u16),
+        Fam::V6 => field(ETH + 4).wrapping_sub((p.l4 - ETH - 40) as u16),
+    });
+    len.is_multiple_of(4) && len >= 12 && p.l4 + len <= packet.len()
 }
 
 /// The CRC32c covers the whole datagram, whose length a first fragment does not tell, and is
-/// only defined over whole words: where a port would change, the rewrite is refused (`nat.rs`).
+/// only defined over whole words the packet holds: where a port would change, the rewrite is
+/// refused (`nat.rs`).
 const TC_SERVED_SCTP_UNKNOWN_LENGTH: &[Counter] = &[
     Counter::DnatNew,
     Counter::DnatEstablished,
