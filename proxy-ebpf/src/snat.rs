@@ -185,12 +185,18 @@ pub(crate) fn established<F: Family + Parse, C: PacketCtx>(ctx: &C) -> Outcome {
 /// (a target port such as 8080) pays one lookup in a map of a few entries, not a conntrack one.
 #[inline(always)]
 pub(crate) fn may_reply<F: Family>(packet: &Packet<F::Addr>) -> bool {
-    let port = u16::from_be(packet.destination_port);
+    may_reply_to::<F>(packet.destination, packet.destination_port)
+}
+
+/// [`may_reply`] for a packet to `destination` on `port` (network order).
+#[inline(always)]
+pub(crate) fn may_reply_to<F: Family>(destination: F::Addr, port: u16) -> bool {
+    let port = u16::from_be(port);
     if port < config::field!(snat_port_min) || port > config::field!(snat_port_max) {
         return false;
     }
     // SAFETY: a map value read.
-    unsafe { F::snat_sources().get(packet.destination) }.is_some()
+    unsafe { F::snat_sources().get(destination) }.is_some()
 }
 
 /// Records `node` as an address masqueraded flows leave from (once: a node has a few, and

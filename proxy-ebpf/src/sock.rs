@@ -96,9 +96,11 @@ pub(crate) fn forward<F: Family>(
         _pad: [0; 2],
         rev_nat_id,
     };
-    // Most datagrams of a UDP socket find their entry already right: no write then.
+    // Most datagrams of an unconnected UDP socket find their entry already right: no write
+    // then. A connect makes its entry afresh (a new socket's has none: a lookup first would
+    // only cost a cold bucket's miss).
     // SAFETY: a map value read.
-    if unsafe { F::sock_rev().get(key) } != Some(&value)
+    if (!sticky || unsafe { F::sock_rev().get(key) } != Some(&value))
         && F::sock_rev().insert(key, value, 0).is_err()
     {
         map_error = true;

@@ -1360,13 +1360,21 @@ fn masqueraded_round_trip_at(
 /// Masquerade, as kube-proxy decides it: a hairpin (a pod reaching itself through its own
 /// Service) and a client outside `--cluster-cidr` are SNATed to the node's address, a client
 /// inside is not; a packet to the node on a port of the range that matches no flow passes.
-/// Both families, TCP and UDP.
+/// The node's address here (the pods' gateway) lies inside the cluster CIDR, which the agent
+/// says is clear of frontends (`cluster_clear`, as it would): a reply to it is still no packet
+/// to pass on its address alone. Both families, TCP and UDP.
 #[test]
 fn hairpins_and_clients_outside_the_cluster_cidr_are_masqueraded() {
     let netns = routed_node();
     netns.enter(|| {
         let options = dual_stack_cluster();
         let mut fx = Fixture::with_options(&options);
+        let map = MapData::from_pin(fx.pins.map(map_names::CLUSTER_CLEAR)).expect("pin");
+        let mut clear: aya::maps::Array<MapData, u32> =
+            aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("array");
+        for index in [cluster_clear::V4, cluster_clear::V6] {
+            clear.set(index, cluster_clear::CLEAR, 0).unwrap();
+        }
         let (client4, vip4, backend4, _) = v4_hosts();
         let (client6, vip6, backend6, _) = v6_hosts();
         let (outside4, outside6) = (Ipv4Addr::new(192, 0, 2, 7), v6("2001:db8::7"));

@@ -4,6 +4,7 @@
 use aya_ebpf::programs::TcContext;
 use proxy_common::{V4, V6, fragment_side, monitor_kind::REVERSE_NAT_MISS};
 
+use super::first_look;
 use crate::{
     ct,
     ctx::PacketCtx,
@@ -18,7 +19,10 @@ use crate::{
 /// The outcome of one packet at a TC egress hook.
 #[inline(always)]
 pub(super) fn egress(ctx: &TcContext) -> Outcome {
+    // Most packets answer no flow of ours: passed unparsed.
     match parse::ether_type(ctx) {
+        Some(EtherType::V4) if first_look::answers_nobody::<V4>(ctx) => Outcome::Pass,
+        Some(EtherType::V6) if first_look::answers_nobody::<V6>(ctx) => Outcome::Pass,
         Some(EtherType::V4) => family::<V4>(ctx),
         Some(EtherType::V6) => family::<V6>(ctx),
         None => Outcome::Pass,
@@ -45,9 +49,6 @@ fn service<F: Family + Parse>(ctx: &TcContext) -> Option<Outcome> {
 /// Restores the service address on a backend's reply to a translated flow.
 #[inline(always)]
 fn reverse<F: Family, C: PacketCtx>(ctx: &C, packet: &Packet<F::Addr>) -> Result<Outcome, Outcome> {
-    if !ct::may_answer(packet.destination) {
-        return Ok(Outcome::Pass);
-    }
     let Some(entry) = ct::reverse::<F>(packet.source(), packet.destination(), packet.protocol)
     else {
         return Ok(Outcome::Pass);

@@ -10,6 +10,7 @@ use proxy_common::{
     protocol, service_flags,
 };
 
+use super::first_look;
 use crate::{
     ct::{self, Tuple},
     ctx::PacketCtx,
@@ -24,9 +25,13 @@ use crate::{
 /// The outcome of one packet at a TC ingress hook.
 #[inline(always)]
 pub(super) fn ingress<const DEVICE: bool>(ctx: &TcContext) -> Outcome {
+    use proxy_common::{V4, V6};
+    // From a pod, a packet to a pod address is most often nobody's, and passed unparsed.
     match parse::ether_type(ctx) {
-        Some(EtherType::V4) => family::<proxy_common::V4, DEVICE>(ctx),
-        Some(EtherType::V6) => family::<proxy_common::V6, DEVICE>(ctx),
+        Some(EtherType::V4) if !DEVICE && first_look::to_nobody::<V4>(ctx) => Outcome::Pass,
+        Some(EtherType::V6) if !DEVICE && first_look::to_nobody::<V6>(ctx) => Outcome::Pass,
+        Some(EtherType::V4) => family::<V4, DEVICE>(ctx),
+        Some(EtherType::V6) => family::<V6, DEVICE>(ctx),
         None => Outcome::Pass,
     }
 }

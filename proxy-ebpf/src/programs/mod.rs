@@ -1,6 +1,7 @@
 //! One file per kernel program; each entry point is thin: read its context, hand it to the
 //! family-generic body, count the [`Outcome`] and return its verdict.
 mod egress;
+mod first_look;
 mod from_device;
 mod from_pod;
 mod ingress;
