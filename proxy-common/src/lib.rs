@@ -72,6 +72,56 @@ pub mod map_names {
     pub const CLUSTER_CLEAR: &str = "cluster_clear";
     /// When flows last moved, by reply address: [`super::conntrack::recent`].
     pub const CT_RECENT: &str = "ct_recent";
+    /// How many reverse entries connected sockets hold, by socket: [`super::sock_slots`].
+    pub const SOCK_SLOTS: &str = "sock_slots";
+}
+
+/// How many entries of the socket reverse maps (`lb{4,6}_sock_rev`) connected sockets made, by
+/// socket cookie, in [`map_names::SOCK_SLOTS`]: an array of [`sock_slots::SLOTS`] counts, a
+/// socket's given by [`sock_slots::slot`]. A connect that writes a socket's entry adds one; a
+/// close (`cgroup/sock_release`) that removes it takes one away. A closing socket whose slot
+/// counts none made no entry (it connected to no Service: most sockets, pod to pod) and is
+/// spared the removal, a lookup in a large hash that is cold for a socket never seen. Slots are
+/// shared (a hash): a neighbour's entry only costs the removal; so does a count that stays above
+/// the entries (one the LRU evicted, an UDP socket connected again elsewhere). The counts are
+/// not atomic: a race of two CPUs on one slot may leave a count too low, and an entry to age
+/// out of the LRU map as unconnected sockets' entries do.
+pub mod sock_slots {
+    /// A power of two: 256 KiB of `u64` counts.
+    pub const SLOTS: u32 = 32_768;
+    const SLOT_BITS: u32 = SLOTS.trailing_zeros();
+
+    /// The slot of the socket `cookie` (Fibonacci hashing of its folded halves: cookies are
+    /// handed out in sequence).
+    #[inline(always)]
+    pub fn slot(cookie: u64) -> u32 {
+        let folded = (cookie ^ (cookie >> 32)) as u32;
+        folded.wrapping_mul(0x9e37_79b9) >> (32 - SLOT_BITS)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        extern crate std;
+        use std::vec::Vec;
+
+        use super::{SLOTS, slot};
+
+        #[test]
+        fn cookies_in_sequence_spread_over_the_slots() {
+            let slots: Vec<u32> = (1_000_000u64..1_000_000 + u64::from(SLOTS))
+                .map(slot)
+                .collect();
+            assert!(slots.iter().all(|&s| s < SLOTS));
+            let mut seen = std::collections::BTreeSet::new();
+            seen.extend(slots.iter().copied());
+            // Fibonacci hashing spreads a run of consecutive keys almost perfectly.
+            assert!(
+                seen.len() > SLOTS as usize * 9 / 10,
+                "{} slots used",
+                seen.len()
+            );
+        }
+    }
 }
 
 /// The entries of [`map_names::CLUSTER_CLEAR`].

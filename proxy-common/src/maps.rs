@@ -182,4 +182,5 @@ pub const MAPS: &[MapSpec] = &[
         Array,
         crate::conntrack::recent::SLOTS,
     ),
+    spec::<u32, u64>(map_names::SOCK_SLOTS, None, Array, crate::sock_slots::SLOTS),
 ];

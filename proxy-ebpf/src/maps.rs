@@ -97,6 +97,10 @@ pub(crate) static MONITOR_UNTIL: Array<u64> = Array::pinned(1, 0);
 #[map(name = "cluster_clear")]
 pub(crate) static CLUSTER_CLEAR: Array<u32> = Array::pinned(2, 0);
 
+/// [`proxy_common::map_names::SOCK_SLOTS`].
+#[map(name = "sock_slots")]
+pub(crate) static SOCK_SLOTS: Array<u64> = Array::pinned(proxy_common::sock_slots::SLOTS, 0);
+
 /// [`proxy_common::map_names::CT_RECENT`].
 #[map(name = "ct_recent")]
 pub(crate) static CT_RECENT: Array<u64> = Array::pinned(proxy_common::conntrack::recent::SLOTS, 0);

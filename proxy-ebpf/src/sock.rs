@@ -3,13 +3,13 @@
 //! unconnected datagram, and remember what to show the socket instead), and the reverse (which
 //! frontend a reply's source or a peer name stands for). No context here: the hooks adapt.
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use proxy_common::{SockRevKey, SockRevValue, SockUdpKey, service_flags};
+use proxy_common::{SockRevKey, SockRevValue, SockUdpKey, service_flags, sock_slots};
 
 use crate::{
     config,
     family::Family,
     lb::{self, Chosen},
-    snat, stats,
+    maps, snat, stats,
 };
 
 /// What to do with a socket's destination.
@@ -100,10 +100,13 @@ pub(crate) fn forward<F: Family>(
     // then. A connect makes its entry afresh (a new socket's has none: a lookup first would
     // only cost a cold bucket's miss).
     // SAFETY: a map value read.
-    if (!sticky || unsafe { F::sock_rev().get(key) } != Some(&value))
-        && F::sock_rev().insert(key, value, 0).is_err()
-    {
-        map_error = true;
+    if !sticky || unsafe { F::sock_rev().get(key) } != Some(&value) {
+        if F::sock_rev().insert(key, value, 0).is_err() {
+            map_error = true;
+        } else if !sticky {
+            // A connected socket's entry, which its close removes.
+            count_entries(cookie, true);
+        }
     }
     Forward::Backend(backend.address, backend.port, map_error)
 }
@@ -135,5 +138,37 @@ pub(crate) fn reverse<F: Family>(
 /// Forgets a closed socket's reverse entry for the backend it was connected to.
 #[inline(always)]
 pub(crate) fn release<F: Family>(cookie: u64, address: F::Addr, port: u16) {
-    let _ = F::sock_rev().remove(SockRevKey::new(cookie, address, port));
+    if F::sock_rev()
+        .remove(SockRevKey::new(cookie, address, port))
+        .is_ok()
+    {
+        count_entries(cookie, false);
+    }
+}
+
+/// Whether the socket `cookie` may hold a reverse entry its connect made
+/// ([`proxy_common::sock_slots`]); if not, its close has none to remove.
+#[inline(always)]
+pub(crate) fn may_hold_entry(cookie: u64) -> bool {
+    maps::SOCK_SLOTS
+        .get(sock_slots::slot(cookie))
+        .is_none_or(|count| *count != 0)
+}
+
+/// Counts one entry more (`made`) or one less in `cookie`'s slot, never below zero. Not
+/// atomic (the BPF target has no atomic add in Rust): two CPUs on one slot at once may lose a
+/// count, which costs a close's removal (a count too high) or, rarely, leaves an entry to age
+/// out of the LRU map (a count too low), as an unconnected socket's do.
+#[inline(always)]
+fn count_entries(cookie: u64, made: bool) {
+    if let Some(count) = maps::SOCK_SLOTS.get_ptr_mut(sock_slots::slot(cookie)) {
+        // SAFETY: a map value, alive while the program runs.
+        unsafe {
+            *count = if made {
+                (*count).wrapping_add(1)
+            } else {
+                (*count).saturating_sub(1)
+            }
+        };
+    }
 }

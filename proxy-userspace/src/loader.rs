@@ -319,10 +319,15 @@ impl Programs {
         loader.override_global(config::SYMBOL, &options.config, true);
         let upgrade = !pins.map(map_names::CT_RECENT).exists()
             && pins.map(<V4 as LbFamily>::CONNTRACK).exists();
+        let sockets_upgrade = !pins.map(map_names::SOCK_SLOTS).exists()
+            && pins.map(<V4 as LbFamily>::SOCK_REV).exists();
         let mut ebpf = loader.load(BPF_OBJECT)?;
         check_maps(&ebpf, pins)?;
         if upgrade {
             seed_recent(&mut ebpf)?;
+        }
+        if sockets_upgrade {
+            seed_sock_slots(&mut ebpf)?;
         }
         for spec in PROGRAMS {
             let program = ebpf.program_mut(spec.name).ok_or(LoadError::Program {
@@ -669,6 +674,48 @@ fn seed_recent(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let now = crate::conntrack::monotonic_ns();
     for slot in 0..proxy_common::conntrack::recent::SLOTS {
         slots.set(slot, now, 0).map_err(|e| error(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Counts, in a new [`map_names::SOCK_SLOTS`], the socket reverse entries an older agent's
+/// programs made without it (an upgrade), so the close of each of those sockets still removes
+/// its entry. Runs before any program of this object is attached.
+fn seed_sock_slots(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    use proxy_common::{SockRevKey, SockRevValue, V6, sock_slots};
+    fn cookies<A>(ebpf: &Ebpf, name: &'static str) -> Result<Vec<u64>, LoadError>
+    where
+        SockRevKey<A>: aya::Pod,
+        SockRevValue<A>: aya::Pod,
+    {
+        let error = |detail: String| LoadError::MapSeed { name, detail };
+        let map = ebpf.map(name).ok_or(LoadError::MapMissing(name))?;
+        let entries = aya::maps::HashMap::<_, SockRevKey<A>, SockRevValue<A>>::try_from(map)
+            .map_err(|e| error(e.to_string()))?;
+        entries
+            .keys()
+            .map(|key| {
+                key.map(|key| u64::from_ne_bytes(key.cookie))
+                    .map_err(|e| error(e.to_string()))
+            })
+            .collect()
+    }
+    let mut counts = std::collections::BTreeMap::<u32, u64>::new();
+    let found = [
+        cookies::<[u8; 4]>(ebpf, <V4 as LbFamily>::SOCK_REV)?,
+        cookies::<[u8; 16]>(ebpf, <V6 as LbFamily>::SOCK_REV)?,
+    ];
+    for cookie in found.into_iter().flatten() {
+        *counts.entry(sock_slots::slot(cookie)).or_default() += 1;
+    }
+    let name = map_names::SOCK_SLOTS;
+    let error = |detail: String| LoadError::MapSeed { name, detail };
+    let map = ebpf.map_mut(name).ok_or(LoadError::MapMissing(name))?;
+    let mut slots = aya::maps::Array::<_, u64>::try_from(map).map_err(|e| error(e.to_string()))?;
+    for (slot, count) in counts {
+        slots
+            .set(slot, count, 0)
+            .map_err(|e| error(e.to_string()))?;
     }
     Ok(())
 }

@@ -2409,3 +2409,70 @@ fn a_new_ct_recent_beside_older_conntrack_marks_every_slot() {
     );
     drop(upgraded);
 }
+
+/// A `sock_slots` map new beside socket reverse maps an older agent's programs filled (an
+/// upgrade) counts their entries, each in its socket's slot, before any program is attached:
+/// the close of each of those sockets still removes its entry. Beside new maps it starts empty.
+#[test]
+fn a_new_sock_slots_beside_older_socket_entries_counts_them() {
+    use proxy_common::{SockRevKey, SockRevValue, sock_slots};
+    use proxy_userspace::loader::Programs;
+    let fx = Fixture::new();
+    let open_slots = || -> aya::maps::Array<MapData, u64> {
+        let map = MapData::from_pin(fx.pins.map(map_names::SOCK_SLOTS)).expect("sock_slots pin");
+        aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("an array")
+    };
+    let slots = open_slots();
+    let counted = (0..sock_slots::SLOTS)
+        .filter(|s| slots.get(s, 0).unwrap() != 0)
+        .count();
+    assert_eq!(counted, 0, "fresh maps: no slot counts an entry");
+    drop(slots);
+    let (cookie4, cookie6) = (0x1234_5678_9abc_u64, 0x1234_5678_9abd_u64);
+    let map = MapData::from_pin(fx.pins.map(map_names::SOCK_REV_V4)).expect("pin");
+    let mut rev4: aya::maps::HashMap<MapData, SockRevKey<[u8; 4]>, SockRevValue<[u8; 4]>> =
+        aya::maps::HashMap::try_from(Map::from_map_data(map).expect("map")).expect("a hash");
+    let value4 = SockRevValue {
+        address: [10, 96, 0, 10],
+        port: 80u16.to_be(),
+        _pad: [0; 2],
+        rev_nat_id: 1,
+    };
+    rev4.insert(
+        SockRevKey::new(cookie4, [10, 244, 2, 2], 8080u16.to_be()),
+        value4,
+        0,
+    )
+    .unwrap();
+    let map = MapData::from_pin(fx.pins.map(map_names::SOCK_REV_V6)).expect("pin");
+    let mut rev6: aya::maps::HashMap<MapData, SockRevKey<[u8; 16]>, SockRevValue<[u8; 16]>> =
+        aya::maps::HashMap::try_from(Map::from_map_data(map).expect("map")).expect("a hash");
+    let value6 = SockRevValue {
+        address: v6("fd00:10:96::10").octets(),
+        port: 80u16.to_be(),
+        _pad: [0; 2],
+        rev_nat_id: 2,
+    };
+    let backend6 = v6("fd00:10:244:2::2").octets();
+    rev6.insert(
+        SockRevKey::new(cookie6, backend6, 8080u16.to_be()),
+        value6,
+        0,
+    )
+    .unwrap();
+    std::fs::remove_file(fx.pins.map(map_names::SOCK_SLOTS)).expect("removing the pin");
+    let upgraded = Programs::load(&fx.pins, &LoadOptions::default()).expect("second load");
+    let slots = open_slots();
+    for cookie in [cookie4, cookie6] {
+        assert_eq!(
+            slots.get(&sock_slots::slot(cookie), 0).unwrap(),
+            1,
+            "socket {cookie:#x}: its entry counted at the upgrade"
+        );
+    }
+    let counted: u64 = (0..sock_slots::SLOTS)
+        .map(|s| slots.get(&s, 0).unwrap())
+        .sum();
+    assert_eq!(counted, 2, "no other slot counts an entry");
+    drop(upgraded);
+}

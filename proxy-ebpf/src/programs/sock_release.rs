@@ -1,6 +1,8 @@
 //! `cgroup/sock_release`: a socket is closed for good; the reverse entry of the backend it was
 //! connected to goes with it, so closed sockets do not fill the map. (Unconnected UDP sockets
-//! name no peer here: their entries age out of the LRU map, least recently used first.)
+//! name no peer here: their entries age out of the LRU map, least recently used first.) A
+//! socket whose slot counts no entry ([`proxy_common::sock_slots`]) connected to no frontend,
+//! and is spared the removal.
 use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext};
 use proxy_common::{V4, V6};
 
@@ -22,6 +24,9 @@ pub(crate) fn sock_release(ctx: SockContext) -> i32 {
     }
     // SAFETY: the helper takes the hook's context.
     let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    if !sock::may_hold_entry(cookie) {
+        return 1; // Connected to no frontend: no entry to remove.
+    }
     match family {
         AF_INET => {
             let address = read(unsafe { core::ptr::addr_of!((*sk).dst_ip4) }).to_ne_bytes();
