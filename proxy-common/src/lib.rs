@@ -114,9 +114,10 @@ pub mod sock_slots {
             assert!(slots.iter().all(|&s| s < SLOTS));
             let mut seen = std::collections::BTreeSet::new();
             seen.extend(slots.iter().copied());
-            // Fibonacci hashing spreads a run of consecutive keys almost perfectly.
+            // A run of consecutive cookies as many as the slots: Fibonacci hashing fills 88% of
+            // them, where a random hash would fill 63% (1 - 1/e).
             assert!(
-                seen.len() > SLOTS as usize * 9 / 10,
+                seen.len() > SLOTS as usize * 3 / 4,
                 "{} slots used",
                 seen.len()
             );
