@@ -140,6 +140,17 @@ fn udp_ipv6_dnat_and_reverse_nat() {
     );
 }
 
+/// An SCTP Service on `port` of both families' cluster IPs ([`v4_hosts`], [`v6_hosts`]), to
+/// their backend on `target`.
+fn sctp_services(fx: &mut Fixture, port: u16, target: u16) {
+    let (_, vip4, backend4, _) = v4_hosts();
+    let (_, vip6, backend6, _) = v6_hosts();
+    let (f, e) = service(vip4, port, Protocol::Sctp, &[(backend4, target)]);
+    fx.v4.upsert(&f, &e).unwrap();
+    let (f, e) = service(vip6, port, Protocol::Sctp, &[(backend6, target)]);
+    fx.v6.upsert(&f, &e).unwrap();
+}
+
 /// SCTP whose CRC32c the sender left to checksum offload (zero, as Linux's SCTP hands a
 /// packet to a device that computes it: a veth): translated, the field left zero for the
 /// offload to fill over the new ports. An IPv4 first fragment whose port would change, whose
@@ -151,14 +162,8 @@ fn sctp_checksums_left_to_offload_stay_so_and_first_fragments_need_their_port() 
     let mut fx = Fixture::new();
     let (client4, vip4, backend4, _) = v4_hosts();
     let (client6, vip6, backend6, _) = v6_hosts();
-    let (f, e) = service(vip4, 80, Protocol::Sctp, &[(backend4, 8080)]);
-    fx.v4.upsert(&f, &e).unwrap();
-    let (f, e) = service(vip6, 80, Protocol::Sctp, &[(backend6, 8080)]);
-    fx.v6.upsert(&f, &e).unwrap();
-    let (f, e) = service(vip4, 81, Protocol::Sctp, &[(backend4, 81)]);
-    fx.v4.upsert(&f, &e).unwrap();
-    let (f, e) = service(vip6, 81, Protocol::Sctp, &[(backend6, 81)]);
-    fx.v6.upsert(&f, &e).unwrap();
+    sctp_services(&mut fx, 80, 8080);
+    sctp_services(&mut fx, 81, 81);
     let families: [(IpAddr, IpAddr, IpAddr, usize); 2] = [
         (client4.into(), vip4.into(), backend4.into(), 14 + 20),
         (client6.into(), vip6.into(), backend6.into(), 14 + 40),
@@ -204,12 +209,9 @@ fn sctp_checksums_left_to_offload_stay_so_and_first_fragments_need_their_port() 
 #[test]
 fn sctp_lengths_the_packet_does_not_hold_refuse_the_port_rewrite() {
     let mut fx = Fixture::new();
-    let (client4, vip4, backend4, _) = v4_hosts();
-    let (client6, vip6, backend6, _) = v6_hosts();
-    let (f, e) = service(vip4, 80, Protocol::Sctp, &[(backend4, 8080)]);
-    fx.v4.upsert(&f, &e).unwrap();
-    let (f, e) = service(vip6, 80, Protocol::Sctp, &[(backend6, 8080)]);
-    fx.v6.upsert(&f, &e).unwrap();
+    let (client4, vip4, _, _) = v4_hosts();
+    let (client6, vip6, _, _) = v6_hosts();
+    sctp_services(&mut fx, 80, 8080);
     const L3: usize = 14;
     let claim = |mut packet: Vec<u8>, field: usize, length: u16| {
         packet[L3 + field..L3 + field + 2].copy_from_slice(&length.to_be_bytes());
@@ -867,7 +869,6 @@ fn pod_traffic_to_a_two_scoped_frontend_takes_its_internal_entry() {
 /// backend, other clients spread, and a binding left unused past the timeout is chosen afresh.
 #[test]
 fn session_affinity_keeps_a_client_on_its_backend_until_the_binding_expires() {
-    use aya::maps::HashMap;
     use proxy_common::{AffinityKey, AffinityValue};
     let mut fx = Fixture::new();
     let (frontend, mut entry) = service(
@@ -893,9 +894,8 @@ fn session_affinity_keeps_a_client_on_its_backend_until_the_binding_expires() {
     assert_eq!(spread.len(), 2, "30 clients on one backend: {spread:?}");
 
     // Age every binding past the timeout before each connection: each is chosen afresh.
-    let pin = fx.pins.map(proxy_common::map_names::AFFINITY_V4);
-    let mut bindings: HashMap<MapData, AffinityKey, AffinityValue> =
-        HashMap::try_from(Map::from_map_data(MapData::from_pin(pin).unwrap()).unwrap()).unwrap();
+    let mut bindings =
+        pinned_hash::<AffinityKey, AffinityValue>(&fx, proxy_common::map_names::AFFINITY_V4);
     let mut chosen = std::collections::BTreeSet::new();
     for port in 21000..21040 {
         let keys: Vec<AffinityKey> = bindings.keys().filter_map(Result::ok).collect();
@@ -1369,9 +1369,7 @@ fn hairpins_and_clients_outside_the_cluster_cidr_are_masqueraded() {
     netns.enter(|| {
         let options = dual_stack_cluster();
         let mut fx = Fixture::with_options(&options);
-        let map = MapData::from_pin(fx.pins.map(map_names::CLUSTER_CLEAR)).expect("pin");
-        let mut clear: aya::maps::Array<MapData, u32> =
-            aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("array");
+        let mut clear = pinned_array::<u32>(&fx, map_names::CLUSTER_CLEAR);
         for index in [cluster_clear::V4, cluster_clear::V6] {
             clear.set(index, cluster_clear::CLEAR, 0).unwrap();
         }
@@ -2204,9 +2202,7 @@ fn a_masquerade_port_is_reused_once_its_flow_is_over() {
 #[test]
 fn the_cluster_clear_flag_passes_pod_addresses_without_a_lookup() {
     let mut fx = Fixture::with_options(&dual_stack_cluster());
-    let map = MapData::from_pin(fx.pins.map(map_names::CLUSTER_CLEAR)).expect("cluster_clear pin");
-    let mut clear: aya::maps::Array<MapData, u32> =
-        aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("an array");
+    let mut clear = pinned_array::<u32>(&fx, map_names::CLUSTER_CLEAR);
     let (client4, vip4, backend4, _) = v4_hosts();
     let (client6, vip6, backend6, _) = v6_hosts();
     let inside4 = Ipv4Addr::new(10, 244, 200, 1);
@@ -2259,10 +2255,24 @@ fn the_cluster_clear_flag_passes_pod_addresses_without_a_lookup() {
     }
 }
 
+/// The array map `name`, opened from its pin.
+fn pinned_array<V: aya::Pod>(fx: &Fixture, name: &str) -> aya::maps::Array<MapData, V> {
+    let map = MapData::from_pin(fx.pins.map(name)).unwrap_or_else(|e| panic!("{name} pin: {e}"));
+    aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("an array")
+}
+
+/// The hash map `name`, opened from its pin.
+fn pinned_hash<K: aya::Pod, V: aya::Pod>(
+    fx: &Fixture,
+    name: &str,
+) -> aya::maps::HashMap<MapData, K, V> {
+    let map = MapData::from_pin(fx.pins.map(name)).unwrap_or_else(|e| panic!("{name} pin: {e}"));
+    aya::maps::HashMap::try_from(Map::from_map_data(map).expect("map")).expect("a hash")
+}
+
 /// `ct_recent`, the time each client slot last had a translated flow move, opened from its pin.
 fn recent_slots(fx: &Fixture) -> aya::maps::Array<MapData, u64> {
-    let map = MapData::from_pin(fx.pins.map(map_names::CT_RECENT)).expect("ct_recent pin");
-    aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("an array")
+    pinned_array(fx, map_names::CT_RECENT)
 }
 
 /// The reverse path looks a reply's conntrack entry up only while its client's `ct_recent`
@@ -2418,10 +2428,7 @@ fn a_new_sock_slots_beside_older_socket_entries_counts_them() {
     use proxy_common::{SockRevKey, SockRevValue, sock_slots};
     use proxy_userspace::loader::Programs;
     let fx = Fixture::new();
-    let open_slots = || -> aya::maps::Array<MapData, u64> {
-        let map = MapData::from_pin(fx.pins.map(map_names::SOCK_SLOTS)).expect("sock_slots pin");
-        aya::maps::Array::try_from(Map::from_map_data(map).expect("map")).expect("an array")
-    };
+    let open_slots = || pinned_array::<u64>(&fx, map_names::SOCK_SLOTS);
     let slots = open_slots();
     let counted = (0..sock_slots::SLOTS)
         .filter(|s| slots.get(s, 0).unwrap() != 0)
@@ -2429,9 +2436,8 @@ fn a_new_sock_slots_beside_older_socket_entries_counts_them() {
     assert_eq!(counted, 0, "fresh maps: no slot counts an entry");
     drop(slots);
     let (cookie4, cookie6) = (0x1234_5678_9abc_u64, 0x1234_5678_9abd_u64);
-    let map = MapData::from_pin(fx.pins.map(map_names::SOCK_REV_V4)).expect("pin");
-    let mut rev4: aya::maps::HashMap<MapData, SockRevKey<[u8; 4]>, SockRevValue<[u8; 4]>> =
-        aya::maps::HashMap::try_from(Map::from_map_data(map).expect("map")).expect("a hash");
+    let mut rev4 =
+        pinned_hash::<SockRevKey<[u8; 4]>, SockRevValue<[u8; 4]>>(&fx, map_names::SOCK_REV_V4);
     let value4 = SockRevValue {
         address: [10, 96, 0, 10],
         port: 80u16.to_be(),
@@ -2444,9 +2450,8 @@ fn a_new_sock_slots_beside_older_socket_entries_counts_them() {
         0,
     )
     .unwrap();
-    let map = MapData::from_pin(fx.pins.map(map_names::SOCK_REV_V6)).expect("pin");
-    let mut rev6: aya::maps::HashMap<MapData, SockRevKey<[u8; 16]>, SockRevValue<[u8; 16]>> =
-        aya::maps::HashMap::try_from(Map::from_map_data(map).expect("map")).expect("a hash");
+    let mut rev6 =
+        pinned_hash::<SockRevKey<[u8; 16]>, SockRevValue<[u8; 16]>>(&fx, map_names::SOCK_REV_V6);
     let value6 = SockRevValue {
         address: v6("fd00:10:96::10").octets(),
         port: 80u16.to_be(),
