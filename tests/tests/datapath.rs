@@ -217,14 +217,8 @@ fn sctp_lengths_the_packet_does_not_hold_refuse_the_port_rewrite() {
         packet[L3 + field..L3 + field + 2].copy_from_slice(&length.to_be_bytes());
         if field == 2 {
             // IPv4: the header checksum follows its length.
-            packet[L3 + 10..L3 + 12].fill(0);
-            let sum = packet[L3..L3 + 20]
-                .chunks(2)
-                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-                .sum::<u32>();
-            let folded = (sum & 0xffff) + (sum >> 16);
-            let folded = (folded & 0xffff) + (folded >> 16);
-            packet[L3 + 10..L3 + 12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+            let sum = ipv4_checksum(&packet[L3..L3 + 20]);
+            packet[L3 + 10..L3 + 12].copy_from_slice(&sum);
         }
         packet
     };
