@@ -195,17 +195,10 @@ pub mod recent {
     /// every packet.
     pub const REFRESH_NS: u64 = 1_000_000_000;
 
-    /// The slot of `address` (Fibonacci hashing of its folded 32-bit words).
+    /// The slot of `address` ([`crate::address_slot`]).
     #[inline(always)]
     pub fn slot<A: RawAddress>(address: A) -> u32 {
-        let bytes = bytemuck::bytes_of(&address);
-        let mut folded = 0u32;
-        let mut i = 0;
-        while i + 4 <= bytes.len() {
-            folded ^= u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-            i += 4;
-        }
-        folded.wrapping_mul(0x9e37_79b9) >> (32 - SLOT_BITS)
+        crate::address_slot(address, SLOT_BITS)
     }
 
     /// Whether a flow of a slot written at `at` may still be alive at `now`: 0 (never written)

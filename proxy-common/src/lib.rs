@@ -53,6 +53,8 @@ pub mod map_names {
     /// conntrack only when it is addressed to one of them.
     pub const SNAT_SOURCES_V4: &str = "snat4_sources";
     pub const SNAT_SOURCES_V6: &str = "snat6_sources";
+    /// Which addresses may be masquerade sources, by slot: [`super::snat_marks`].
+    pub const SNAT_MARKS: &str = "snat_marks";
     pub const COUNTERS: &str = "counters";
     /// Traffic per frontend and per backend ([`crate::StatsKey`] → [`crate::TrafficStats`],
     /// per CPU, LRU).
@@ -118,6 +120,43 @@ pub mod sock_slots {
                 "then around again"
             );
         }
+    }
+}
+
+/// The slot of `address` in an array of `2^bits` slots: Fibonacci hashing of its folded
+/// 32-bit words (an IPv4 address is one word; an IPv6 address's four are XORed).
+#[inline(always)]
+pub fn address_slot<A: RawAddress>(address: A, bits: u32) -> u32 {
+    let bytes = bytemuck::bytes_of(&address);
+    let mut folded = 0u32;
+    let mut i = 0;
+    while i + 4 <= bytes.len() {
+        folded ^= u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        i += 4;
+    }
+    folded.wrapping_mul(0x9e37_79b9) >> (32 - bits)
+}
+
+/// Marks of the masquerade sources ([`map_names::SNAT_SOURCES_V4`] / `_V6`), in
+/// [`map_names::SNAT_MARKS`]: an array of [`snat_marks::SLOTS`] `u32`s, both families', an
+/// address's at [`snat_marks::slot`], nonzero once the address is a source. A packet a pod
+/// sends to an unmarked address is no reply to a masqueraded flow: one array read instead of
+/// the lookup in the sources' hash, for every pod-to-pod packet to a port of
+/// `--masquerade-ports` (a target port such as 8080). A mark is only ever stored, never
+/// cleared, so racing writers lose none; a collision only brings the lookup back.
+pub mod snat_marks {
+    use crate::RawAddress;
+
+    /// A power of two: 8 KiB (array slots take 8 bytes), for the few addresses of a node.
+    pub const SLOTS: u32 = 1_024;
+    const SLOT_BITS: u32 = SLOTS.trailing_zeros();
+    /// What a marked slot holds.
+    pub const MARKED: u32 = 1;
+
+    /// The slot of `address` ([`crate::address_slot`]).
+    #[inline(always)]
+    pub fn slot<A: RawAddress>(address: A) -> u32 {
+        crate::address_slot(address, SLOT_BITS)
     }
 }
 

@@ -183,4 +183,5 @@ pub const MAPS: &[MapSpec] = &[
         crate::conntrack::recent::SLOTS,
     ),
     spec::<u32, u64>(map_names::SOCK_SLOTS, None, Array, crate::sock_slots::SLOTS),
+    spec::<u32, u32>(map_names::SNAT_MARKS, None, Array, crate::snat_marks::SLOTS),
 ];

@@ -101,6 +101,10 @@ pub(crate) static CLUSTER_CLEAR: Array<u32> = Array::pinned(2, 0);
 #[map(name = "sock_slots")]
 pub(crate) static SOCK_SLOTS: Array<u64> = Array::pinned(proxy_common::sock_slots::SLOTS, 0);
 
+/// [`proxy_common::map_names::SNAT_MARKS`].
+#[map(name = "snat_marks")]
+pub(crate) static SNAT_MARKS: Array<u32> = Array::pinned(proxy_common::snat_marks::SLOTS, 0);
+
 /// [`proxy_common::map_names::CT_RECENT`].
 #[map(name = "ct_recent")]
 pub(crate) static CT_RECENT: Array<u64> = Array::pinned(proxy_common::conntrack::recent::SLOTS, 0);

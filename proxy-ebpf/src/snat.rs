@@ -12,7 +12,7 @@
 //! (`bpf_redirect_neigh`). The flow lives in conntrack like any other: its forward entry holds
 //! the node address and port, its reverse entry is keyed to them and holds the client.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use proxy_common::{RawAddress, config::flags, ct_flags, monitor_kind::NEW_FLOW};
+use proxy_common::{RawAddress, config::flags, ct_flags, monitor_kind::NEW_FLOW, snat_marks};
 
 use crate::{
     config,
@@ -20,7 +20,7 @@ use crate::{
     ctx::PacketCtx,
     family::Family,
     lb::{self, Chosen},
-    monitor,
+    maps, monitor,
     nat::{self, Side},
     outcome::Outcome,
     parse::{Packet, Parse},
@@ -196,14 +196,38 @@ pub(crate) fn may_reply_to<F: Family>(destination: F::Addr, port: u16) -> bool {
         return false;
     }
     // SAFETY: a map value read.
-    unsafe { F::snat_sources().get(destination) }.is_some()
+    marked(snat_marks::slot(destination)) && unsafe { F::snat_sources().get(destination) }.is_some()
+}
+
+/// Whether `slot` of [`maps::SNAT_MARKS`] is marked: its addresses may be masquerade sources.
+/// Its own BPF function, as [`mark`].
+#[inline(never)]
+fn marked(slot: u32) -> bool {
+    maps::SNAT_MARKS.get(slot).is_none_or(|mark| *mark != 0)
+}
+
+/// Marks `slot` of [`maps::SNAT_MARKS`]. Its own BPF function, a leaf with a frame of a few
+/// bytes: inlined, it grew the masquerade path's chain past the 512-byte limit.
+#[inline(never)]
+fn mark(slot: u32) {
+    if let Some(mark) = maps::SNAT_MARKS.get_ptr_mut(slot) {
+        // SAFETY: a map value pointer; every writer stores the same value.
+        unsafe {
+            if *mark != snat_marks::MARKED {
+                *mark = snat_marks::MARKED;
+            }
+        }
+    }
 }
 
 /// Records `node` as an address masqueraded flows leave from (once: a node has a few, and
-/// they stay), so [`may_reply`] looks for its replies. `false` when the set is full (the flow
-/// is not masqueraded: its replies would not be recognized).
-#[inline(always)]
+/// they stay), so [`may_reply`] looks for its replies: its mark first, then its entry, both
+/// before the flow's first packet leaves. `false` when the set is full (the flow is not
+/// masqueraded: its replies would not be recognized). Its own BPF function: inlined, it grew
+/// the service path's frame past the 512-byte chain limit.
+#[inline(never)]
 fn remember_source<F: Family>(node: &F::Addr) -> bool {
+    mark(snat_marks::slot(*node));
     // SAFETY: a map value read.
     if unsafe { F::snat_sources().get(node) }.is_some() {
         return true;

@@ -224,7 +224,10 @@ fn datapath_config(config: &AgentConfig) -> anyhow::Result<DatapathConfig> {
 /// replies of the flows it masqueraded keep coming back. (Any masquerade source is one of
 /// them: the node's route picks it.) Logged, not fatal: new flows record their own.
 fn remember_local_addresses(pins: &PinLayout) {
-    use proxy_common::map_names::{SNAT_SOURCES_V4, SNAT_SOURCES_V6};
+    use proxy_common::{
+        map_names::{SNAT_MARKS, SNAT_SOURCES_V4, SNAT_SOURCES_V6},
+        snat_marks,
+    };
     let addresses = match devices::local_addresses() {
         Ok(addresses) => addresses,
         Err(e) => {
@@ -235,10 +238,18 @@ fn remember_local_addresses(pins: &PinLayout) {
     let result = (|| -> Result<(), anyhow::Error> {
         let mut v4 = kernel::open_hash::<[u8; 4], u8>(pins, SNAT_SOURCES_V4)?;
         let mut v6 = kernel::open_hash::<[u8; 16], u8>(pins, SNAT_SOURCES_V6)?;
+        let mut marks = kernel::open_array::<u32>(pins, SNAT_MARKS)?;
+        // Each address's mark first: the datapath looks for an entry only where one is.
         for local in addresses {
             match local.address {
-                IpAddr::V4(a) => v4.insert(a.octets(), 1, 0)?,
-                IpAddr::V6(a) => v6.insert(a.octets(), 1, 0)?,
+                IpAddr::V4(a) => {
+                    marks.set(snat_marks::slot(a.octets()), snat_marks::MARKED, 0)?;
+                    v4.insert(a.octets(), 1, 0)?;
+                }
+                IpAddr::V6(a) => {
+                    marks.set(snat_marks::slot(a.octets()), snat_marks::MARKED, 0)?;
+                    v6.insert(a.octets(), 1, 0)?;
+                }
             }
         }
         Ok(())

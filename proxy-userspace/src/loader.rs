@@ -329,6 +329,7 @@ impl Programs {
         if sockets_upgrade {
             seed_sock_slots(&mut ebpf)?;
         }
+        mark_snat_sources(&mut ebpf)?;
         for spec in PROGRAMS {
             let program = ebpf.program_mut(spec.name).ok_or(LoadError::Program {
                 name: spec.name,
@@ -715,6 +716,41 @@ fn seed_sock_slots(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for (slot, count) in counts {
         slots
             .set(slot, count, 0)
+            .map_err(|e| error(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Marks, in [`map_names::SNAT_MARKS`], every masquerade source an agent's programs recorded,
+/// before any program of this object is attached: a new marks map beside an older agent's
+/// sources (an upgrade) then misses none of their flows' replies. Marks are only ever set,
+/// so doing it at every load is harmless, and spares telling an upgrade apart.
+fn mark_snat_sources(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    use proxy_common::{map_names::SNAT_SOURCES_V4, map_names::SNAT_SOURCES_V6, snat_marks};
+    fn slots<A: proxy_common::RawAddress + aya::Pod>(
+        ebpf: &Ebpf,
+        name: &'static str,
+    ) -> Result<Vec<u32>, LoadError> {
+        let error = |detail: String| LoadError::MapSeed { name, detail };
+        let map = ebpf.map(name).ok_or(LoadError::MapMissing(name))?;
+        let sources =
+            aya::maps::HashMap::<_, A, u8>::try_from(map).map_err(|e| error(e.to_string()))?;
+        sources
+            .keys()
+            .map(|key| key.map(snat_marks::slot).map_err(|e| error(e.to_string())))
+            .collect()
+    }
+    let found = [
+        slots::<[u8; 4]>(ebpf, SNAT_SOURCES_V4)?,
+        slots::<[u8; 16]>(ebpf, SNAT_SOURCES_V6)?,
+    ];
+    let name = map_names::SNAT_MARKS;
+    let error = |detail: String| LoadError::MapSeed { name, detail };
+    let map = ebpf.map_mut(name).ok_or(LoadError::MapMissing(name))?;
+    let mut marks = aya::maps::Array::<_, u32>::try_from(map).map_err(|e| error(e.to_string()))?;
+    for slot in found.into_iter().flatten() {
+        marks
+            .set(slot, snat_marks::MARKED, 0)
             .map_err(|e| error(e.to_string()))?;
     }
     Ok(())

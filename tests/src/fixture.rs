@@ -84,6 +84,12 @@ impl Fixture {
         }
     }
 
+    /// Loads the programs again over the same pins (an agent's restart or upgrade): a map whose
+    /// pin was removed is made anew, the others are kept with their entries.
+    pub fn reload(&mut self, options: &LoadOptions) {
+        self.programs = Programs::load(&self.pins, options).expect("loading the BPF object again");
+    }
+
     pub fn run(&mut self, program: &'static str, packet: &[u8]) -> (u32, Vec<u8>) {
         self.try_run(program, packet).expect("BPF_PROG_TEST_RUN")
     }

@@ -1421,6 +1421,95 @@ fn hairpins_and_clients_outside_the_cluster_cidr_are_masqueraded() {
     });
 }
 
+/// A `snat_marks` map new beside the masquerade sources an older agent's programs recorded
+/// (an upgrade) marks them at the load, before any program is attached: the replies of flows
+/// masqueraded before keep being translated, in both families.
+#[test]
+fn a_new_snat_marks_beside_older_sources_marks_them() {
+    use proxy_common::snat_marks;
+    let netns = routed_node();
+    netns.enter(|| {
+        let options = dual_stack_cluster();
+        let mut fx = Fixture::with_options(&options);
+        let mut clear = pinned_array::<u32>(&fx, map_names::CLUSTER_CLEAR);
+        for index in [cluster_clear::V4, cluster_clear::V6] {
+            clear.set(index, cluster_clear::CLEAR, 0).unwrap();
+        }
+        let marked = |fx: &Fixture| -> Vec<u32> {
+            let marks = pinned_array::<u32>(fx, map_names::SNAT_MARKS);
+            (0..snat_marks::SLOTS)
+                .filter(|s| marks.get(s, 0).unwrap() != 0)
+                .collect()
+        };
+        assert_eq!(marked(&fx), Vec::<u32>::new(), "fresh maps: nothing marked");
+        let (_, vip4, backend4, _) = v4_hosts();
+        let (_, vip6, backend6, _) = v6_hosts();
+        let node4: IpAddr = Ipv4Addr::new(10, 244, 0, 1).into();
+        let node6: IpAddr = v6("fd00:10:244::1").into();
+        let (f, e) = service(vip4, 80, Protocol::Tcp, &[(backend4, 8080)]);
+        fx.v4.upsert(&f, &e).unwrap();
+        let (f, e) = service(vip6, 80, Protocol::Tcp, &[(backend6, 8080)]);
+        fx.v6.upsert(&f, &e).unwrap();
+        let flows = [
+            (
+                IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)),
+                IpAddr::from(vip4),
+                IpAddr::from(backend4),
+                node4,
+            ),
+            (
+                v6("2001:db8::7").into(),
+                vip6.into(),
+                backend6.into(),
+                node6,
+            ),
+        ];
+        // Flows masqueraded by the programs before the upgrade.
+        let ports: Vec<u16> = flows
+            .iter()
+            .map(|&(client, vip, backend, node)| {
+                let request = first_packet(Protocol::Tcp, (client, 40000), (vip, 80));
+                let (verdict, out) = fx.run(programs::FROM_POD, &request);
+                assert_eq!(verdict, REDIRECT, "{client}: masqueraded");
+                let seen = inspect(&out);
+                assert_eq!((seen.source.0, seen.destination), (node, (backend, 8080)));
+                seen.source.1
+            })
+            .collect();
+        let expected: std::collections::BTreeSet<u32> = [
+            snat_marks::slot(Ipv4Addr::new(10, 244, 0, 1).octets()),
+            snat_marks::slot(v6("fd00:10:244::1").octets()),
+        ]
+        .into();
+        assert_eq!(
+            marked(&fx),
+            Vec::from_iter(expected.clone()),
+            "each source marked as it masquerades"
+        );
+        std::fs::remove_file(fx.pins.map(map_names::SNAT_MARKS)).expect("removing the pin");
+        fx.reload(&options);
+        assert_eq!(
+            marked(&fx),
+            Vec::from_iter(expected),
+            "the older sources marked at the load"
+        );
+        for (&(client, vip, backend, node), port) in flows.iter().zip(ports) {
+            let reply = first_packet(Protocol::Tcp, (backend, 8080), (node, port));
+            let ((verdict, out), moved) = fx.counting(|fx| fx.run(programs::FROM_POD, &reply));
+            assert_eq!(
+                verdict, REDIRECT,
+                "{client}: the reply goes out to the client"
+            );
+            assert_eq!(moved, counts(&[(Counter::ReverseSnat, 1)]));
+            let back = inspect(&out);
+            assert_eq!(
+                (back.source, back.destination),
+                ((vip, 80), (client, 40000))
+            );
+        }
+    });
+}
+
 /// `--masquerade-all`: a client inside the cluster CIDR is masqueraded too.
 #[test]
 fn masquerade_all_masquerades_clients_inside_the_cluster_cidr() {

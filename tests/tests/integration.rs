@@ -299,6 +299,45 @@ fn cluster_clear(agent: &Agent) -> [u32; 2] {
     .map(|index| array.get(&index, 0).expect("an entry"))
 }
 
+/// At start the agent records every node address as a masquerade source and marks it
+/// (`snat_marks`), so the replies of flows an older datapath masqueraded without recording
+/// their source are still looked for: here the node's addresses on the backends' veths.
+#[test]
+fn the_agent_records_and_marks_the_node_addresses_as_masquerade_sources() {
+    use proxy_common::{map_names, snat_marks};
+    let lab = start();
+    let pins = lab
+        .agent
+        .bpf_root
+        .join(format!("v{}", proxy_common::LAYOUT_VERSION))
+        .join("maps");
+    let open = |name: &str| {
+        let map = aya::maps::MapData::from_pin(pins.join(name)).expect("pin");
+        aya::maps::Map::from_map_data(map).expect("map")
+    };
+    let marks: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(open(map_names::SNAT_MARKS)).expect("an array");
+    let v4: aya::maps::HashMap<_, [u8; 4], u8> =
+        aya::maps::HashMap::try_from(open(map_names::SNAT_SOURCES_V4)).expect("a hash");
+    let v6: aya::maps::HashMap<_, [u8; 16], u8> =
+        aya::maps::HashMap::try_from(open(map_names::SNAT_SOURCES_V6)).expect("a hash");
+    for subnet in [2, 3] {
+        for like in [VIP4, VIP6] {
+            let address: IpAddr = node_side(subnet, like.parse().unwrap()).parse().unwrap();
+            let (recorded, slot) = match address {
+                IpAddr::V4(a) => (v4.get(&a.octets(), 0).is_ok(), snat_marks::slot(a.octets())),
+                IpAddr::V6(a) => (v6.get(&a.octets(), 0).is_ok(), snat_marks::slot(a.octets())),
+            };
+            assert!(recorded, "{address}: recorded as a masquerade source");
+            assert_eq!(
+                marks.get(&slot, 0).expect("a slot"),
+                snat_marks::MARKED,
+                "{address}: marked"
+            );
+        }
+    }
+}
+
 /// Kernel ids of every pinned map: a map recreated (and so emptied) gets a new id.
 fn map_ids(agent: &Agent) -> BTreeMap<&'static str, u32> {
     let pins = agent

@@ -181,6 +181,21 @@ impl<K: Encode, V: Encode> Table<K, V> for KernelTable<K, V> {
     }
 }
 
+/// An array map opened from its pin.
+pub fn open_array<V: aya::Pod>(
+    pins: &PinLayout,
+    name: &'static str,
+) -> Result<aya::maps::Array<MapData, V>, MapError> {
+    let kernel = |operation, source| MapError::Kernel {
+        map: name,
+        operation,
+        source,
+    };
+    let data = MapData::from_pin(pins.map(name)).map_err(|source| kernel("open pin", source))?;
+    let map = Map::from_map_data(data).map_err(|source| kernel("open pin", source))?;
+    aya::maps::Array::try_from(map).map_err(|source| kernel("type check", source))
+}
+
 /// One family's entry of [`proxy_common::map_names::CLUSTER_CLEAR`]: whether its
 /// `--cluster-cidr` holds no frontend.
 pub struct ClusterClear {
@@ -192,17 +207,8 @@ impl ClusterClear {
     const NAME: &'static str = proxy_common::map_names::CLUSTER_CLEAR;
 
     pub fn open<A: KernelFamily>(pins: &PinLayout) -> Result<Self, MapError> {
-        let kernel = |operation, source| MapError::Kernel {
-            map: Self::NAME,
-            operation,
-            source,
-        };
-        let data =
-            MapData::from_pin(pins.map(Self::NAME)).map_err(|source| kernel("open pin", source))?;
-        let map = Map::from_map_data(data).map_err(|source| kernel("open pin", source))?;
-        let map = aya::maps::Array::try_from(map).map_err(|source| kernel("type check", source))?;
         Ok(Self {
-            map,
+            map: open_array(pins, Self::NAME)?,
             index: A::Binding::CLUSTER_CLEAR,
         })
     }
