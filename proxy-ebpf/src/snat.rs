@@ -12,7 +12,9 @@
 //! (`bpf_redirect_neigh`). The flow lives in conntrack like any other: its forward entry holds
 //! the node address and port, its reverse entry is keyed to them and holds the client.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use proxy_common::{RawAddress, config::flags, ct_flags, monitor_kind::NEW_FLOW, snat_marks};
+use proxy_common::{
+    RawAddress, config::flags, ct_flags, family::within, monitor_kind::NEW_FLOW, snat_marks,
+};
 
 use crate::{
     config,
@@ -43,7 +45,7 @@ pub(crate) fn needed<F: Family>(client: F::Addr, backend: F::Addr) -> bool {
     }
     // Without a cluster CIDR nothing is known to be outside (kube-proxy's no-op detector).
     let (network, prefix) = F::cluster();
-    prefix != 0 && !within(client, network, prefix)
+    prefix != 0 && !within(&client, &network, prefix)
 }
 
 /// Whether `address` is inside `--cluster-cidr` of its family (a pod's: never a cluster IP,
@@ -51,26 +53,7 @@ pub(crate) fn needed<F: Family>(client: F::Addr, backend: F::Addr) -> bool {
 #[inline(always)]
 pub(crate) fn in_cluster_cidr<F: Family>(address: F::Addr) -> bool {
     let (network, prefix) = F::cluster();
-    prefix != 0 && within(address, network, prefix)
-}
-
-/// Whether the first `prefix` bits of `address` are `network`'s.
-#[inline(always)]
-fn within<A: RawAddress>(address: A, network: A, prefix: u8) -> bool {
-    let (address, network) = (address.to_wide(), network.to_wide());
-    let mut bits = usize::from(prefix);
-    for i in 0..16 {
-        if bits == 0 {
-            return true;
-        }
-        let take = if bits < 8 { bits } else { 8 };
-        let mask = 0xffu8 << (8 - take);
-        if (address[i] ^ network[i]) & mask != 0 {
-            return false;
-        }
-        bits -= take;
-    }
-    true
+    prefix != 0 && within(&address, &network, prefix)
 }
 
 /// A new flow to `chosen`, masqueraded: routed, given a free port, recorded, translated and
